@@ -1,0 +1,13 @@
+# Warnings and sanitizers for svcca's own targets only; Torch's headers stay system headers.
+function(svcca_target_defaults target)
+  target_compile_features(${target} PUBLIC cxx_std_17)
+  target_compile_options(${target} PRIVATE -Wall -Wextra)
+  if(SVCCA_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+  if(SVCCA_SANITIZE)
+    target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-sanitize-recover=undefined
+                                             -fno-omit-frame-pointer)
+    target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+  endif()
+endfunction()

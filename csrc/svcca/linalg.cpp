@@ -1,0 +1,118 @@
+// Shared numerics: centering, covariance, and per-layer factors.
+#include "svcca/linalg.h"
+
+#include <ATen/ATen.h>
+
+#include <limits>
+
+namespace svcca {
+namespace detail {
+
+at::ScalarType compute_dtype(const at::Tensor& x, const at::Tensor& y, Precision precision) {
+  if (precision == Precision::kFloat64) return at::kDouble;
+  return at::promote_types(x.scalar_type(), y.scalar_type());
+}
+
+at::ScalarType result_dtype(const at::Tensor& x, const at::Tensor& y) {
+  return at::promote_types(x.scalar_type(), y.scalar_type());
+}
+
+at::Tensor mh(const at::Tensor& t) { return t.transpose(-2, -1).conj(); }
+
+Centered center(const at::Tensor& x, at::ScalarType dtype) {
+  at::Tensor xd = x.to(dtype);
+  at::Tensor mean = xd.mean(0);
+  return {xd - mean, mean};
+}
+
+at::Tensor cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered) {
+  const int64_t n = a_centered.size(0);
+  return at::mm(mh(a_centered), b_centered).div_(static_cast<double>(n - 1));
+}
+
+at::Tensor non_constant_columns(const at::Tensor& x) {
+  auto mm = at::aminmax(x, 0);
+  return std::get<0>(mm) != std::get<1>(mm);
+}
+
+namespace {
+
+double machine_eps(at::ScalarType t) {
+  return (t == at::kFloat || t == at::kComplexFloat) ? std::numeric_limits<float>::epsilon()
+                                                     : std::numeric_limits<double>::epsilon();
+}
+
+// Number of leading entries of the descending, non-negative `values` to keep under `options`.
+int64_t truncated_count(const at::Tensor& values, int64_t rank, const FactorOptions& options) {
+  switch (options.truncation) {
+    case Truncation::kRank:
+      return rank;
+    case Truncation::kDims:
+      return std::min(options.dims, rank);
+    case Truncation::kVarianceFraction:
+    case Truncation::kSingularValueMassFraction: {
+      at::Tensor w = options.truncation == Truncation::kVarianceFraction ? values : values.sqrt();
+      at::Tensor cum = w.cumsum(0);
+      at::Tensor total = cum[-1];
+      // Smallest k >= 1 with cum[k-1] >= fraction * total; count the prefixes below it.
+      const int64_t below = (cum < total * options.fraction).sum().item<int64_t>();
+      return std::min(std::max<int64_t>(below + 1, 1), rank);
+    }
+  }
+  return rank;
+}
+
+}  // namespace
+
+LayerFactors factor_layer(const char* fn, const char* name, const at::Tensor& cov,
+                          const at::Tensor& non_constant, const FactorOptions& options) {
+  LayerFactors f;
+  f.n_features = cov.size(0);
+  at::Tensor var = at::real(cov.diagonal());
+  const double max_var = var.max().item<double>();
+  at::Tensor kept = non_constant.defined() ? non_constant.clone() : (var > 0);
+  kept = kept & (var > options.variance_cutoff * max_var);
+  f.kept = kept;
+  f.kept_index = kept.nonzero().view({-1});
+  const int64_t k = f.kept_index.numel();
+  TORCH_CHECK_VALUE(k > 0, fn, ": ", name, " must have at least one non-constant feature, but all ",
+                    f.n_features, " features are constant",
+                    options.variance_cutoff > 0 ? " or below variance_cutoff" : "",
+                    " (largest variance ", max_var, ")");
+  f.all_kept = k == f.n_features;
+  f.cov = f.all_kept ? cov : select_kept(cov, f, &f);
+
+  // eigh returns ascending eigenvalues; flip to descending so truncation keeps a prefix.
+  auto eig = at::linalg_eigh(f.cov);
+  at::Tensor lam = std::get<0>(eig).flip(0);
+  at::Tensor vec = std::get<1>(eig).flip(1);
+  const double lam_max = lam[0].item<double>();
+  const double rtol = options.rank_rtol.value_or(static_cast<double>(k) * machine_eps(cov.scalar_type()));
+  const int64_t rank = (lam > rtol * lam_max).sum().item<int64_t>();
+  TORCH_CHECK_VALUE(rank > 0, fn, ": ", name,
+                    " must have a covariance of rank >= 1, but all its eigenvalues are <= ", rtol,
+                    " times the largest");
+  const int64_t r = truncated_count(lam.narrow(0, 0, rank).clamp_min(0), rank, options);
+  f.rank = r;
+  f.eigenvalues = lam.narrow(0, 0, r);
+  f.eigenvectors = vec.narrow(1, 0, r);
+  // Ridge relative to the largest variance of what the CCA sees: the features for plain CCA,
+  // the kept directions (largest eigenvalue) after an SVD reduction, as google/svcca's recipe.
+  const double scale = options.truncation == Truncation::kRank ? max_var : lam_max;
+  f.whitening = f.eigenvectors * (f.eigenvalues + options.epsilon * scale).rsqrt();
+  return f;
+}
+
+at::Tensor select_kept(const at::Tensor& m, const LayerFactors& rows, const LayerFactors* cols) {
+  at::Tensor out = rows.all_kept ? m : m.index_select(0, rows.kept_index);
+  if (cols != nullptr && !cols->all_kept) out = out.index_select(1, cols->kept_index);
+  return out;
+}
+
+at::Tensor scatter_rows(const at::Tensor& a, const LayerFactors& f) {
+  if (f.all_kept) return a;
+  return at::zeros({f.n_features, a.size(1)}, a.options()).index_copy(0, f.kept_index, a);
+}
+
+}  // namespace detail
+}  // namespace svcca

@@ -1,0 +1,90 @@
+// Shared numerics: centering, covariance, and per-layer factors (kept features, eigenbasis,
+// whitening), so that every measure builds on one implementation of each.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace svcca {
+
+// Precision of the centering, covariance products and decompositions (see svcca.h).
+enum class Precision {
+  kFloat64,  // compute in float64 whatever the input dtype (default)
+  kInput,    // compute in the input dtype (float32 stays float32: faster on GPUs, less exact)
+};
+
+namespace detail {
+
+// dtype the numerics run in, for inputs x and y under `precision`.
+at::ScalarType compute_dtype(const at::Tensor& x, const at::Tensor& y, Precision precision);
+// dtype results are returned in: the inputs' dtype, float64 when they differ.
+at::ScalarType result_dtype(const at::Tensor& x, const at::Tensor& y);
+
+// Hermitian transpose of the last two dims (plain transpose for real tensors).
+at::Tensor mh(const at::Tensor& t);
+
+// x (cast to `dtype`) minus its column means. x: [n, p].
+struct Centered {
+  at::Tensor data;  // [n, p]
+  at::Tensor mean;  // [p]
+};
+Centered center(const at::Tensor& x, at::ScalarType dtype);
+
+// Unbiased (n - 1) cross-covariance a^H b / (n - 1) of centered a: [n, p], b: [n, q].
+at::Tensor cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered);
+
+// Columns of x whose values are not all equal (exact test, independent of scale). x: [n, p].
+at::Tensor non_constant_columns(const at::Tensor& x);
+
+// How many eigen-directions of a layer to keep beyond the numerical rank.
+enum class Truncation {
+  kRank,                       // every direction above the rank tolerance (CCA)
+  kDims,                       // the top `dims` directions (SVCCA with a fixed count)
+  kVarianceFraction,           // smallest k with sum(s_i^2)[:k] / sum(s_i^2) >= fraction
+  kSingularValueMassFraction,  // smallest k with sum(s_i)[:k] / sum(s_i) >= fraction
+};
+
+struct FactorOptions {
+  // Ridge added to the covariance diagonal, relative to the layer's largest variance (as
+  // google/svcca's epsilon): whitening uses eigenvalue + epsilon * max_variance.
+  double epsilon = 0.0;
+  // Features with variance <= variance_cutoff * (largest feature variance) are dropped, as are
+  // features that are exactly constant.
+  double variance_cutoff = 0.0;
+  // Eigenvalues <= rank_rtol * (largest eigenvalue) are treated as zero and their directions
+  // dropped. nullopt: n_kept_features * machine epsilon of the compute dtype.
+  std::optional<double> rank_rtol;
+  Truncation truncation = Truncation::kRank;
+  int64_t dims = 0;       // for kDims
+  double fraction = 1.0;  // for the fraction rules
+};
+
+// One layer's factors, computed once and shared by every measure of a pair or a grid.
+struct LayerFactors {
+  at::Tensor kept;          // [p] bool: features kept
+  at::Tensor kept_index;    // [k] int64: their indices
+  at::Tensor cov;           // [k, k] covariance of the kept features
+  at::Tensor eigenvalues;   // [r] descending eigenvalues of cov (directions kept)
+  at::Tensor eigenvectors;  // [k, r] matching orthonormal eigenvectors
+  at::Tensor whitening;     // [k, r] eigenvectors / sqrt(eigenvalues + ridge)
+  int64_t n_features = 0;   // p
+  int64_t rank = 0;         // r
+  bool all_kept = false;    // k == p (no index_select needed)
+};
+
+// Factors of one layer from its covariance `cov` ([p, p]) and optional exact non-constant mask
+// ([p] bool; undefined: a feature is constant when its variance is 0). Throws when no feature
+// or no direction survives, naming `fn` and `name`.
+LayerFactors factor_layer(const char* fn, const char* name, const at::Tensor& cov,
+                          const at::Tensor& non_constant, const FactorOptions& options);
+
+// Rows (and, for a square block, columns) of `m` restricted to kept features.
+at::Tensor select_kept(const at::Tensor& m, const LayerFactors& rows, const LayerFactors* cols);
+
+// Embeds the rows of `a` ([k, c]) at the kept feature indices of a [p, c] zero matrix.
+at::Tensor scatter_rows(const at::Tensor& a, const LayerFactors& f);
+
+}  // namespace detail
+}  // namespace svcca

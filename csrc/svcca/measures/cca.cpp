@@ -1,0 +1,95 @@
+// Canonical correlation analysis of two layers.
+#include "svcca/measures/cca.h"
+
+#include <ATen/ATen.h>
+
+#include "svcca/checks.h"
+#include "svcca/compat/compat.h"
+
+namespace svcca {
+namespace detail {
+
+void check_cca_options(const char* fn, const CcaOptions& options) {
+  check_non_negative(fn, "epsilon", options.epsilon);
+  check_unit_interval(fn, "variance_cutoff", options.variance_cutoff);
+  if (options.rank_rtol) check_unit_interval(fn, "rank_rtol", *options.rank_rtol);
+}
+
+FactorOptions factor_options(const CcaOptions& options) {
+  FactorOptions f;
+  f.epsilon = options.epsilon;
+  f.variance_cutoff = options.variance_cutoff;
+  f.rank_rtol = options.rank_rtol;
+  return f;
+}
+
+CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tensor& sxy) {
+  at::Tensor m = at::mm(mh(fx.whitening), at::mm(select_kept(sxy, fx, &fy), fy.whitening));
+  auto svd = at::linalg_svd(m, /*full_matrices=*/false);
+  // Singular values of a whitened cross-covariance are cosines: clamp rounding above 1.
+  return {std::get<1>(svd).clamp(0.0, 1.0), std::get<0>(svd), mh(std::get<2>(svd))};
+}
+
+PairFactors factor_pair(const char* fn, const at::Tensor& x, const at::Tensor& y,
+                        const FactorOptions& options, Precision precision) {
+  const auto dtype = compute_dtype(x, y, precision);
+  auto xc = center(x, dtype);
+  auto yc = center(y, dtype);
+  PairFactors pf;
+  pf.x = factor_layer(fn, "x", cross_covariance(xc.data, xc.data), non_constant_columns(x),
+                      options);
+  pf.y = factor_layer(fn, "y", cross_covariance(yc.data, yc.data), non_constant_columns(y),
+                      options);
+  pf.sxy = cross_covariance(xc.data, yc.data);
+  pf.x_mean = xc.mean;
+  pf.y_mean = yc.mean;
+  pf.x_centered = xc.data;
+  pf.y_centered = yc.data;
+  return pf;
+}
+
+}  // namespace detail
+
+CcaResult cca(const at::Tensor& x, const at::Tensor& y, const CcaOptions& options) {
+  constexpr const char* fn = "cca";
+  detail::check_pair(fn, x, y);
+  detail::check_more_examples_than_features(fn, "x", x);
+  detail::check_more_examples_than_features(fn, "y", y);
+  detail::check_cca_options(fn, options);
+
+  auto pf = detail::factor_pair(fn, x, y, detail::factor_options(options), options.precision);
+  const auto& fx = pf.x;
+  const auto& fy = pf.y;
+  auto core = detail::cca_core(fx, fy, pf.sxy);
+
+  const auto out = detail::result_dtype(x, y);
+  CcaResult r;
+  r.correlations = core.correlations.to(out);
+  r.x_weights = detail::scatter_rows(at::mm(fx.whitening, core.u), fx).to(out);
+  r.y_weights = detail::scatter_rows(at::mm(fy.whitening, core.v), fy).to(out);
+  r.x_mask = fx.kept;
+  r.y_mask = fy.kept;
+  r.x_rank = fx.rank;
+  r.y_rank = fy.rank;
+  return r;
+}
+
+at::Tensor mean_correlation(const at::Tensor& correlations) { return correlations.mean(); }
+
+at::Tensor mean_squared_correlation(const at::Tensor& correlations) {
+  return correlations.square().mean();
+}
+
+at::Tensor top_k_mean(const at::Tensor& correlations, int64_t top_k) {
+  TORCH_CHECK_VALUE(top_k >= 1, "top_k_mean: top_k must be >= 1, but got ", top_k);
+  return correlations.narrow(0, 0, std::min<int64_t>(top_k, correlations.numel())).mean();
+}
+
+at::Tensor threshold_mean(const at::Tensor& correlations, double threshold) {
+  detail::check_unit_interval("threshold_mean", "threshold", threshold);
+  int64_t idx = compat::sum_threshold(correlations, threshold);
+  if (idx < 0) idx = correlations.numel();
+  return correlations.narrow(0, 0, std::max<int64_t>(idx, 1)).mean();
+}
+
+}  // namespace svcca

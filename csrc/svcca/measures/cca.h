@@ -1,0 +1,88 @@
+// Canonical correlation analysis (CCA) of two layers, and summaries of canonical correlations.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+#include "svcca/linalg.h"
+
+namespace svcca {
+
+struct CcaOptions {
+  // Ridge added to each covariance before whitening, relative to that layer's largest feature
+  // variance (google/svcca's epsilon, used as a ridge). 0: no ridge.
+  double epsilon = 0.0;
+  // Features whose variance is <= variance_cutoff * (largest feature variance of the layer) are
+  // dropped before CCA, as google/svcca drops them with its epsilon. Exactly constant features
+  // are always dropped. 0: drop only constant features.
+  double variance_cutoff = 0.0;
+  // Eigen-directions of a layer's covariance with eigenvalue <= rank_rtol * largest are treated
+  // as exact zeros (rank deficiency) and dropped. nullopt: n_features * machine epsilon.
+  std::optional<double> rank_rtol;
+  // Precision of the numerics (svcca.h).
+  Precision precision = Precision::kFloat64;
+};
+
+struct CcaResult {
+  at::Tensor correlations;  // [k] canonical correlations, descending, in [0, 1];
+                            // k = min(rank of x, rank of y) after dropping features
+  at::Tensor x_weights;     // [p1, k] canonical weights: x_c @ x_weights are the canonical
+                            // variates (unit variance, uncorrelated); zero rows for dropped features
+  at::Tensor y_weights;     // [p2, k] likewise for y
+  at::Tensor x_mask;        // [p1] bool: features of x kept
+  at::Tensor y_mask;        // [p2] bool: features of y kept
+  int64_t x_rank = 0;       // directions of x that entered the CCA
+  int64_t y_rank = 0;
+};
+
+// Canonical correlations of x: [n, p1] and y: [n, p2] (Hotelling 1936; as used by Raghu et al.
+// 2017): the singular values of Wx^T Sxy Wy, with W the whitening of each layer's covariance
+// (eigh, no explicit inverse; rank-deficient directions dropped, so rank-deficient inputs give
+// exact results over the directions they have).
+// Throws (c10::ValueError / c10::TypeError) when the inputs are not both 2-D real float tensors
+// on one device with the same n >= 2, contain NaN/Inf, have n <= p (CCA is degenerate there:
+// use svcca), have only constant features, or an option is out of range.
+//   auto r = svcca::cca(x, y);  r.correlations.mean()
+CcaResult cca(const at::Tensor& x, const at::Tensor& y, const CcaOptions& options = {});
+
+// Mean canonical correlation. rho: [k].
+at::Tensor mean_correlation(const at::Tensor& correlations);
+// Mean squared canonical correlation, R^2_CCA (Kornblith et al. 2019).
+at::Tensor mean_squared_correlation(const at::Tensor& correlations);
+// Mean of the top_k largest correlations (all of them when top_k exceeds k). top_k >= 1.
+at::Tensor top_k_mean(const at::Tensor& correlations, int64_t top_k);
+// google/svcca's threshold rule: the mean of the first i correlations, with i the smallest
+// index whose prefix sum reaches threshold * total (sum_threshold); all correlations when no
+// prefix reaches it. Unlike the reference, threshold 0 returns the first correlation rather than
+// the NaN mean of an empty prefix. threshold in [0, 1].
+at::Tensor threshold_mean(const at::Tensor& correlations, double threshold);
+
+namespace detail {
+
+// The CCA core shared by cca, svcca and pwcca: correlations and the SVD of the whitened
+// cross-covariance, from both layers' factors and the full cross-covariance sxy [p1, p2].
+struct CcaCore {
+  at::Tensor correlations;  // [k]
+  at::Tensor u;             // [rx, k] left singular vectors (whitened x coordinates)
+  at::Tensor v;             // [ry, k] right singular vectors
+};
+CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tensor& sxy);
+
+void check_cca_options(const char* fn, const CcaOptions& options);
+FactorOptions factor_options(const CcaOptions& options);
+
+// Both layers' factors and their cross-covariance from data x: [n, p1], y: [n, p2]: the one
+// place the one-shot measures center, form the covariance products, and factor each layer.
+struct PairFactors {
+  LayerFactors x, y;
+  at::Tensor sxy;     // [p1, p2] cross-covariance, compute dtype
+  at::Tensor x_mean;  // [p1]
+  at::Tensor y_mean;  // [p2]
+  at::Tensor x_centered, y_centered;  // [n, p1], [n, p2], compute dtype
+};
+PairFactors factor_pair(const char* fn, const at::Tensor& x, const at::Tensor& y,
+                        const FactorOptions& options, Precision precision);
+
+}  // namespace detail
+}  // namespace svcca
