@@ -1,0 +1,137 @@
+// Tests of svcca::cca: closed forms first, then invariances, over the dtype x device matrix.
+#include "svcca/measures/cca.h"
+
+#include "support/support.h"
+
+namespace svcca {
+namespace {
+
+using testing::AllClose;
+using testing::MatrixTest;
+
+class CcaTest : public MatrixTest {};
+
+TEST_P(CcaTest, OneFeatureEachGivesAbsolutePearson) {
+  at::Tensor x = at::randn({300, 1}, opts());
+  at::Tensor y = -0.6 * x + 0.8 * at::randn({300, 1}, opts());
+  auto r = cca(in(x), in(y));
+  const double expected = std::abs(testing::pearson(in(x), in(y)));
+  EXPECT_ALLCLOSE(r.correlations, at::full({1}, expected, opts().dtype(GetParam().dtype)),
+                  tol(/*closed_form=*/true));
+}
+
+TEST_P(CcaTest, InvertibleMapGivesAllOnes) {
+  at::Tensor x = at::randn({200, 6}, opts());
+  at::Tensor y = at::mm(x, testing::well_conditioned(6, opts())) + 3.0;
+  auto r = cca(in(x), in(y));
+  EXPECT_ALLCLOSE(r.correlations, at::ones({6}, opts().dtype(GetParam().dtype)), tol());
+}
+
+TEST_P(CcaTest, SharedSubspaceGivesExactlyKOnesThenZeros) {
+  // X = [Z, U], Y = [Z, V] with mutually orthogonal centered columns.
+  at::Tensor w = testing::whitened_columns(120, 3 + 4 + 5, opts());
+  at::Tensor x = at::cat({w.narrow(1, 0, 3), w.narrow(1, 3, 4)}, 1);
+  at::Tensor y = at::cat({w.narrow(1, 0, 3), w.narrow(1, 7, 5)}, 1);
+  auto r = cca(in(x), in(y));
+  at::Tensor expected = at::cat({at::ones({3}, opts()), at::zeros({4}, opts())});
+  EXPECT_ALLCLOSE(r.correlations, in(expected), tol());
+}
+
+TEST_P(CcaTest, CanonicalVariatesAreWhitenedAndCorrelateByRho) {
+  at::Tensor x = at::randn({400, 5}, opts());
+  at::Tensor y = at::mm(x.narrow(1, 0, 3), at::randn({3, 4}, opts())) + at::randn({400, 4}, opts());
+  auto r = cca(in(x), in(y));
+  at::Tensor xc = x - x.mean(0);
+  at::Tensor yc = y - y.mean(0);
+  at::Tensor hx = at::mm(xc, r.x_weights.to(at::kDouble));
+  at::Tensor hy = at::mm(yc, r.y_weights.to(at::kDouble));
+  const int64_t k = r.correlations.numel();
+  ASSERT_EQ(k, 4);
+  at::Tensor eye = at::eye(k, opts());
+  // float32 weights are rounded once: compare in the input-dtype tolerance.
+  EXPECT_ALLCLOSE(at::mm(hx.t(), hx) / 399.0, eye, tol());
+  EXPECT_ALLCLOSE(at::mm(hy.t(), hy) / 399.0, eye, tol());
+  EXPECT_ALLCLOSE(at::mm(hx.t(), hy) / 399.0, at::diag(r.correlations.to(at::kDouble)), tol());
+}
+
+TEST_P(CcaTest, InvariantToInvertibleMapsScalingAndTranslation) {
+  at::Tensor x = at::randn({250, 4}, opts());
+  at::Tensor y = 0.5 * x.narrow(1, 0, 3) + at::randn({250, 3}, opts());
+  auto base = cca(in(x), in(y));
+  at::Tensor a = testing::well_conditioned(4, opts());
+  EXPECT_ALLCLOSE(cca(in(at::mm(x, a) - 7.0), in(y)).correlations, base.correlations, tol());
+  EXPECT_ALLCLOSE(cca(in(x * 1e3), in(y * 1e-3 + 5.0)).correlations, base.correlations, tol());
+  EXPECT_ALLCLOSE(cca(in(y), in(x)).correlations, base.correlations, tol());
+}
+
+TEST_P(CcaTest, RankDeficientInputIsExactOverItsRank) {
+  // x has 6 features spanning 3 directions: the CCA is that of its 3-D span.
+  at::Tensor z = at::randn({300, 3}, opts());
+  at::Tensor x = at::cat({z, at::mm(z, at::randn({3, 3}, opts()))}, 1);
+  at::Tensor y = at::mm(z, at::randn({3, 4}, opts())) + at::randn({300, 4}, opts());
+  auto r = cca(in(x), in(y));
+  EXPECT_EQ(r.x_rank, 3);
+  EXPECT_ALLCLOSE(r.correlations, cca(in(z), in(y)).correlations, tol());
+}
+
+TEST_P(CcaTest, ConstantFeaturesAreDroppedWithZeroWeights) {
+  at::Tensor x = at::randn({200, 4}, opts());
+  at::Tensor y = x.narrow(1, 0, 2) + at::randn({200, 2}, opts());
+  at::Tensor x_const = at::cat({x.narrow(1, 0, 2), at::full({200, 1}, 0.1, opts()),
+                                x.narrow(1, 2, 2)}, 1);
+  auto r = cca(in(x_const), in(y));
+  EXPECT_ALLCLOSE(r.correlations, cca(in(x), in(y)).correlations, tol());
+  EXPECT_FALSE(r.x_mask[2].item<bool>());
+  EXPECT_EQ(r.x_mask.sum().item<int64_t>(), 4);
+  EXPECT_EQ(r.x_weights[2].abs().max().item<double>(), 0.0);
+}
+
+TEST_P(CcaTest, VarianceCutoffIsRelativeToLargestVariance) {
+  at::Tensor x = at::randn({200, 3}, opts()) * at::tensor({1.0, 1e-3, 1.0}, opts());
+  at::Tensor y = x + at::randn({200, 3}, opts());
+  CcaOptions o;
+  o.variance_cutoff = 1e-5;  // variance 1e-6 relative: dropped
+  auto r = cca(in(x), in(y), o);
+  EXPECT_FALSE(r.x_mask[1].item<bool>());
+  EXPECT_EQ(r.x_rank, 2);
+  o.variance_cutoff = 1e-7;  // kept
+  EXPECT_EQ(cca(in(x), in(y), o).x_rank, 3);
+}
+
+TEST_P(CcaTest, ResultsComeBackInInputDtypeOnInputDevice) {
+  at::Tensor x = in(at::randn({50, 3}, opts()));
+  at::Tensor y = in(at::randn({50, 2}, opts()));
+  auto r = cca(x, y);
+  for (const at::Tensor& t : {r.correlations, r.x_weights, r.y_weights}) {
+    EXPECT_EQ(t.scalar_type(), GetParam().dtype);
+    EXPECT_EQ(t.device().type(), GetParam().device);
+  }
+  EXPECT_EQ(r.x_mask.scalar_type(), at::kBool);
+  EXPECT_EQ(r.x_weights.sizes(), (at::IntArrayRef{3, 2}));
+}
+
+TEST_P(CcaTest, InputPrecisionStaysCloseToFloat64) {
+  at::Tensor x = at::randn({300, 5}, opts());
+  at::Tensor y = x.narrow(1, 0, 4) + at::randn({300, 4}, opts());
+  CcaOptions o;
+  o.precision = Precision::kInput;
+  auto r = cca(in(x), in(y), o);
+  EXPECT_ALLCLOSE(r.correlations, in(cca(x, y).correlations), tol());
+}
+
+TEST_P(CcaTest, SummariesFollowTheirDefinitions) {
+  at::Tensor rho = in(at::tensor({0.9, 0.5, 0.3, 0.1}, opts()));
+  EXPECT_NEAR(mean_correlation(rho).item<double>(), 0.45, 1e-6);
+  EXPECT_NEAR(mean_squared_correlation(rho).item<double>(), (0.81 + 0.25 + 0.09 + 0.01) / 4, 1e-6);
+  EXPECT_NEAR(top_k_mean(rho, 2).item<double>(), 0.7, 1e-6);
+  EXPECT_NEAR(top_k_mean(rho, 10).item<double>(), 0.45, 1e-6);
+  // prefix sums 0, .9, 1.4, 1.7 of total 1.8: 0.75 reached first at i = 2 (1.4/1.8 = .78).
+  EXPECT_NEAR(threshold_mean(rho, 0.75).item<double>(), 0.7, 1e-6);
+  EXPECT_NEAR(threshold_mean(rho, 1.0).item<double>(), 0.45, 1e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(Matrix, CcaTest, ::testing::ValuesIn(testing::dtype_device_matrix()),
+                         testing::dtype_device_name);
+
+}  // namespace
+}  // namespace svcca
