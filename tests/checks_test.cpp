@@ -25,7 +25,11 @@ TEST_F(ChecksTest, FewerExamplesThanFeaturesExplainsAndSuggestsSvcca) {
   at::Tensor wide = at::randn({10, 20}, at::kDouble);
   at::Tensor y10 = at::randn({10, 2}, at::kDouble);
   EXPECT_THROWS_WITH_TYPE(cca(wide, y10), c10::ValueError,
-                          "cca: x must have more examples than features, but got x with shape [10, 20]");
+                          "cca: x must have more examples than features (at least 22 for 20 "
+                          "features), but got x with shape [10, 20] (10 examples)");
+  // p = n - 1 already spans every centered direction: rejected too.
+  EXPECT_THROWS_WITH(cca(at::randn({11, 10}, at::kDouble), at::randn({11, 2}, at::kDouble)),
+                     "at least 12 for 10 features");
   EXPECT_THROWS_WITH(cca(wide, y10), "reduce the features first with svcca");
   EXPECT_THROWS_WITH(pwcca(y10, wide), "pwcca: y must have more examples than features");
   EXPECT_THROWS_WITH(compat::get_cca_similarity(wide.t(), y10.t()),

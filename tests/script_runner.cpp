@@ -3,6 +3,7 @@
 // Usage: svcca_run_script MODULE.pt INPUTS.pt OUTPUT.pt
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/script.h>
+#include <torch/serialize.h>
 
 #include <fstream>
 #include <iostream>

@@ -60,11 +60,14 @@ void check_more_examples_than_features(const char* fn, const char* name, const a
                                        int64_t examples_dim) {
   const int64_t n = t.size(examples_dim);
   const int64_t p = t.size(1 - examples_dim);
-  TORCH_CHECK_VALUE(p < n, fn, ": ", name, " must have more examples than features, but got ",
-                    name, " with shape ", shape_str(t), " (", n, " examples, ", p,
-                    " features). With n <= p the centered examples span every direction, so CCA "
-                    "reports perfect correlations for any data. Give more examples, or reduce the "
-                    "features first with svcca (SVD to a few directions, then CCA)");
+  const bool reference_layout = examples_dim == 1;
+  const int64_t needed = reference_layout ? p + 1 : p + 2;
+  TORCH_CHECK_VALUE(n >= needed, fn, ": ", name, " must have more examples than features (at least ",
+                    needed, " for ", p, " features), but got ", name, " with shape ",
+                    shape_str(t), " (", n, " examples). Centered, n examples span at most n - 1 "
+                    "directions, so with n - 1 <= p CCA reports perfect correlations for any data. "
+                    "Give more examples, or reduce the features first with svcca (SVD to a few "
+                    "directions, then CCA)");
 }
 
 void check_unit_interval(const char* fn, const char* name, double value) {

@@ -18,7 +18,9 @@ void check_matrix(const char* fn, const char* name, const at::Tensor& t);
 // least two examples.
 void check_pair(const char* fn, const at::Tensor& x, const at::Tensor& y, int64_t examples_dim = 0);
 
-// x has more examples than features along the given layout, as CCA needs.
+// t has enough examples for CCA on its features: n >= p + 2 in the modern layout (centered data
+// has rank <= n - 1, so p = n - 1 features already span every direction), and n > p in
+// google/svcca's layout (examples_dim = 1), which is the reference's own check.
 void check_more_examples_than_features(const char* fn, const char* name, const at::Tensor& t,
                                        int64_t examples_dim = 0);
 

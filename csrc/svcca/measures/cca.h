@@ -41,8 +41,10 @@ struct CcaResult {
 // (eigh, no explicit inverse; rank-deficient directions dropped, so rank-deficient inputs give
 // exact results over the directions they have).
 // Throws (c10::ValueError / c10::TypeError) when the inputs are not both 2-D real float tensors
-// on one device with the same n >= 2, contain NaN/Inf, have n <= p (CCA is degenerate there:
-// use svcca), have only constant features, or an option is out of range.
+// on one device with the same n >= 2, contain NaN/Inf, have n < p + 2 on either side (CCA is
+// degenerate there: use svcca), have only constant features, or an option is out of range.
+// Note: with p1 + p2 > n - 1, at least p1 + p2 - (n - 1) correlations are 1 for any data (the two
+// spans must intersect); aim for n well above p1 + p2 (google/svcca suggests 5-10x).
 //   auto r = svcca::cca(x, y);  r.correlations.mean()
 CcaResult cca(const at::Tensor& x, const at::Tensor& y, const CcaOptions& options = {});
 

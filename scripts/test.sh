@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Quick start, command 2: install Debian packages, build, and run every test through CTest
+# (the gtest suite, the pytest suite, and the find_package(svcca) consumer).
+#   scripts/test.sh             Release build in build/
+#   scripts/test.sh --sanitize  AddressSanitizer + UBSan build in build-sanitize/, C++ tests only
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+svcca_install_deps
+if [ "${1:-}" = "--sanitize" ]; then
+  dir="$SVCCA_ROOT/build-sanitize"
+  svcca_build "$dir" -DSVCCA_BUILD_TESTS=ON -DSVCCA_SANITIZE=ON -DSVCCA_BUILD_BENCHMARKS=OFF \
+    -DSVCCA_BUILD_TOOLS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  # Any sanitizer report fails the run: ASan aborts on the first error, UBSan is built with
+  # -fno-sanitize-recover; LeakSanitizer reports leaks at exit.
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+  "$dir/tests/svcca_tests"
+else
+  dir="$SVCCA_ROOT/build"
+  svcca_build "$dir" -DSVCCA_BUILD_TESTS=ON
+  ctest --test-dir "$dir" --output-on-failure -j"$(nproc)"
+fi
