@@ -19,7 +19,8 @@ class DispatcherTest : public testing::SeedingFixture {
 
 TEST_F(DispatcherTest, CcaSvccaPwcca) {
   using CcaSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, double, double, c10::optional<double>, c10::string_view);
+      const at::Tensor&, const at::Tensor&, double, double, c10::optional<double>,
+      c10::string_view);
   auto c = op("svcca::cca").typed<CcaSig>().call(x, y, 0.0, 0.0, c10::nullopt, "float64");
   auto direct = cca(x, y);
   EXPECT_ALLCLOSE(std::get<0>(c), direct.correlations, testing::tol::kClosedForm64);
@@ -29,8 +30,10 @@ TEST_F(DispatcherTest, CcaSvccaPwcca) {
   using SvccaSig = std::tuple<at::Tensor, at::Tensor, int64_t, int64_t>(
       const at::Tensor&, const at::Tensor&, double, c10::optional<int64_t>, c10::string_view,
       double, double, c10::optional<double>, c10::string_view);
-  auto s = op("svcca::svcca").typed<SvccaSig>().call(x, y, 0.9, c10::nullopt, "singular_value_mass",
-                                                      0.0, 0.0, c10::nullopt, "float64");
+  auto s =
+      op("svcca::svcca")
+          .typed<SvccaSig>()
+          .call(x, y, 0.9, c10::nullopt, "singular_value_mass", 0.0, 0.0, c10::nullopt, "float64");
   SvccaOptions so;
   so.fraction = 0.9;
   so.keep = SvccaKeep::kSingularValueMass;
@@ -39,10 +42,11 @@ TEST_F(DispatcherTest, CcaSvccaPwcca) {
   EXPECT_EQ(std::get<2>(s), sd.x_dims);
 
   using PwccaSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, c10::string_view, double, double,
-      c10::optional<double>, c10::string_view);
-  auto p = op("svcca::pwcca").typed<PwccaSig>().call(x, y, "canonical_variates", 0.0, 0.0,
-                                                      c10::nullopt, "float64");
+      const at::Tensor&, const at::Tensor&, c10::string_view, double, double, c10::optional<double>,
+      c10::string_view);
+  auto p = op("svcca::pwcca")
+               .typed<PwccaSig>()
+               .call(x, y, "canonical_variates", 0.0, 0.0, c10::nullopt, "float64");
   PwccaOptions po;
   po.weighting = PwccaWeighting::kCanonicalVariates;
   EXPECT_ALLCLOSE(std::get<0>(p), pwcca(x, y, po).score, testing::tol::kClosedForm64);
@@ -50,29 +54,33 @@ TEST_F(DispatcherTest, CcaSvccaPwcca) {
 
 TEST_F(DispatcherTest, UnknownOptionStringsAreValueErrors) {
   using PwccaSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, c10::string_view, double, double,
-      c10::optional<double>, c10::string_view);
-  EXPECT_THROWS_WITH_TYPE(op("svcca::pwcca").typed<PwccaSig>().call(x, y, "paper", 0.0, 0.0,
-                                                                     c10::nullopt, "float64"),
-                          c10::ValueError, "pwcca: weighting must be \"reference\" or \"canonical_variates\", but got \"paper\"");
-  EXPECT_THROWS_WITH_TYPE(op("svcca::pwcca").typed<PwccaSig>().call(x, y, "reference", 0.0, 0.0,
-                                                                     c10::nullopt, "half"),
-                          c10::ValueError, "pwcca: precision must be \"float64\" or \"input\", but got \"half\"");
+      const at::Tensor&, const at::Tensor&, c10::string_view, double, double, c10::optional<double>,
+      c10::string_view);
+  EXPECT_THROWS_WITH_TYPE(
+      op("svcca::pwcca").typed<PwccaSig>().call(x, y, "paper", 0.0, 0.0, c10::nullopt, "float64"),
+      c10::ValueError,
+      "pwcca: weighting must be \"reference\" or \"canonical_variates\", but got \"paper\"");
+  EXPECT_THROWS_WITH_TYPE(
+      op("svcca::pwcca").typed<PwccaSig>().call(x, y, "reference", 0.0, 0.0, c10::nullopt, "half"),
+      c10::ValueError, "pwcca: precision must be \"float64\" or \"input\", but got \"half\"");
 }
 
 TEST_F(DispatcherTest, CompatOps) {
   using DictSig = c10::Dict<std::string, at::Tensor>(const at::Tensor&, const at::Tensor&, double,
                                                      double, bool, bool);
-  auto d = op("svcca::get_cca_similarity").typed<DictSig>().call(x.t(), y.t(), 0.0, 0.98, true, false);
+  auto d =
+      op("svcca::get_cca_similarity").typed<DictSig>().call(x.t(), y.t(), 0.0, 0.98, true, false);
   auto direct = compat::get_cca_similarity(x.t(), y.t());
   for (const char* key : {"cca_coef1", "mean", "sum", "coef_x", "full_invsqrt_yy"}) {
     EXPECT_ALLCLOSE(d.at(key), direct.at(key), testing::tol::kClosedForm64) << key;
   }
   EXPECT_EQ(d.size(), direct.size());
 
-  using PwSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double);
+  using PwSig =
+      std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double);
   auto pw = op("svcca::compute_pwcca").typed<PwSig>().call(x.t(), y.t(), 0.0);
-  EXPECT_ALLCLOSE(std::get<0>(pw), std::get<0>(compat::compute_pwcca(x.t(), y.t())), testing::tol::kClosedForm64);
+  EXPECT_ALLCLOSE(std::get<0>(pw), std::get<0>(compat::compute_pwcca(x.t(), y.t())),
+                  testing::tol::kClosedForm64);
 
   using StSig = int64_t(const at::Tensor&, double);
   EXPECT_EQ(op("svcca::sum_threshold").typed<StSig>().call(at::tensor({0.5, 0.5}), 0.5), 1);
@@ -85,7 +93,8 @@ TEST_F(DispatcherTest, CompatOps) {
   using PcaSig = c10::Dict<std::string, at::Tensor>(const at::Tensor&, bool);
   auto pca = op("svcca::get_pca").typed<PcaSig>().call(x.t(), true);
   EXPECT_TRUE(pca.contains("pca_dirns"));
-  EXPECT_ALLCLOSE(pca.at("eigenvals"), compat::get_pca(x.t(), false).at("eigenvals"), testing::tol::kClosedForm64);
+  EXPECT_ALLCLOSE(pca.at("eigenvals"), compat::get_pca(x.t(), false).at("eigenvals"),
+                  testing::tol::kClosedForm64);
 }
 
 }  // namespace

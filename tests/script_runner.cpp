@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
     }
     c10::IValue out = module.forward(args);
     std::vector<char> bytes = torch::pickle_save(out);
-    std::ofstream(argv[3], std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(argv[3], std::ios::binary)
+        .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     return 0;
   } catch (const c10::Error& e) {
     std::cerr << "svcca_run_script: " << e.what_without_backtrace() << "\n";

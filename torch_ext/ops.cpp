@@ -36,8 +36,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cca_op(
 
 std::tuple<at::Tensor, at::Tensor, int64_t, int64_t> svcca_op(
     const at::Tensor& x, const at::Tensor& y, double fraction, c10::optional<int64_t> dims,
-    c10::string_view keep, double epsilon, double variance_cutoff,
-    c10::optional<double> rank_rtol, c10::string_view precision) {
+    c10::string_view keep, double epsilon, double variance_cutoff, c10::optional<double> rank_rtol,
+    c10::string_view precision) {
   SvccaOptions o;
   o.fraction = fraction;
   if (dims) o.dims = *dims;
@@ -46,7 +46,8 @@ std::tuple<at::Tensor, at::Tensor, int64_t, int64_t> svcca_op(
   } else if (keep == "singular_value_mass") {
     o.keep = SvccaKeep::kSingularValueMass;
   } else {
-    TORCH_CHECK_VALUE(false, "svcca: keep must be \"variance\" or \"singular_value_mass\", but got \"",
+    TORCH_CHECK_VALUE(false,
+                      "svcca: keep must be \"variance\" or \"singular_value_mass\", but got \"",
                       std::string(keep), "\"");
   }
   o.cca = cca_options("svcca", epsilon, variance_cutoff, rank_rtol, precision);
@@ -65,9 +66,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pwcca_op(const at::Tensor& x, con
   } else if (weighting == "canonical_variates") {
     o.weighting = PwccaWeighting::kCanonicalVariates;
   } else {
-    TORCH_CHECK_VALUE(false,
-                      "pwcca: weighting must be \"reference\" or \"canonical_variates\", but got \"",
-                      std::string(weighting), "\"");
+    TORCH_CHECK_VALUE(
+        false, "pwcca: weighting must be \"reference\" or \"canonical_variates\", but got \"",
+        std::string(weighting), "\"");
   }
   o.cca = cca_options("pwcca", epsilon, variance_cutoff, rank_rtol, precision);
   auto r = pwcca(x, y, o);

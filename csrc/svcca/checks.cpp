@@ -15,7 +15,8 @@ std::string shape_str(const at::Tensor& t) {
 }
 
 void check_matrix(const char* fn, const char* name, const at::Tensor& t) {
-  TORCH_CHECK_VALUE(t.defined(), fn, ": ", name, " must be a defined tensor, but got an undefined one");
+  TORCH_CHECK_VALUE(t.defined(), fn, ": ", name,
+                    " must be a defined tensor, but got an undefined one");
   TORCH_CHECK_TYPE(!t.is_complex(), fn, ": ", name,
                    " must be a real floating tensor (float32 or float64), but got dtype ",
                    t.scalar_type(), " (complex inputs are only accepted by the Fourier recipes)");
@@ -62,9 +63,10 @@ void check_more_examples_than_features(const char* fn, const char* name, const a
   const int64_t p = t.size(1 - examples_dim);
   const bool reference_layout = examples_dim == 1;
   const int64_t needed = reference_layout ? p + 1 : p + 2;
-  TORCH_CHECK_VALUE(n >= needed, fn, ": ", name, " must have more examples than features (at least ",
-                    needed, " for ", p, " features), but got ", name, " with shape ",
-                    shape_str(t), " (", n, " examples). Centered, n examples span at most n - 1 "
+  TORCH_CHECK_VALUE(n >= needed, fn, ": ", name,
+                    " must have more examples than features (at least ", needed, " for ", p,
+                    " features), but got ", name, " with shape ", shape_str(t), " (", n,
+                    " examples). Centered, n examples span at most n - 1 "
                     "directions, so with n - 1 <= p CCA reports perfect correlations for any data. "
                     "Give more examples, or reduce the features first with svcca (SVD to a few "
                     "directions, then CCA)");

@@ -17,7 +17,9 @@ at::ScalarType result_dtype(const at::Tensor& x, const at::Tensor& y) {
   return at::promote_types(x.scalar_type(), y.scalar_type());
 }
 
-at::Tensor mh(const at::Tensor& t) { return t.transpose(-2, -1).conj(); }
+at::Tensor mh(const at::Tensor& t) {
+  return t.transpose(-2, -1).conj();
+}
 
 Centered center(const at::Tensor& x, at::ScalarType dtype) {
   at::Tensor xd = x.to(dtype);
@@ -87,7 +89,8 @@ LayerFactors factor_layer(const char* fn, const char* name, const at::Tensor& co
   at::Tensor lam = std::get<0>(eig).flip(0);
   at::Tensor vec = std::get<1>(eig).flip(1);
   const double lam_max = lam[0].item<double>();
-  const double rtol = options.rank_rtol.value_or(static_cast<double>(k) * machine_eps(cov.scalar_type()));
+  const double rtol =
+      options.rank_rtol.value_or(static_cast<double>(k) * machine_eps(cov.scalar_type()));
   const int64_t rank = (lam > rtol * lam_max).sum().item<int64_t>();
   TORCH_CHECK_VALUE(rank > 0, fn, ": ", name,
                     " must have a covariance of rank >= 1, but all its eigenvalues are <= ", rtol,

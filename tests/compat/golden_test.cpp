@@ -54,8 +54,8 @@ void ExpectCcaSimilarityMatches(const compat::TensorDict& r, const nlohmann::jso
   }
   const int64_t k = r.at("cca_coef1").numel();
   const Tol vec_tol = golden_tol(g, "coef_vectors_after_sign_alignment", tol::kGoldenVectors);
-  at::Tensor sign = ExpectPairedRowsMatch(r.at("coef_x"), golden_array(g, "coef_x"),
-                                          r.at("coef_y"), golden_array(g, "coef_y"), k, vec_tol);
+  at::Tensor sign = ExpectPairedRowsMatch(r.at("coef_x"), golden_array(g, "coef_x"), r.at("coef_y"),
+                                          golden_array(g, "coef_y"), k, vec_tol);
   ExpectCompletionSpansMatch(r.at("coef_x"), golden_array(g, "coef_x"), k, vec_tol);
   ExpectCompletionSpansMatch(r.at("coef_y"), golden_array(g, "coef_y"), k, vec_tol);
   // full_coef_*: the coefficient blocks embedded at the kept neurons, zeros elsewhere.
@@ -79,21 +79,22 @@ void ExpectCcaSimilarityMatches(const compat::TensorDict& r, const nlohmann::jso
     at::Tensor e = (golden_array(g, key) - means).index_select(0, rows);
     EXPECT_ALLCLOSE(a, e, tol::kGoldenDefault) << key;
     at::Tensor removed = (~r.at(side == 0 ? "x_idxs" : "y_idxs")).nonzero().view({-1});
-    EXPECT_ALLCLOSE(r.at(key).index_select(0, removed), golden_array(g, key).index_select(0, removed),
-                    tol::kClosedForm64);
+    EXPECT_ALLCLOSE(r.at(key).index_select(0, removed),
+                    golden_array(g, key).index_select(0, removed), tol::kClosedForm64);
   }
 }
 
 TEST(GoldenTest, CcaSmall) {
   auto g = load_golden("cca_small");
-  auto r = compat::get_cca_similarity(golden_array(g, "acts1"), golden_array(g, "acts2"), 0.0,
-                                      0.98, true, true);
+  auto r = compat::get_cca_similarity(golden_array(g, "acts1"), golden_array(g, "acts2"), 0.0, 0.98,
+                                      true, true);
   ExpectCcaSimilarityMatches(r, g, /*with_dirns=*/true);
   EXPECT_EQ(compat::sum_threshold(r.at("cca_coef1"), 0.98),
             golden_array(g, "sum_threshold_idx")[0].item<int64_t>());
   // The modern API on the same data, in its [n, p] layout.
   auto m = cca(golden_array(g, "acts1").t(), golden_array(g, "acts2").t());
-  EXPECT_ALLCLOSE(m.correlations, golden_array(g, "cca_coef1"), golden_tol(g, "cca_coef1", tol::kGoldenDefault));
+  EXPECT_ALLCLOSE(m.correlations, golden_array(g, "cca_coef1"),
+                  golden_tol(g, "cca_coef1", tol::kGoldenDefault));
 }
 
 TEST(GoldenTest, CcaDeadNeurons) {
@@ -108,7 +109,8 @@ TEST(GoldenTest, CcaDeadNeurons) {
   auto m = cca(a1.t(), a2.t(), o);
   EXPECT_TRUE(m.x_mask.equal(golden_array(g, "x_idxs")));
   EXPECT_TRUE(m.y_mask.equal(golden_array(g, "y_idxs")));
-  EXPECT_ALLCLOSE(m.correlations, golden_array(g, "cca_coef1"), golden_tol(g, "cca_coef1", tol::kGoldenDefault));
+  EXPECT_ALLCLOSE(m.correlations, golden_array(g, "cca_coef1"),
+                  golden_tol(g, "cca_coef1", tol::kGoldenDefault));
 }
 
 TEST(GoldenTest, CcaDeadNeuronsWithoutEpsilonGivesAFiniteResult) {
@@ -117,15 +119,15 @@ TEST(GoldenTest, CcaDeadNeuronsWithoutEpsilonGivesAFiniteResult) {
   auto r = compat::get_cca_similarity(golden_array(g, "acts1"), golden_array(g, "acts2"), 0.0);
   EXPECT_TRUE(at::isfinite(r.at("cca_coef1")).all().item<bool>());
   EXPECT_TRUE(r.at("x_idxs").all().item<bool>());  // epsilon = 0 keeps every neuron (>= test)
-  EXPECT_ALLCLOSE(r.at("cca_coef1").narrow(0, 0, 20),
-                  golden_array(g, "cca_coef1").narrow(0, 0, 20), tol::kGoldenDefault);
+  EXPECT_ALLCLOSE(r.at("cca_coef1").narrow(0, 0, 20), golden_array(g, "cca_coef1").narrow(0, 0, 20),
+                  tol::kGoldenDefault);
 }
 
 TEST(GoldenTest, CcaAllRemovedIsAClearError) {
   auto g = load_golden("cca_dead_neurons");
-  EXPECT_THROWS_WITH_TYPE(compat::get_cca_similarity(golden_array(g, "acts1"),
-                                                     golden_array(g, "acts2"), 2.0),
-                          c10::ValueError, "epsilon must keep at least one neuron of acts1");
+  EXPECT_THROWS_WITH_TYPE(
+      compat::get_cca_similarity(golden_array(g, "acts1"), golden_array(g, "acts2"), 2.0),
+      c10::ValueError, "epsilon must keep at least one neuron of acts1");
 }
 
 TEST(GoldenTest, CcaThresholdEdges) {
@@ -167,8 +169,10 @@ TEST(GoldenTest, PwccaEqual50Dead) {
   at::Tensor a1 = golden_array(g, "acts1");
   at::Tensor a2 = golden_array(g, "acts2");
   auto [value, weights, coefs] = compat::compute_pwcca(a1, a2, 1e-10);
-  EXPECT_ALLCLOSE(value.reshape({1}), golden_array(g, "pwcca"), golden_tol(g, "pwcca", tol::kGoldenDefault));
-  EXPECT_ALLCLOSE(weights, golden_array(g, "weights"), golden_tol(g, "weights", tol::kGoldenDefault));
+  EXPECT_ALLCLOSE(value.reshape({1}), golden_array(g, "pwcca"),
+                  golden_tol(g, "pwcca", tol::kGoldenDefault));
+  EXPECT_ALLCLOSE(weights, golden_array(g, "weights"),
+                  golden_tol(g, "weights", tol::kGoldenDefault));
   EXPECT_ALLCLOSE(coefs, golden_array(g, "coefs"), golden_tol(g, "coefs", tol::kGoldenDefault));
   // The modern op with the reference weighting, in the [n, p] layout, gives the same numbers.
   PwccaOptions o;
@@ -176,8 +180,10 @@ TEST(GoldenTest, PwccaEqual50Dead) {
   o.cca.variance_cutoff = 1e-10;
   auto m = pwcca(a1.t(), a2.t(), o);
   EXPECT_FALSE(m.weights_from_y);
-  EXPECT_ALLCLOSE(m.score.reshape({1}), golden_array(g, "pwcca"), golden_tol(g, "pwcca", tol::kGoldenDefault));
-  EXPECT_ALLCLOSE(m.weights, golden_array(g, "weights"), golden_tol(g, "weights", tol::kGoldenDefault));
+  EXPECT_ALLCLOSE(m.score.reshape({1}), golden_array(g, "pwcca"),
+                  golden_tol(g, "pwcca", tol::kGoldenDefault));
+  EXPECT_ALLCLOSE(m.weights, golden_array(g, "weights"),
+                  golden_tol(g, "weights", tol::kGoldenDefault));
 }
 
 TEST(GoldenTest, SvccaTop20) {
@@ -195,8 +201,10 @@ TEST(GoldenTest, SvccaTop20) {
 
   auto p1 = compat::get_pca(acts1);
   auto p2 = compat::get_pca(acts2);
-  EXPECT_ALLCLOSE(p1.at("eigenvals"), golden_array(g, "sv1"), golden_tol(g, "sv1", tol::kGoldenDefault));
-  EXPECT_ALLCLOSE(p2.at("eigenvals"), golden_array(g, "sv2"), golden_tol(g, "sv1", tol::kGoldenDefault));
+  EXPECT_ALLCLOSE(p1.at("eigenvals"), golden_array(g, "sv1"),
+                  golden_tol(g, "sv1", tol::kGoldenDefault));
+  EXPECT_ALLCLOSE(p2.at("eigenvals"), golden_array(g, "sv2"),
+                  golden_tol(g, "sv1", tol::kGoldenDefault));
   // svacts = s[:20] * Vh[:20] = U[:, :20]^T (acts - means).
   auto reduce = [](const at::Tensor& acts, const compat::TensorDict& pca) {
     return at::mm(pca.at("neuron_coefs").narrow(0, 0, 20), acts - acts.mean(1, true));
@@ -221,16 +229,19 @@ TEST(GoldenTest, PlsEqual) {
   at::Tensor a1 = golden_array(g, "acts1");
   at::Tensor a2 = golden_array(g, "acts2");
   auto r = compat::get_pls_similarity(a1, a2);
-  EXPECT_ALLCLOSE(r.at("eigenvals"), golden_array(g, "eigenvals"), golden_tol(g, "eigenvals", tol::kGoldenDefault));
+  EXPECT_ALLCLOSE(r.at("eigenvals"), golden_array(g, "eigenvals"),
+                  golden_tol(g, "eigenvals", tol::kGoldenDefault));
   const int64_t k = r.at("eigenvals").numel();
   const Tol vt = golden_tol(g, "neuron_coeffs", tol::kGoldenVectors);
-  at::Tensor sign = ExpectPairedRowsMatch(r.at("neuron_coeffs1"), golden_array(g, "neuron_coeffs1"),
-                                          r.at("neuron_coeffs2"), golden_array(g, "neuron_coeffs2"), k, vt);
+  at::Tensor sign =
+      ExpectPairedRowsMatch(r.at("neuron_coeffs1"), golden_array(g, "neuron_coeffs1"),
+                            r.at("neuron_coeffs2"), golden_array(g, "neuron_coeffs2"), k, vt);
   for (int side = 1; side <= 2; ++side) {
     const std::string key = "pls_dirns" + std::to_string(side);
     at::Tensor means = (side == 1 ? a1 : a2).mean(1, true);
     EXPECT_ALLCLOSE((r.at(key) - means) * sign.unsqueeze(1), golden_array(g, key) - means,
-                    tol::kGoldenDefault) << key;
+                    tol::kGoldenDefault)
+        << key;
   }
 }
 
@@ -241,17 +252,20 @@ TEST(GoldenTest, PlsUnequalSizesWorks) {
   auto r = compat::get_pls_similarity(a1, a2);
   EXPECT_EQ(r.at("pls_dirns1").sizes(), (at::IntArrayRef{9, 300}));
   at::Tensor centered = at::mm(r.at("neuron_coeffs1"), a1 - a1.mean(1, true));
-  EXPECT_ALLCLOSE(r.at("pls_dirns1") - a1.mean(1, true).narrow(0, 0, 9), centered, tol::kClosedForm64);
+  EXPECT_ALLCLOSE(r.at("pls_dirns1") - a1.mean(1, true).narrow(0, 0, 9), centered,
+                  tol::kClosedForm64);
 }
 
 TEST(GoldenTest, PcaBasic) {
   auto g = load_golden("pca_basic");
   at::Tensor acts = golden_array(g, "acts");
   auto r = compat::get_pca(acts, /*compute_dirns=*/true);
-  EXPECT_ALLCLOSE(r.at("eigenvals"), golden_array(g, "eigenvals"), golden_tol(g, "eigenvals", tol::kGoldenDefault));
+  EXPECT_ALLCLOSE(r.at("eigenvals"), golden_array(g, "eigenvals"),
+                  golden_tol(g, "eigenvals", tol::kGoldenDefault));
   at::Tensor gc = golden_array(g, "neuron_coefs");
   at::Tensor sign = (r.at("neuron_coefs") * gc).sum(1).sign().unsqueeze(1);
-  EXPECT_ALLCLOSE(r.at("neuron_coefs") * sign, gc, golden_tol(g, "neuron_coefs", tol::kGoldenVectors));
+  EXPECT_ALLCLOSE(r.at("neuron_coefs") * sign, gc,
+                  golden_tol(g, "neuron_coefs", tol::kGoldenVectors));
   at::Tensor means = acts.mean(1, true);
   EXPECT_ALLCLOSE((r.at("pca_dirns") - means) * sign, golden_array(g, "pca_dirns") - means,
                   tol::kGoldenDefault);

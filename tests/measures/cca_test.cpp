@@ -77,8 +77,8 @@ TEST_P(CcaTest, RankDeficientInputIsExactOverItsRank) {
 TEST_P(CcaTest, ConstantFeaturesAreDroppedWithZeroWeights) {
   at::Tensor x = at::randn({200, 4}, opts());
   at::Tensor y = x.narrow(1, 0, 2) + at::randn({200, 2}, opts());
-  at::Tensor x_const = at::cat({x.narrow(1, 0, 2), at::full({200, 1}, 0.1, opts()),
-                                x.narrow(1, 2, 2)}, 1);
+  at::Tensor x_const =
+      at::cat({x.narrow(1, 0, 2), at::full({200, 1}, 0.1, opts()), x.narrow(1, 2, 2)}, 1);
   auto r = cca(in(x_const), in(y));
   EXPECT_ALLCLOSE(r.correlations, cca(in(x), in(y)).correlations, tol());
   EXPECT_FALSE(r.x_mask[2].item<bool>());

@@ -14,7 +14,8 @@ class SvccaTest : public MatrixTest {
   at::Tensor with_spectrum(int64_t n, const std::vector<double>& s) {
     const int64_t p = static_cast<int64_t>(s.size());
     at::Tensor w = testing::whitened_columns(n, p, opts());
-    at::Tensor mixed = at::mm(w * at::tensor(s, opts()), testing::orthonormal_columns(p, p, opts()).t());
+    at::Tensor mixed =
+        at::mm(w * at::tensor(s, opts()), testing::orthonormal_columns(p, p, opts()).t());
     return mixed + 2.0;
   }
 };

@@ -22,16 +22,16 @@ Tol tol_for(at::ScalarType dtype, bool closed_form) {
     return ::testing::AssertionFailure() << "undefined tensor";
   }
   if (actual.sizes() != expected.sizes()) {
-    return ::testing::AssertionFailure() << "shape " << actual.sizes() << " != expected "
-                                         << expected.sizes();
+    return ::testing::AssertionFailure()
+           << "shape " << actual.sizes() << " != expected " << expected.sizes();
   }
   if (actual.scalar_type() != expected.scalar_type()) {
-    return ::testing::AssertionFailure() << "dtype " << actual.scalar_type() << " != expected "
-                                         << expected.scalar_type();
+    return ::testing::AssertionFailure()
+           << "dtype " << actual.scalar_type() << " != expected " << expected.scalar_type();
   }
   if (actual.device() != expected.device()) {
-    return ::testing::AssertionFailure() << "device " << actual.device() << " != expected "
-                                         << expected.device();
+    return ::testing::AssertionFailure()
+           << "device " << actual.device() << " != expected " << expected.device();
   }
   if (actual.numel() == 0) return ::testing::AssertionSuccess();
   at::Tensor a = actual.detach().to(at::kCPU, at::kDouble);
@@ -43,11 +43,10 @@ Tol tol_for(at::ScalarType dtype, bool closed_form) {
   const int64_t worst = (diff - allowed).nan_to_num(1e300).flatten().argmax().item<int64_t>();
   const double rel = (diff / e.abs()).flatten()[worst].item<double>();
   return ::testing::AssertionFailure()
-         << bad.sum().item<int64_t>() << " of " << a.numel()
-         << " entries differ (rtol " << t.rtol << ", atol " << t.atol << "); worst at flat index "
-         << worst << ": actual " << a.flatten()[worst].item<double>() << ", expected "
-         << e.flatten()[worst].item<double>() << ", abs err "
-         << diff.flatten()[worst].item<double>() << ", rel err " << rel
+         << bad.sum().item<int64_t>() << " of " << a.numel() << " entries differ (rtol " << t.rtol
+         << ", atol " << t.atol << "); worst at flat index " << worst << ": actual "
+         << a.flatten()[worst].item<double>() << ", expected " << e.flatten()[worst].item<double>()
+         << ", abs err " << diff.flatten()[worst].item<double>() << ", rel err " << rel
          << "; max abs err " << diff.nan_to_num(0).max().item<double>();
 }
 
@@ -57,7 +56,9 @@ std::string PrintToString(const DtypeDevice& p) {
 }
 
 std::vector<DtypeDevice> dtype_device_matrix() {
-  return {{at::kDouble, at::kCPU}, {at::kFloat, at::kCPU}, {at::kDouble, at::kCUDA},
+  return {{at::kDouble, at::kCPU},
+          {at::kFloat, at::kCPU},
+          {at::kDouble, at::kCUDA},
           {at::kFloat, at::kCUDA}};
 }
 

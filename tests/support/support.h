@@ -6,9 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
-#include <nlohmann/json.hpp>
 
 namespace svcca {
 namespace testing {
@@ -49,12 +49,12 @@ template <typename ErrorType, typename F>
       return ::testing::AssertionFailure() << stmt << " threw the wrong error type: " << msg;
     }
     if (msg.find(substring) != std::string::npos) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << stmt << " threw \"" << msg
-                                         << "\"\nexpected it to contain \"" << substring << "\"";
+    return ::testing::AssertionFailure()
+           << stmt << " threw \"" << msg << "\"\nexpected it to contain \"" << substring << "\"";
   }
   return ::testing::AssertionFailure() << "expected " << stmt << " to throw";
 }
-#define EXPECT_THROWS_WITH_TYPE(stmt, ErrorType, substring)                                    \
+#define EXPECT_THROWS_WITH_TYPE(stmt, ErrorType, substring) \
   EXPECT_TRUE(::svcca::testing::ThrowsWith<ErrorType>([&]() { (void)(stmt); }, (substring), #stmt))
 #define EXPECT_THROWS_WITH(stmt, substring) EXPECT_THROWS_WITH_TYPE(stmt, c10::Error, substring)
 

@@ -114,12 +114,12 @@ TensorDict get_cca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, 
   at::Tensor iy = y_idxs.nonzero().view({-1});
   const int64_t kx = ix.numel();
   const int64_t ky = iy.numel();
-  TORCH_CHECK_VALUE(kx > 0, fn, ": epsilon must keep at least one neuron of acts1, but epsilon=",
-                    epsilon,
+  TORCH_CHECK_VALUE(kx > 0, fn,
+                    ": epsilon must keep at least one neuron of acts1, but epsilon=", epsilon,
                     " removes all of them (rescaled variances are at most 1; google/svcca "
                     "crashes here with 'too many values to unpack')");
-  TORCH_CHECK_VALUE(ky > 0, fn, ": epsilon must keep at least one neuron of acts2, but epsilon=",
-                    epsilon,
+  TORCH_CHECK_VALUE(ky > 0, fn,
+                    ": epsilon must keep at least one neuron of acts2, but epsilon=", epsilon,
                     " removes all of them (rescaled variances are at most 1; google/svcca "
                     "crashes here with 'too many values to unpack')");
 
@@ -192,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compute_pwcca(const at::Tensor& a
   at::Tensor mu = r.at(use_x ? "neuron_means1" : "neuron_means2").index_select(0, idx);
   at::Tensor coef = r.at(use_x ? "coef_x" : "coef_y");
   at::Tensor coefs = r.at("cca_coef1");
-  at::Tensor dirns = at::mm(coef, kept - mu) + mu;  // [k, m]
+  at::Tensor dirns = at::mm(coef, kept - mu) + mu;                  // [k, m]
   at::Tensor p = std::get<0>(at::linalg_qr(dirns.t(), "reduced"));  // [m, k]
   at::Tensor weights = at::mm(p.t(), kept.t()).abs().sum(1);
   weights = weights / weights.sum();
@@ -208,7 +208,7 @@ TensorDict get_pls_similarity(const at::Tensor& acts1, const at::Tensor& acts2) 
   auto c2 = center_neurons(acts2);
   at::Tensor sxy = neuron_cov(c1.data, c2.data);
   auto svd = at::linalg_svd(sxy, /*full_matrices=*/false);
-  at::Tensor ut = std::get<0>(svd).t();  // [k, nx]
+  at::Tensor ut = std::get<0>(svd).t();     // [k, nx]
   const at::Tensor& vh = std::get<2>(svd);  // [k, ny]
   const int64_t k = ut.size(0);
   TensorDict out;

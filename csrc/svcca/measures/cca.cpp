@@ -36,10 +36,10 @@ PairFactors factor_pair(const char* fn, const at::Tensor& x, const at::Tensor& y
   auto xc = center(x, dtype);
   auto yc = center(y, dtype);
   PairFactors pf;
-  pf.x = factor_layer(fn, "x", cross_covariance(xc.data, xc.data), non_constant_columns(x),
-                      options);
-  pf.y = factor_layer(fn, "y", cross_covariance(yc.data, yc.data), non_constant_columns(y),
-                      options);
+  pf.x =
+      factor_layer(fn, "x", cross_covariance(xc.data, xc.data), non_constant_columns(x), options);
+  pf.y =
+      factor_layer(fn, "y", cross_covariance(yc.data, yc.data), non_constant_columns(y), options);
   pf.sxy = cross_covariance(xc.data, yc.data);
   pf.x_mean = xc.mean;
   pf.y_mean = yc.mean;
@@ -74,7 +74,9 @@ CcaResult cca(const at::Tensor& x, const at::Tensor& y, const CcaOptions& option
   return r;
 }
 
-at::Tensor mean_correlation(const at::Tensor& correlations) { return correlations.mean(); }
+at::Tensor mean_correlation(const at::Tensor& correlations) {
+  return correlations.mean();
+}
 
 at::Tensor mean_squared_correlation(const at::Tensor& correlations) {
   return correlations.square().mean();

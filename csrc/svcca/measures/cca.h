@@ -28,11 +28,11 @@ struct CcaResult {
   at::Tensor correlations;  // [k] canonical correlations, descending, in [0, 1];
                             // k = min(rank of x, rank of y) after dropping features
   at::Tensor x_weights;     // [p1, k] canonical weights: x_c @ x_weights are the canonical
-                            // variates (unit variance, uncorrelated); zero rows for dropped features
-  at::Tensor y_weights;     // [p2, k] likewise for y
-  at::Tensor x_mask;        // [p1] bool: features of x kept
-  at::Tensor y_mask;        // [p2] bool: features of y kept
-  int64_t x_rank = 0;       // directions of x that entered the CCA
+                         // variates (unit variance, uncorrelated); zero rows for dropped features
+  at::Tensor y_weights;  // [p2, k] likewise for y
+  at::Tensor x_mask;     // [p1] bool: features of x kept
+  at::Tensor y_mask;     // [p2] bool: features of y kept
+  int64_t x_rank = 0;    // directions of x that entered the CCA
   int64_t y_rank = 0;
 };
 
@@ -78,9 +78,9 @@ FactorOptions factor_options(const CcaOptions& options);
 // place the one-shot measures center, form the covariance products, and factor each layer.
 struct PairFactors {
   LayerFactors x, y;
-  at::Tensor sxy;     // [p1, p2] cross-covariance, compute dtype
-  at::Tensor x_mean;  // [p1]
-  at::Tensor y_mean;  // [p2]
+  at::Tensor sxy;                     // [p1, p2] cross-covariance, compute dtype
+  at::Tensor x_mean;                  // [p1]
+  at::Tensor y_mean;                  // [p2]
   at::Tensor x_centered, y_centered;  // [n, p1], [n, p2], compute dtype
 };
 PairFactors factor_pair(const char* fn, const at::Tensor& x, const at::Tensor& y,

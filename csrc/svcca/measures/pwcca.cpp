@@ -53,8 +53,8 @@ PwccaResult pwcca(const at::Tensor& x, const at::Tensor& y, const PwccaOptions& 
   detail::check_more_examples_than_features(fn, "y", y);
   detail::check_cca_options(fn, options.cca);
 
-  auto pf = detail::factor_pair(fn, x, y, detail::factor_options(options.cca),
-                                options.cca.precision);
+  auto pf =
+      detail::factor_pair(fn, x, y, detail::factor_options(options.cca), options.cca.precision);
   const int64_t k = std::min(pf.x.rank, pf.y.rank);
 
   PwccaResult r;
@@ -68,11 +68,10 @@ PwccaResult pwcca(const at::Tensor& x, const at::Tensor& y, const PwccaOptions& 
     auto svd = at::linalg_svd(arr, /*full_matrices=*/false);
     correlations = std::get<1>(svd).narrow(0, 0, k).clamp(0.0, 1.0);
     r.weights_from_y = pf.y.rank < pf.x.rank;
-    weights = r.weights_from_y
-                  ? reference_weights(pf.y, pf.y_centered, pf.y_mean,
-                                      detail::mh(std::get<2>(svd)).narrow(1, 0, k))
-                  : reference_weights(pf.x, pf.x_centered, pf.x_mean,
-                                      std::get<0>(svd).narrow(1, 0, k));
+    weights = r.weights_from_y ? reference_weights(pf.y, pf.y_centered, pf.y_mean,
+                                                   detail::mh(std::get<2>(svd)).narrow(1, 0, k))
+                               : reference_weights(pf.x, pf.x_centered, pf.x_mean,
+                                                   std::get<0>(svd).narrow(1, 0, k));
   } else {
     auto core = detail::cca_core(pf.x, pf.y, pf.sxy);
     correlations = core.correlations;

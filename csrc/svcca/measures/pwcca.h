@@ -27,9 +27,9 @@ struct PwccaOptions {
 };
 
 struct PwccaResult {
-  at::Tensor score;         // 0-d: sum_i weights_i * correlations_i
-  at::Tensor weights;       // [k], non-negative, sum to 1
-  at::Tensor correlations;  // [k] descending
+  at::Tensor score;             // 0-d: sum_i weights_i * correlations_i
+  at::Tensor weights;           // [k], non-negative, sum to 1
+  at::Tensor correlations;      // [k] descending
   bool weights_from_y = false;  // true when y supplied the weights (kReference, y has fewer)
 };
 

@@ -15,7 +15,7 @@ int main() {
     std::cerr << "unexpected correlations " << r.correlations << "\n";
     return 1;
   }
-  std::cout << "consumer ok: " << r.correlations.numel() << " correlations, max |rho - 1| = "
-            << worst << "\n";
+  std::cout << "consumer ok: " << r.correlations.numel()
+            << " correlations, max |rho - 1| = " << worst << "\n";
   return 0;
 }
