@@ -25,10 +25,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <map>
 #include <string>
-#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "svcca/checks.h"
@@ -48,7 +47,9 @@ struct Shape {
   std::string name() const { return std::to_string(n) + "x" + std::to_string(p); }
 };
 
-const char* dtype_name(at::ScalarType t) { return t == at::kFloat ? "f32" : "f64"; }
+const char* dtype_name(at::ScalarType t) {
+  return t == at::kFloat ? "f32" : "f64";
+}
 
 // ---- Inputs: generated once per shape, seeded ----------------------------------------------
 
@@ -74,7 +75,7 @@ const Inputs& inputs(const Shape& s, at::ScalarType dtype) {
   const int64_t d = std::max<int64_t>(s.p / 4, 1);
   at::Tensor scales = 1.0 / (1.0 + at::arange(d, opts) / 8.0);
   at::Tensor z = at::randn({s.n, d}, gen, opts) * scales;
-  auto mix = [&](void) {
+  auto mix = [&] {
     at::Tensor a = at::randn({d, s.p}, gen, opts);
     return at::mm(z, a).add_(at::randn({s.n, s.p}, gen, opts), /*alpha=*/0.3);
   };
@@ -135,16 +136,20 @@ void bm_products(benchmark::State& state, Shape s, at::ScalarType in, at::Scalar
     benchmark::DoNotOptimize(sxy.data_ptr());
   });
   const double flops = 2.0 * s.n * s.p * s.p * 3.0;
-  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 enum class Measure { kCca, kSvcca, kPwcca };
 
 const char* measure_name(Measure m) {
   switch (m) {
-    case Measure::kCca: return "cca";
-    case Measure::kSvcca: return "svcca";
-    case Measure::kPwcca: return "pwcca";
+    case Measure::kCca:
+      return "cca";
+    case Measure::kSvcca:
+      return "svcca";
+    case Measure::kPwcca:
+      return "pwcca";
   }
   return "?";
 }
@@ -164,21 +169,29 @@ void bm_measure(benchmark::State& state, Shape s, at::ScalarType in, Measure m) 
   const Inputs& data = inputs(s, in);
   const std::string key = std::string(measure_name(m)) + "/" + dtype_name(in) + "/" + s.name();
   double score = 0.0;
+  double kept = 0.0;  // svcca: directions of x kept at 0.99
   timed_loop(state, key, [&] {
     at::Tensor r;
     switch (m) {
-      case Measure::kCca: r = svcca::cca(data.x, data.y).correlations.mean(); break;
+      case Measure::kCca:
+        r = svcca::cca(data.x, data.y).correlations.mean();
+        break;
       case Measure::kSvcca: {
         svcca::SvccaOptions o;
         o.fraction = 0.99;
-        r = svcca::svcca(data.x, data.y, o).score;
+        const auto res = svcca::svcca(data.x, data.y, o);
+        r = res.score;
+        kept = static_cast<double>(res.x_dims);
         break;
       }
-      case Measure::kPwcca: r = svcca::pwcca(data.x, data.y).score; break;
+      case Measure::kPwcca:
+        r = svcca::pwcca(data.x, data.y).score;
+        break;
     }
     score = r.item<double>();
   });
   state.counters["score"] = score;
+  if (m == Measure::kSvcca) state.counters["x_dims"] = kept;
   set_ratio_counters(state, key, s, in);
 }
 
@@ -198,10 +211,10 @@ struct PieceTimes {
 
 const char* piece_description(const std::string& name) {
   static const std::map<std::string, const char*> d = {
-      {"checks", "check_pair etc. (isfinite scans)"},
-      {"nonconst", "non_constant_columns (aminmax)"},
+      {"checks", "check_pair etc. (finiteness scans)"},
+      {"nonconst", "non_constant_columns (min, max)"},
       {"center", "center: cast, mean, subtract"},
-      {"products", "cross_covariance x3 (mm)"},
+      {"products", "covariance x2 (blocked), cross x1"},
       {"eigh", "factor_layer x2 (eigh)"},
       {"core_svd", "cca_core (2 mm + svd)"},
       {"weights", "canonical weights (2 mm)"},
@@ -238,8 +251,8 @@ void bm_pieces(benchmark::State& state, Shape s, at::ScalarType in) {
     auto xc = svcca::detail::center(x, at::kDouble);
     auto yc = svcca::detail::center(y, at::kDouble);
     lap("center");
-    at::Tensor sxx = svcca::detail::cross_covariance(xc.data, xc.data);
-    at::Tensor syy = svcca::detail::cross_covariance(yc.data, yc.data);
+    at::Tensor sxx = svcca::detail::covariance(xc.data);
+    at::Tensor syy = svcca::detail::covariance(yc.data);
     at::Tensor sxy = svcca::detail::cross_covariance(xc.data, yc.data);
     lap("products");
     svcca::detail::FactorOptions fo;
@@ -248,8 +261,10 @@ void bm_pieces(benchmark::State& state, Shape s, at::ScalarType in) {
     lap("eigh");
     auto core = svcca::detail::cca_core(fx, fy, sxy);
     lap("core_svd");
-    at::Tensor wx = svcca::detail::scatter_rows(at::mm(fx.whitening, core.u), fx).to(x.scalar_type());
-    at::Tensor wy = svcca::detail::scatter_rows(at::mm(fy.whitening, core.v), fy).to(x.scalar_type());
+    at::Tensor wx =
+        svcca::detail::scatter_rows(at::mm(fx.whitening, core.u), fx).to(x.scalar_type());
+    at::Tensor wy =
+        svcca::detail::scatter_rows(at::mm(fy.whitening, core.v), fy).to(x.scalar_type());
     benchmark::DoNotOptimize(wx.data_ptr());
     benchmark::DoNotOptimize(wy.data_ptr());
     lap("weights");
@@ -263,7 +278,9 @@ void bm_pieces(benchmark::State& state, Shape s, at::ScalarType in) {
 void print_summary(const std::vector<Shape>& shapes) {
   if (samples().empty()) return;  // --benchmark_list_tests, or a filter that matched nothing
   std::printf("\nSummary: median wall time per call; ratio = measure time / products time\n");
-  std::printf("(products = X^T X, Y^T Y, X^T Y by at::mm on the same tensors; goal: x_prod_f64 <= 1.5)\n\n");
+  std::printf(
+      "(products = X^T X, Y^T Y, X^T Y by at::mm on the same tensors; goal: x_prod_f64 <= "
+      "1.5)\n\n");
   std::printf("%-11s %-4s %-36s %10s %11s %11s\n", "shape", "in", "what", "time [s]", "x_prod_f64",
               "x_prod_f32");
   for (const Shape& s : shapes) {
@@ -342,22 +359,24 @@ int main(int argc, char** argv) {
       std::vector<benchmark::internal::Benchmark*> regs;
       const std::string suffix = std::string("/") + dtype_name(in) + "/" + s.name();
       if (in == at::kFloat) {
-        regs.push_back(benchmark::RegisterBenchmark(
-            ("products/f32->f32/" + s.name()).c_str(), bm_products, s, in, at::kFloat));
+        regs.push_back(benchmark::RegisterBenchmark(("products/f32->f32/" + s.name()).c_str(),
+                                                    bm_products, s, in, at::kFloat));
       }
       regs.push_back(benchmark::RegisterBenchmark(
-          (std::string("products/") + dtype_name(in) + "->f64/" + s.name()).c_str(), bm_products,
-          s, in, at::kDouble));
+          (std::string("products/") + dtype_name(in) + "->f64/" + s.name()).c_str(), bm_products, s,
+          in, at::kDouble));
       for (Measure m : {Measure::kCca, Measure::kSvcca, Measure::kPwcca}) {
-        regs.push_back(benchmark::RegisterBenchmark((measure_name(m) + suffix).c_str(),
-                                                    bm_measure, s, in, m));
+        regs.push_back(
+            benchmark::RegisterBenchmark((measure_name(m) + suffix).c_str(), bm_measure, s, in, m));
       }
       regs.push_back(benchmark::RegisterBenchmark(("pieces" + suffix).c_str(), bm_pieces, s, in));
       for (auto* b : regs) {
         b->Unit(benchmark::kMillisecond)->UseRealTime();
         // The big shape costs ~10 s per products call with OpenBLAS's generic kernels.
-        if (s.big) b->Iterations(1);
-        else b->MinTime(1.0);
+        if (s.big)
+          b->Iterations(1);
+        else
+          b->MinTime(1.0);
       }
     }
   }

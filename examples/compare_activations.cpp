@@ -17,12 +17,12 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <fmt/core.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/jit/serialization/pickle.h>
+#include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <algorithm>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -54,7 +54,7 @@ squared canonical correlation), SVCCA (99% of each layer's variance kept) and PW
 A.pt, B.pt   files written by torch.save in Python: a dict {layer name: tensor [n, p]}, or a
              tuple/list of tensors (layers "0", "1", ...), or one tensor. Each layer must be a
              2-D float32/float64 tensor of the same n examples (same probe inputs, same order)
-             with more examples than features (n > p). Layers are paired by name (by position
+             with at least p + 2 examples (n >= p + 2). Layers are paired by name (by position
              when the files share no name). A dict must have two or more entries (LibTorch
              1.13 cannot read a one-entry dict). Without A and B: the bundled example,
              )" SVCCA_DATA_DIR R"(/net_a.pt and net_b.pt.
@@ -118,8 +118,8 @@ std::vector<char> read_bytes(const std::string& path) {
 
 at::Tensor as_layer_tensor(const std::string& path, const std::string& name, const c10::IValue& v) {
   if (!v.isTensor()) {
-    throw InputError("'" + path + "' is not a tensor file: entry '" + name + "' is a " +
-                     v.tagKind() + ", not a tensor");
+    throw InputError("'" + path + "' is not a tensor file: entry '" + name + "' has type " +
+                     v.tagKind() + ", not Tensor");
   }
   return v.toTensor();
 }
@@ -135,8 +135,9 @@ ActivationSet load_activations(const std::string& path) {
     // Python pickles a one-entry dict with SETITEM ('s', 0x73), an opcode LibTorch 1.13's
     // unpickler lacks (it knows SETITEMS).
     if (why.find("Unknown opcode for unpickling at 0x73") != std::string::npos) {
-      why += "; LibTorch cannot read a dict with a single entry: save the tensor itself, a tuple, "
-             "or a dict of two or more layers";
+      why +=
+          "; LibTorch cannot read a dict with a single entry: save the tensor itself, a tuple, "
+          "or a dict of two or more layers";
     }
     throw InputError("'" + path + "' is not a tensor file written by torch.save (" + why + ")");
   }
@@ -159,14 +160,15 @@ ActivationSet load_activations(const std::string& path) {
       set.layers.push_back({std::to_string(i), as_layer_tensor(path, std::to_string(i), items[i])});
     }
   } else {
-    throw InputError("'" + path + "' is not a tensor file: it holds a " + root.tagKind() +
-                     " (expected a dict, tuple or list of tensors, or a tensor)");
+    throw InputError("'" + path + "' is not a tensor file: it holds a value of type " +
+                     root.tagKind() + " (expected a dict, tuple or list of tensors, or a tensor)");
   }
   if (set.layers.empty()) throw InputError("'" + path + "' holds no layers");
   return set;
 }
 
-// Every layer 2-D float32/float64 with n > p, one n across both files.
+// Every layer 2-D float32/float64 with n >= p + 2 (as svcca::cca requires), one n across both
+// files.
 int64_t check_layers(const ActivationSet& a, const ActivationSet& b) {
   int64_t n = -1;
   std::string n_from;
@@ -189,9 +191,9 @@ int64_t check_layers(const ActivationSet& a, const ActivationSet& b) {
         throw InputError(where + " has shape " + shape_str(t) + ", but " + n_from + " has " +
                          std::to_string(n) + " examples (dim 0 must match: same probe inputs)");
       }
-      if (t.size(1) < 1 || t.size(1) >= n) {
+      if (t.size(1) < 1 || t.size(1) + 2 > n) {
         throw InputError(where + " has shape " + shape_str(t) +
-                         ": CCA and PWCCA need more examples than features (n > p >= 1)");
+                         ": CCA and PWCCA need at least p + 2 examples (n >= p + 2, p >= 1)");
       }
     }
   }
@@ -252,7 +254,7 @@ PairResult compare_pair(const Layer& la, const Layer& lb) {
 // SVCCA of every A layer against every B layer, and the directions each layer keeps.
 struct Grid {
   std::vector<std::vector<double>> svcca;  // [A layers][B layers]
-  std::vector<int64_t> a_dims, b_dims;     // directions kept per layer (they depend on the layer only)
+  std::vector<int64_t> a_dims, b_dims;  // directions kept per layer (they depend on the layer only)
 };
 
 Grid svcca_grid(const ActivationSet& a, const ActivationSet& b) {
@@ -283,28 +285,32 @@ size_t name_width(const ActivationSet& a, const ActivationSet& b, size_t at_leas
 
 void print_report(const ActivationSet& a, const ActivationSet& b, int64_t n,
                   const std::vector<PairResult>& pairs, const Grid& grid) {
-  fmt::print("A: {} ({} layers)\nB: {} ({} layers)\n{} examples\n\n", a.path, a.layers.size(),
-             b.path, b.layers.size(), n);
+  auto count = [](size_t k) { return fmt::format("{} layer{}", k, k == 1 ? "" : "s"); };
+  fmt::print("A: {} ({})\nB: {} ({})\n{} examples\n\n", a.path, count(a.layers.size()), b.path,
+             count(b.layers.size()), n);
 
   const size_t w = name_width(a, b, 5);
   fmt::print("Per-layer similarity (A layer vs B layer)\n");
   fmt::print("{:<{}}  {:<{}}  {:>4} {:>4}  {:>8} {:>7} {:>7} {:>7} {:>7}\n", "A", w, "B", w, "p_A",
              "p_B", "CCA mean", "R2_CCA", "SVCCA", "dims", "PWCCA");
   for (const PairResult& r : pairs) {
-    fmt::print("{:<{}}  {:<{}}  {:>4} {:>4}  {:>8.4f} {:>7.4f} {:>7.4f} {:>7} {:>7.4f}\n", r.a_layer,
-               w, r.b_layer, w, r.a_features, r.b_features, r.cca_mean, r.r2_cca, r.svcca,
-               fmt::format("{}/{}", r.svcca_a_dims, r.svcca_b_dims), r.pwcca);
+    fmt::print("{:<{}}  {:<{}}  {:>4} {:>4}  {:>8.4f} {:>7.4f} {:>7.4f} {:>7} {:>7.4f}\n",
+               r.a_layer, w, r.b_layer, w, r.a_features, r.b_features, r.cca_mean, r.r2_cca,
+               r.svcca, fmt::format("{}/{}", r.svcca_a_dims, r.svcca_b_dims), r.pwcca);
   }
   fmt::print("(SVCCA keeps 99% of each layer's variance; dims = directions kept in A/B.)\n\n");
 
   // Labels "name [dims]": the mean runs over min(dims) correlations, so the dims matter.
   auto label = [](const Layer& l, int64_t dims) { return fmt::format("{} [{}]", l.name, dims); };
   size_t lw = 0, cw = 7;
-  for (size_t i = 0; i < a.layers.size(); ++i) lw = std::max(lw, label(a.layers[i], grid.a_dims[i]).size());
-  for (size_t j = 0; j < b.layers.size(); ++j) cw = std::max(cw, label(b.layers[j], grid.b_dims[j]).size());
+  for (size_t i = 0; i < a.layers.size(); ++i)
+    lw = std::max(lw, label(a.layers[i], grid.a_dims[i]).size());
+  for (size_t j = 0; j < b.layers.size(); ++j)
+    cw = std::max(cw, label(b.layers[j], grid.b_dims[j]).size());
   fmt::print("SVCCA, A layers (rows) x B layers (columns), [directions kept]; * = row maximum\n");
   fmt::print("{:<{}}", "", lw);
-  for (size_t j = 0; j < b.layers.size(); ++j) fmt::print("  {:>{}}", label(b.layers[j], grid.b_dims[j]), cw);
+  for (size_t j = 0; j < b.layers.size(); ++j)
+    fmt::print("  {:>{}}", label(b.layers[j], grid.b_dims[j]), cw);
   fmt::print("\n");
   for (size_t i = 0; i < a.layers.size(); ++i) {
     const auto& row = grid.svcca[i];
@@ -346,8 +352,11 @@ void write_json(const std::string& out, const ActivationSet& a, const Activation
     for (const Layer& l : s.layers) v.push_back(l.name);
     return v;
   };
-  j["svcca_grid"] = {{"a_layers", names(a)}, {"b_layers", names(b)},     {"a_dims", grid.a_dims},
-                     {"b_dims", grid.b_dims},   {"values", grid.svcca}};
+  j["svcca_grid"] = {{"a_layers", names(a)},
+                     {"b_layers", names(b)},
+                     {"a_dims", grid.a_dims},
+                     {"b_dims", grid.b_dims},
+                     {"values", grid.svcca}};
 
   std::ofstream f(out);
   if (!f) throw InputError("cannot write JSON to '" + out + "': " + std::strerror(errno));
@@ -398,7 +407,8 @@ int run(const Args& args) {
   const int64_t n = check_layers(a, b);
 
   std::vector<PairResult> pairs;
-  for (const auto& [i, j] : layer_pairs(a, b)) pairs.push_back(compare_pair(a.layers[i], b.layers[j]));
+  for (const auto& [i, j] : layer_pairs(a, b))
+    pairs.push_back(compare_pair(a.layers[i], b.layers[j]));
   const Grid grid = svcca_grid(a, b);
 
   print_report(a, b, n, pairs, grid);

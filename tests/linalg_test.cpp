@@ -18,6 +18,16 @@ TEST_F(LinalgTest, CovarianceMatchesDefinition) {
   EXPECT_ALLCLOSE(cross_covariance(c.data, c.data), expected, testing::tol::kClosedForm64);
 }
 
+TEST_F(LinalgTest, BlockedCovarianceEqualsTheFullProduct) {
+  // Sizes below, at and above the blocking threshold, with a ragged last block.
+  for (int64_t p : {5, 127, 128, 300, 1029}) {
+    at::Tensor x = at::randn({200, p}, at::kDouble);
+    auto c = center(x, at::kDouble);
+    at::Tensor cov = covariance(c.data);
+    EXPECT_ALLCLOSE(cov, cross_covariance(c.data, c.data), testing::tol::kClosedForm64) << p;
+  }
+}
+
 TEST_F(LinalgTest, FactorsWhitenTheCovariance) {
   at::Tensor x = at::randn({200, 5}, at::kDouble);
   auto c = center(x, at::kDouble);

@@ -35,6 +35,11 @@ Centered center(const at::Tensor& x, at::ScalarType dtype);
 // Unbiased (n - 1) cross-covariance a^H b / (n - 1) of centered a: [n, p], b: [n, q].
 at::Tensor cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered);
 
+// Unbiased covariance a^H a / (n - 1) of centered a: [n, p]. Exploits symmetry: only the blocks
+// on and above the diagonal are multiplied (about 9/16 of the flops of one matrix product for
+// p >= 512, with 8 column blocks).
+at::Tensor covariance(const at::Tensor& a_centered);
+
 // Columns of x whose values are not all equal (exact test, independent of scale). x: [n, p].
 at::Tensor non_constant_columns(const at::Tensor& x);
 

@@ -23,10 +23,12 @@ FactorOptions factor_options(const CcaOptions& options) {
   return f;
 }
 
-CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tensor& sxy) {
+CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tensor& sxy,
+                 bool with_vectors) {
   at::Tensor m = at::mm(mh(fx.whitening), at::mm(select_kept(sxy, fx, &fy), fy.whitening));
-  auto svd = at::linalg_svd(m, /*full_matrices=*/false);
   // Singular values of a whitened cross-covariance are cosines: clamp rounding above 1.
+  if (!with_vectors) return {at::linalg_svdvals(m).clamp(0.0, 1.0), {}, {}};
+  auto svd = at::linalg_svd(m, /*full_matrices=*/false);
   return {std::get<1>(svd).clamp(0.0, 1.0), std::get<0>(svd), mh(std::get<2>(svd))};
 }
 
@@ -36,10 +38,8 @@ PairFactors factor_pair(const char* fn, const at::Tensor& x, const at::Tensor& y
   auto xc = center(x, dtype);
   auto yc = center(y, dtype);
   PairFactors pf;
-  pf.x =
-      factor_layer(fn, "x", cross_covariance(xc.data, xc.data), non_constant_columns(x), options);
-  pf.y =
-      factor_layer(fn, "y", cross_covariance(yc.data, yc.data), non_constant_columns(y), options);
+  pf.x = factor_layer(fn, "x", covariance(xc.data), non_constant_columns(x), options);
+  pf.y = factor_layer(fn, "y", covariance(yc.data), non_constant_columns(y), options);
   pf.sxy = cross_covariance(xc.data, yc.data);
   pf.x_mean = xc.mean;
   pf.y_mean = yc.mean;

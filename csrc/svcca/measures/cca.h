@@ -69,7 +69,10 @@ struct CcaCore {
   at::Tensor u;             // [rx, k] left singular vectors (whitened x coordinates)
   at::Tensor v;             // [ry, k] right singular vectors
 };
-CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tensor& sxy);
+// with_vectors = false leaves u and v undefined and computes singular values only (about half
+// the cost of the full SVD).
+CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tensor& sxy,
+                 bool with_vectors = true);
 
 void check_cca_options(const char* fn, const CcaOptions& options);
 FactorOptions factor_options(const CcaOptions& options);

@@ -28,7 +28,7 @@ SvccaResult svcca(const at::Tensor& x, const at::Tensor& y, const SvccaOptions& 
   }
 
   auto pf = detail::factor_pair(fn, x, y, fopt, options.cca.precision);
-  auto core = detail::cca_core(pf.x, pf.y, pf.sxy);
+  auto core = detail::cca_core(pf.x, pf.y, pf.sxy, /*with_vectors=*/false);
 
   const auto out = detail::result_dtype(x, y);
   SvccaResult r;
