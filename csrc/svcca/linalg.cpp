@@ -57,6 +57,25 @@ at::Tensor covariance(const at::Tensor& a_centered) {
   return at::cat(rows, 0).div_(static_cast<double>(n - 1));
 }
 
+PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision precision) {
+  const auto dtype = compute_dtype(x, y, precision);
+  auto xc = center(x, dtype);
+  auto yc = center(y, dtype);
+  PairMoments m;
+  m.n = x.size(0);
+  m.x_mean = xc.mean;
+  m.y_mean = yc.mean;
+  m.sxx = covariance(xc.data);
+  m.syy = covariance(yc.data);
+  m.sxy = cross_covariance(xc.data, yc.data);
+  m.x_non_constant = non_constant_columns(x);
+  m.y_non_constant = non_constant_columns(y);
+  m.x_centered = xc.data;
+  m.y_centered = yc.data;
+  m.result_dtype = result_dtype(x, y);
+  return m;
+}
+
 at::Tensor non_constant_columns(const at::Tensor& x) {
   // amax/amin along dim 0 are 4x faster than aminmax(x, 0) in ATen 1.13.
   return x.amax(0) != x.amin(0);

@@ -40,6 +40,21 @@ at::Tensor cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_ce
 // p >= 512, with 8 column blocks).
 at::Tensor covariance(const at::Tensor& a_centered);
 
+// The second-order statistics of a pair of layers that every CCA-family measure is a function
+// of. Built from data by pair_moments(), or from streamed sufficient statistics.
+struct PairMoments {
+  int64_t n = 0;                      // number of examples
+  at::Tensor x_mean, y_mean;          // [p1], [p2], compute dtype
+  at::Tensor sxx, syy, sxy;           // unbiased (n - 1) covariances [p1, p1], [p2, p2], [p1, p2]
+  at::Tensor x_non_constant;          // [p1] bool, exact; undefined: variance > 0
+  at::Tensor y_non_constant;          // [p2] bool
+  at::Tensor x_centered, y_centered;  // optional [n, p] data (enables exact fallbacks)
+  at::ScalarType result_dtype = at::kDouble;  // dtype results are returned in
+};
+
+// Moments of x: [n, p1] and y: [n, p2] in the compute dtype of `precision` (inputs not checked).
+PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision precision);
+
 // Columns of x whose values are not all equal (exact test, independent of scale). x: [n, p].
 at::Tensor non_constant_columns(const at::Tensor& x);
 

@@ -32,20 +32,23 @@ CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tenso
   return {std::get<1>(svd).clamp(0.0, 1.0), std::get<0>(svd), mh(std::get<2>(svd))};
 }
 
-PairFactors factor_pair(const char* fn, const at::Tensor& x, const at::Tensor& y,
-                        const FactorOptions& options, Precision precision) {
-  const auto dtype = compute_dtype(x, y, precision);
-  auto xc = center(x, dtype);
-  auto yc = center(y, dtype);
-  PairFactors pf;
-  pf.x = factor_layer(fn, "x", covariance(xc.data), non_constant_columns(x), options);
-  pf.y = factor_layer(fn, "y", covariance(yc.data), non_constant_columns(y), options);
-  pf.sxy = cross_covariance(xc.data, yc.data);
-  pf.x_mean = xc.mean;
-  pf.y_mean = yc.mean;
-  pf.x_centered = xc.data;
-  pf.y_centered = yc.data;
-  return pf;
+PairFactors factor_pair(const char* fn, const PairMoments& m, const FactorOptions& options) {
+  return {factor_layer(fn, "x", m.sxx, m.x_non_constant, options),
+          factor_layer(fn, "y", m.syy, m.y_non_constant, options)};
+}
+
+CcaResult cca_from_moments(const char* fn, const PairMoments& m, const CcaOptions& options) {
+  auto pf = factor_pair(fn, m, factor_options(options));
+  auto core = cca_core(pf.x, pf.y, m.sxy);
+  CcaResult r;
+  r.correlations = core.correlations.to(m.result_dtype);
+  r.x_weights = scatter_rows(at::mm(pf.x.whitening, core.u), pf.x).to(m.result_dtype);
+  r.y_weights = scatter_rows(at::mm(pf.y.whitening, core.v), pf.y).to(m.result_dtype);
+  r.x_mask = pf.x.kept;
+  r.y_mask = pf.y.kept;
+  r.x_rank = pf.x.rank;
+  r.y_rank = pf.y.rank;
+  return r;
 }
 
 }  // namespace detail
@@ -57,21 +60,7 @@ CcaResult cca(const at::Tensor& x, const at::Tensor& y, const CcaOptions& option
   detail::check_more_examples_than_features(fn, "y", y);
   detail::check_cca_options(fn, options);
 
-  auto pf = detail::factor_pair(fn, x, y, detail::factor_options(options), options.precision);
-  const auto& fx = pf.x;
-  const auto& fy = pf.y;
-  auto core = detail::cca_core(fx, fy, pf.sxy);
-
-  const auto out = detail::result_dtype(x, y);
-  CcaResult r;
-  r.correlations = core.correlations.to(out);
-  r.x_weights = detail::scatter_rows(at::mm(fx.whitening, core.u), fx).to(out);
-  r.y_weights = detail::scatter_rows(at::mm(fy.whitening, core.v), fy).to(out);
-  r.x_mask = fx.kept;
-  r.y_mask = fy.kept;
-  r.x_rank = fx.rank;
-  r.y_rank = fy.rank;
-  return r;
+  return detail::cca_from_moments(fn, detail::pair_moments(x, y, options.precision), options);
 }
 
 at::Tensor mean_correlation(const at::Tensor& correlations) {

@@ -77,17 +77,15 @@ CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tenso
 void check_cca_options(const char* fn, const CcaOptions& options);
 FactorOptions factor_options(const CcaOptions& options);
 
-// Both layers' factors and their cross-covariance from data x: [n, p1], y: [n, p2]: the one
-// place the one-shot measures center, form the covariance products, and factor each layer.
+// Both layers' factors, built from a pair's moments under one set of factor options.
 struct PairFactors {
   LayerFactors x, y;
-  at::Tensor sxy;                     // [p1, p2] cross-covariance, compute dtype
-  at::Tensor x_mean;                  // [p1]
-  at::Tensor y_mean;                  // [p2]
-  at::Tensor x_centered, y_centered;  // [n, p1], [n, p2], compute dtype
 };
-PairFactors factor_pair(const char* fn, const at::Tensor& x, const at::Tensor& y,
-                        const FactorOptions& options, Precision precision);
+PairFactors factor_pair(const char* fn, const PairMoments& m, const FactorOptions& options);
+
+// CCA from a pair's moments: the one code path behind cca() and the streaming accumulators.
+// The caller has validated the inputs the moments came from.
+CcaResult cca_from_moments(const char* fn, const PairMoments& m, const CcaOptions& options);
 
 }  // namespace detail
 }  // namespace svcca

@@ -8,18 +8,20 @@
 namespace svcca {
 namespace {
 
-// google/svcca's weights for the side with factors f, centered data xc ([n, p]; only its kept
-// columns are used), feature means mean ([p]) and singular vectors big_u ([k, r]) of the
+// google/svcca's weights for the side with factors f, n examples, centered data xc ([n, p], may
+// be undefined; only its kept columns are used), feature means mean ([p]) and singular vectors
+// big_u ([k, r]) of the
 // symmetrically whitened cross-covariance, in kept-feature coordinates.
 // In the reference layout the directions are D^T = X_c U + 1 mu_r^T, with U = big_u and mu_r
 // the first r kept means; the weights are
 // |Q^T X| summed over features for D^T = Q R. Since X_c^T 1 = 0:
 //   G = D D^T = (n-1) U^T C U + n mu_r mu_r^T,   D X = (n-1) U^T C + n mu_r mu^T,
 // and Q^T X = R^{-T} D X, with R^T R = G a Cholesky factorization. Falls back to the explicit QR
-// when G is numerically singular (directions linearly dependent).
-at::Tensor reference_weights(const detail::LayerFactors& f, const at::Tensor& xc,
-                             const at::Tensor& mean, const at::Tensor& big_u) {
-  const double n = static_cast<double>(xc.size(0));
+// when G is numerically singular (directions linearly dependent) and the data is at hand.
+at::Tensor reference_weights(const char* fn, const detail::LayerFactors& f, int64_t n_examples,
+                             const at::Tensor& xc, const at::Tensor& mean,
+                             const at::Tensor& big_u) {
+  const double n = static_cast<double>(n_examples);
   at::Tensor mu = f.all_kept ? mean : mean.index_select(0, f.kept_index);
   const int64_t r = big_u.size(1);
   at::Tensor mu_r = mu.narrow(0, 0, r);
@@ -31,6 +33,10 @@ at::Tensor reference_weights(const detail::LayerFactors& f, const at::Tensor& xc
   if (std::get<1>(chol).item<int64_t>() == 0) {
     proj = at::linalg_solve_triangular(std::get<0>(chol), dx, /*upper=*/false);
   } else {
+    TORCH_CHECK_VALUE(xc.defined(), fn,
+                      ": the reference weighting needs linearly independent directions, but the "
+                      "Gram matrix of the directions is singular (from moments alone there is no "
+                      "QR fallback); use weighting canonical_variates or a ridge epsilon > 0");
     at::Tensor xk = f.all_kept ? xc : xc.index_select(1, f.kept_index);
     at::Tensor dirns_t = at::mm(xk, big_u) + mu_r;  // [n, r]
     at::Tensor q = std::get<0>(at::linalg_qr(dirns_t, "reduced"));
@@ -46,15 +52,10 @@ at::Tensor zca(const detail::LayerFactors& f) {
 
 }  // namespace
 
-PwccaResult pwcca(const at::Tensor& x, const at::Tensor& y, const PwccaOptions& options) {
-  constexpr const char* fn = "pwcca";
-  detail::check_pair(fn, x, y);
-  detail::check_more_examples_than_features(fn, "x", x);
-  detail::check_more_examples_than_features(fn, "y", y);
-  detail::check_cca_options(fn, options.cca);
+namespace detail {
 
-  auto pf =
-      detail::factor_pair(fn, x, y, detail::factor_options(options.cca), options.cca.precision);
+PwccaResult pwcca_from_moments(const char* fn, const PairMoments& m, const PwccaOptions& options) {
+  auto pf = factor_pair(fn, m, factor_options(options.cca));
   const int64_t k = std::min(pf.x.rank, pf.y.rank);
 
   PwccaResult r;
@@ -64,28 +65,38 @@ PwccaResult pwcca(const at::Tensor& x, const at::Tensor& y, const PwccaOptions& 
     // depends on the singular vectors' signs: decompose the same matrix it does (the
     // symmetrically whitened cross-covariance, in feature coordinates) so that LAPACK picks
     // the same signs, rather than the smaller matrix in eigen-coordinates cca() uses.
-    at::Tensor arr = at::mm(zca(pf.x), at::mm(detail::select_kept(pf.sxy, pf.x, &pf.y), zca(pf.y)));
+    at::Tensor arr = at::mm(zca(pf.x), at::mm(select_kept(m.sxy, pf.x, &pf.y), zca(pf.y)));
     auto svd = at::linalg_svd(arr, /*full_matrices=*/false);
     correlations = std::get<1>(svd).narrow(0, 0, k).clamp(0.0, 1.0);
     r.weights_from_y = pf.y.rank < pf.x.rank;
-    weights = r.weights_from_y ? reference_weights(pf.y, pf.y_centered, pf.y_mean,
-                                                   detail::mh(std::get<2>(svd)).narrow(1, 0, k))
-                               : reference_weights(pf.x, pf.x_centered, pf.x_mean,
+    weights = r.weights_from_y ? reference_weights(fn, pf.y, m.n, m.y_centered, m.y_mean,
+                                                   mh(std::get<2>(svd)).narrow(1, 0, k))
+                               : reference_weights(fn, pf.x, m.n, m.x_centered, m.x_mean,
                                                    std::get<0>(svd).narrow(1, 0, k));
   } else {
-    auto core = detail::cca_core(pf.x, pf.y, pf.sxy);
+    auto core = cca_core(pf.x, pf.y, m.sxy);
     correlations = core.correlations;
     // <h_i, z_j> = (n-1) (A^T C)_ij with A = W u the canonical weights; the scale cancels.
     at::Tensor a = at::mm(pf.x.whitening, core.u);  // [kx, k]
-    weights = at::mm(detail::mh(a), pf.x.cov).abs().sum(1);
+    weights = at::mm(mh(a), pf.x.cov).abs().sum(1);
   }
   weights = weights / weights.sum();
 
-  const auto out = detail::result_dtype(x, y);
-  r.weights = weights.to(out);
-  r.correlations = correlations.to(out);
-  r.score = (weights * correlations).sum().to(out);
+  r.weights = weights.to(m.result_dtype);
+  r.correlations = correlations.to(m.result_dtype);
+  r.score = (weights * correlations).sum().to(m.result_dtype);
   return r;
+}
+
+}  // namespace detail
+
+PwccaResult pwcca(const at::Tensor& x, const at::Tensor& y, const PwccaOptions& options) {
+  constexpr const char* fn = "pwcca";
+  detail::check_pair(fn, x, y);
+  detail::check_more_examples_than_features(fn, "x", x);
+  detail::check_more_examples_than_features(fn, "y", y);
+  detail::check_cca_options(fn, options.cca);
+  return detail::pwcca_from_moments(fn, detail::pair_moments(x, y, options.cca.precision), options);
 }
 
 }  // namespace svcca

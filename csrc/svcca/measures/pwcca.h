@@ -39,4 +39,10 @@ struct PwccaResult {
 // the covariance products is O(p^3). Throws like cca.
 PwccaResult pwcca(const at::Tensor& x, const at::Tensor& y, const PwccaOptions& options = {});
 
+namespace detail {
+// PWCCA from a pair's moments (see cca_from_moments). Without centered data in `m`, linearly
+// dependent reference directions (a singular Gram matrix) are an error instead of a QR fallback.
+PwccaResult pwcca_from_moments(const char* fn, const PairMoments& m, const PwccaOptions& options);
+}  // namespace detail
+
 }  // namespace svcca

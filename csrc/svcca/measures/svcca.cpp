@@ -7,36 +7,43 @@
 
 namespace svcca {
 
-SvccaResult svcca(const at::Tensor& x, const at::Tensor& y, const SvccaOptions& options) {
-  constexpr const char* fn = "svcca";
-  detail::check_pair(fn, x, y);
-  detail::check_cca_options(fn, options.cca);
-  detail::check_unit_interval(fn, "fraction", options.fraction);
+namespace detail {
+
+void check_svcca_options(const char* fn, const SvccaOptions& options) {
+  check_cca_options(fn, options.cca);
+  check_unit_interval(fn, "fraction", options.fraction);
   if (options.dims) {
     TORCH_CHECK_VALUE(*options.dims >= 1, fn, ": dims must be >= 1, but got ", *options.dims);
   }
+}
 
-  auto fopt = detail::factor_options(options.cca);
+SvccaResult svcca_from_moments(const char* fn, const PairMoments& m, const SvccaOptions& options) {
+  auto fopt = factor_options(options.cca);
   if (options.dims) {
-    fopt.truncation = detail::Truncation::kDims;
+    fopt.truncation = Truncation::kDims;
     fopt.dims = *options.dims;
   } else {
-    fopt.truncation = options.keep == SvccaKeep::kVariance
-                          ? detail::Truncation::kVarianceFraction
-                          : detail::Truncation::kSingularValueMassFraction;
+    fopt.truncation = options.keep == SvccaKeep::kVariance ? Truncation::kVarianceFraction
+                                                           : Truncation::kSingularValueMassFraction;
     fopt.fraction = options.fraction;
   }
-
-  auto pf = detail::factor_pair(fn, x, y, fopt, options.cca.precision);
-  auto core = detail::cca_core(pf.x, pf.y, pf.sxy, /*with_vectors=*/false);
-
-  const auto out = detail::result_dtype(x, y);
+  auto pf = factor_pair(fn, m, fopt);
+  auto core = cca_core(pf.x, pf.y, m.sxy, /*with_vectors=*/false);
   SvccaResult r;
-  r.correlations = core.correlations.to(out);
+  r.correlations = core.correlations.to(m.result_dtype);
   r.score = r.correlations.mean();
   r.x_dims = pf.x.rank;
   r.y_dims = pf.y.rank;
   return r;
+}
+
+}  // namespace detail
+
+SvccaResult svcca(const at::Tensor& x, const at::Tensor& y, const SvccaOptions& options) {
+  constexpr const char* fn = "svcca";
+  detail::check_pair(fn, x, y);
+  detail::check_svcca_options(fn, options);
+  return detail::svcca_from_moments(fn, detail::pair_moments(x, y, options.cca.precision), options);
 }
 
 }  // namespace svcca

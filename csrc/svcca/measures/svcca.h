@@ -46,4 +46,11 @@ struct SvccaResult {
 // Throws like cca, and when fraction is outside [0, 1] or dims < 1.
 SvccaResult svcca(const at::Tensor& x, const at::Tensor& y, const SvccaOptions& options = {});
 
+namespace detail {
+// SVCCA from a pair's moments (see cca_from_moments); options already validated.
+SvccaResult svcca_from_moments(const char* fn, const PairMoments& m, const SvccaOptions& options);
+// Validates SVCCA options, naming `fn`.
+void check_svcca_options(const char* fn, const SvccaOptions& options);
+}  // namespace detail
+
 }  // namespace svcca
