@@ -88,4 +88,9 @@ TORCH_LIBRARY_IMPL(svcca, CompositeImplicitAutograd, m) {
   m.impl("sum_threshold", &svcca::compat::sum_threshold);
   m.impl("get_pls_similarity", &svcca::compat::get_pls_similarity);
   m.impl("get_pca", &svcca::compat::get_pca);
+  // CKA family and Procrustes.
+
+  // Streaming accumulators.
+
+  // Conv-layer recipes and Fourier CCA.
 }

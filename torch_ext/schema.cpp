@@ -24,4 +24,10 @@ TORCH_LIBRARY(svcca, m) {
   m.def("sum_threshold(Tensor array, float threshold) -> int");
   m.def("get_pls_similarity(Tensor acts1, Tensor acts2) -> Dict(str, Tensor)");
   m.def("get_pca(Tensor acts, bool compute_dirns=False) -> Dict(str, Tensor)");
+
+  // CKA family and Procrustes.
+
+  // Streaming accumulators.
+
+  // Conv-layer recipes and Fourier CCA.
 }
