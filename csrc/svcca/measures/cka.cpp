@@ -1,0 +1,196 @@
+// Centered kernel alignment: linear (feature-space and Gram forms) and RBF, biased and debiased.
+#include "svcca/measures/cka.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "svcca/checks.h"
+
+namespace svcca {
+namespace detail {
+namespace {
+
+double machine_eps(at::ScalarType t) {
+  return t == at::kFloat ? std::numeric_limits<float>::epsilon()
+                         : std::numeric_limits<double>::epsilon();
+}
+
+void check_debiased_examples(const char* fn, int64_t n) {
+  TORCH_CHECK_VALUE(n >= 4, fn, ": x and y must have at least 4 examples (dim 0) for debiased CKA ",
+                    "(the unbiased HSIC estimator divides by n - 3), but got ", n);
+}
+
+void check_not_constant(const char* fn, const char* name, const at::Tensor& non_constant) {
+  TORCH_CHECK_VALUE(non_constant.any().item<bool>(), fn, ": ", name,
+                    " must have at least one non-constant feature, but all ", non_constant.numel(),
+                    " features are constant (CKA is undefined for a constant layer)");
+}
+
+// Guards the denominator: `self_hsic` (the scaled HSIC of a layer with itself) is treated as zero
+// when it is <= n * machine epsilon * `scale` (||K||_F^2 of the uncentered kernel matrix): it is a
+// difference of terms of that size, so smaller values are rounding. Only degenerate layers get
+// there (debiased: all examples but one identical; RBF: a sigma so large that K is all ones).
+void check_self_hsic(const char* fn, const char* name, const at::Tensor& self_hsic,
+                     const at::Tensor& scale, int64_t n, bool debiased) {
+  const double h = self_hsic.item<double>();
+  const double s = scale.item<double>();
+  const double rtol = static_cast<double>(n) * machine_eps(self_hsic.scalar_type());
+  TORCH_CHECK_VALUE(h > rtol * s, fn, ": ", name,
+                    " must have a kernel matrix that is not zero after centering, but its ",
+                    debiased ? "unbiased HSIC with itself" : "HSIC with itself", " is ", h,
+                    " for ||K||_F^2 = ", s, " (rounding level ", rtol * s, "). ",
+                    debiased ? "Debiased CKA is undefined when all examples but one are identical"
+                             : "The kernel matrix is constant (an RBF sigma much larger than the "
+                               "distances between examples)");
+}
+
+// n (n - 3) HSIC_1 of centered X, Y from feature-space terms (cka.h derives the formula).
+// xty_sq = ||X^T Y||_F^2, d = squared row norms [n], sq = ||.||_F^2.
+at::Tensor unbiased_hsic_features(const at::Tensor& xty_sq, const at::Tensor& dx,
+                                  const at::Tensor& dy, const at::Tensor& sqx,
+                                  const at::Tensor& sqy, int64_t n) {
+  const double nd = static_cast<double>(n);
+  return xty_sq - at::dot(dx, dy) * (nd / (nd - 2.0)) + sqx * sqy / ((nd - 1.0) * (nd - 2.0));
+}
+
+void check_bandwidth_options(const char* fn, const RbfCkaOptions& options) {
+  TORCH_CHECK_VALUE(std::isfinite(options.threshold) && options.threshold > 0.0, fn,
+                    ": threshold must be finite and > 0, but got ", options.threshold);
+  if (options.sigma) {
+    TORCH_CHECK_VALUE(std::isfinite(*options.sigma) && *options.sigma > 0.0, fn,
+                      ": sigma must be finite and > 0, but got ", *options.sigma);
+  }
+}
+
+// RBF kernel matrix of centered xc: [n, p] under the options' bandwidth rule.
+at::Tensor rbf_gram(const char* fn, const char* name, const at::Tensor& xc,
+                    const RbfCkaOptions& options) {
+  at::Tensor d = squared_distances(xc);
+  at::Tensor two_sigma_sq;
+  if (options.sigma) {
+    two_sigma_sq = at::scalar_tensor(2.0 * *options.sigma * *options.sigma, d.options());
+  } else {
+    // numpy's median (Kornblith's rule): the mean of the two middle values of all n^2 entries.
+    // kthvalue rather than a full sort: O(n^2) and differentiable.
+    at::Tensor flat = d.reshape({-1});
+    const int64_t m = flat.numel();
+    at::Tensor median = std::get<0>(at::kthvalue(flat, (m + 1) / 2));
+    if (m % 2 == 0) median = (median + std::get<0>(at::kthvalue(flat, m / 2 + 1))) * 0.5;
+    const double med = median.item<double>();
+    TORCH_CHECK_VALUE(med > 0.0, fn, ": ", name,
+                      " must have a positive median squared distance between examples for the "
+                      "median rule (sigma = threshold * sqrt(median)), but got ",
+                      med,
+                      " (more than half of the pairs of examples are identical); give an "
+                      "absolute sigma instead");
+    two_sigma_sq = median * (2.0 * options.threshold * options.threshold);
+  }
+  return at::exp(-d / two_sigma_sq);
+}
+
+}  // namespace
+
+at::Tensor center_gram(const at::Tensor& k, bool unbiased) {
+  const int64_t n = k.size(0);
+  if (!unbiased) {
+    at::Tensor means = k.mean(0);
+    means = means - means.mean() * 0.5;
+    return k - means.unsqueeze(1) - means.unsqueeze(0);
+  }
+  TORCH_INTERNAL_ASSERT(n >= 3, "center_gram: U-centering needs n >= 3, got ", n);
+  const double nd = static_cast<double>(n);
+  // Out of place, so that autograd sees every step.
+  at::Tensor off = at::ones_like(k) - at::eye(n, k.options());
+  at::Tensor kt = k * off;
+  at::Tensor means = kt.sum(0) / (nd - 2.0);
+  means = means - means.sum() / (2.0 * (nd - 1.0));
+  return (kt - means.unsqueeze(1) - means.unsqueeze(0)) * off;
+}
+
+at::Tensor gram_cka(const char* fn, const at::Tensor& k, const at::Tensor& l, bool debiased) {
+  const int64_t n = k.size(0);
+  at::Tensor kc = center_gram(k, debiased);
+  at::Tensor lc = center_gram(l, debiased);
+  at::Tensor hxx = kc.square().sum();
+  at::Tensor hyy = lc.square().sum();
+  check_self_hsic(fn, "x", hxx.detach(), k.detach().square().sum(), n, debiased);
+  check_self_hsic(fn, "y", hyy.detach(), l.detach().square().sum(), n, debiased);
+  return (kc * lc).sum() / (hxx * hyy).sqrt();
+}
+
+at::Tensor squared_distances(const at::Tensor& xc) {
+  const int64_t n = xc.size(0);
+  at::Tensor sq = xc.square().sum(1);
+  at::Tensor d = sq.unsqueeze(1) + sq.unsqueeze(0) - at::mm(xc, mh(xc)) * 2.0;
+  // ||a||^2 + ||b||^2 - 2 a.b rounds to tiny negatives for near-equal rows, and to non-zero
+  // values on the diagonal, which the median rule counts.
+  return d.clamp_min(0.0) * (at::ones({n, n}, d.options()) - at::eye(n, d.options()));
+}
+
+at::Tensor linear_cka_from_moments(const char* fn, const PairMoments& m, bool debiased) {
+  check_not_constant(fn, "x", m.x_non_constant.defined() ? m.x_non_constant : m.sxx.diagonal() > 0);
+  check_not_constant(fn, "y", m.y_non_constant.defined() ? m.y_non_constant : m.syy.diagonal() > 0);
+  at::Tensor sxy_sq = m.sxy.square().sum();
+  at::Tensor sxx_sq = m.sxx.square().sum();
+  at::Tensor syy_sq = m.syy.square().sum();
+  if (!debiased) return (sxy_sq / (sxx_sq * syy_sq).sqrt()).to(m.result_dtype);
+
+  TORCH_INTERNAL_ASSERT(m.x_centered.defined() && m.y_centered.defined(), fn,
+                        ": debiased linear CKA needs the centered data");
+  const int64_t n = m.n;
+  check_debiased_examples(fn, n);
+  // Back from covariances to the products of the data: X^T Y = (n - 1) Sxy.
+  const double s = static_cast<double>(n - 1) * static_cast<double>(n - 1);
+  at::Tensor dx = m.x_centered.square().sum(1);
+  at::Tensor dy = m.y_centered.square().sum(1);
+  at::Tensor sqx = dx.sum();
+  at::Tensor sqy = dy.sum();
+  at::Tensor hxy = unbiased_hsic_features(sxy_sq * s, dx, dy, sqx, sqy, n);
+  at::Tensor hxx = unbiased_hsic_features(sxx_sq * s, dx, dx, sqx, sqx, n);
+  at::Tensor hyy = unbiased_hsic_features(syy_sq * s, dy, dy, sqy, sqy, n);
+  // ||X^T X||_F = ||X X^T||_F = ||K||_F: the same scale as the Gram form's check.
+  check_self_hsic(fn, "x", hxx.detach(), sxx_sq.detach() * s, n, true);
+  check_self_hsic(fn, "y", hyy.detach(), syy_sq.detach() * s, n, true);
+  return (hxy / (hxx * hyy).sqrt()).to(m.result_dtype);
+}
+
+}  // namespace detail
+
+at::Tensor linear_cka(const at::Tensor& x, const at::Tensor& y, const LinearCkaOptions& options) {
+  constexpr const char* fn = "linear_cka";
+  detail::check_pair(fn, x, y);
+  if (options.debiased) detail::check_debiased_examples(fn, x.size(0));
+
+  if (options.form == CkaForm::kFeatures) {
+    return detail::linear_cka_from_moments(fn, detail::pair_moments(x, y, options.precision),
+                                           options.debiased);
+  }
+  detail::check_not_constant(fn, "x", detail::non_constant_columns(x));
+  detail::check_not_constant(fn, "y", detail::non_constant_columns(y));
+  const auto dtype = detail::compute_dtype(x, y, options.precision);
+  at::Tensor xc = detail::center(x, dtype).data;
+  at::Tensor yc = detail::center(y, dtype).data;
+  return detail::gram_cka(fn, at::mm(xc, detail::mh(xc)), at::mm(yc, detail::mh(yc)),
+                          options.debiased)
+      .to(detail::result_dtype(x, y));
+}
+
+at::Tensor rbf_cka(const at::Tensor& x, const at::Tensor& y, const RbfCkaOptions& options) {
+  constexpr const char* fn = "rbf_cka";
+  detail::check_pair(fn, x, y);
+  detail::check_bandwidth_options(fn, options);
+  if (options.debiased) detail::check_debiased_examples(fn, x.size(0));
+  detail::check_not_constant(fn, "x", detail::non_constant_columns(x));
+  detail::check_not_constant(fn, "y", detail::non_constant_columns(y));
+
+  // Distances are translation invariant; centering first keeps ||a||^2 + ||b||^2 - 2 a.b from
+  // cancelling when the features have large means.
+  const auto dtype = detail::compute_dtype(x, y, options.precision);
+  at::Tensor k = detail::rbf_gram(fn, "x", detail::center(x, dtype).data, options);
+  at::Tensor l = detail::rbf_gram(fn, "y", detail::center(y, dtype).data, options);
+  return detail::gram_cka(fn, k, l, options.debiased).to(detail::result_dtype(x, y));
+}
+
+}  // namespace svcca
