@@ -52,6 +52,35 @@ TEST_F(DispatcherTest, CcaSvccaPwcca) {
   EXPECT_ALLCLOSE(std::get<0>(p), pwcca(x, y, po).score, testing::tol::kClosedForm64);
 }
 
+TEST_F(DispatcherTest, CkaAndProcrustes) {
+  using LinearSig = at::Tensor(const at::Tensor&, const at::Tensor&, bool, c10::string_view);
+  LinearCkaOptions lo;
+  lo.debiased = true;
+  EXPECT_ALLCLOSE(op("svcca::linear_cka").typed<LinearSig>().call(x, y, true, "float64"),
+                  linear_cka(x, y, lo), testing::tol::kClosedForm64);
+
+  using RbfSig = at::Tensor(const at::Tensor&, const at::Tensor&, double, c10::optional<double>,
+                            bool, c10::string_view);
+  RbfCkaOptions ro;
+  ro.threshold = 0.5;
+  EXPECT_ALLCLOSE(
+      op("svcca::rbf_cka").typed<RbfSig>().call(x, y, 0.5, c10::nullopt, false, "float64"),
+      rbf_cka(x, y, ro), testing::tol::kClosedForm64);
+  ro.sigma = 2.0;
+  ro.debiased = true;
+  EXPECT_ALLCLOSE(op("svcca::rbf_cka").typed<RbfSig>().call(x, y, 0.5, 2.0, true, "float64"),
+                  rbf_cka(x, y, ro), testing::tol::kClosedForm64);
+
+  using ProcrustesSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view);
+  EXPECT_ALLCLOSE(op("svcca::procrustes").typed<ProcrustesSig>().call(x, y, "float64"),
+                  procrustes(x, y), testing::tol::kClosedForm64);
+  EXPECT_ALLCLOSE(op("svcca::procrustes_distance").typed<ProcrustesSig>().call(x, y, "float64"),
+                  procrustes_distance(x, y), testing::tol::kClosedForm64);
+  EXPECT_THROWS_WITH_TYPE(
+      op("svcca::linear_cka").typed<LinearSig>().call(x, y, false, "half"), c10::ValueError,
+      "linear_cka: precision must be \"float64\" or \"input\", but got \"half\"");
+}
+
 TEST_F(DispatcherTest, UnknownOptionStringsAreValueErrors) {
   using PwccaSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, c10::string_view, double, double, c10::optional<double>,

@@ -75,6 +75,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pwcca_op(const at::Tensor& x, con
   return {r.score, r.weights, r.correlations};
 }
 
+at::Tensor linear_cka_op(const at::Tensor& x, const at::Tensor& y, bool debiased,
+                         c10::string_view precision) {
+  LinearCkaOptions o;
+  o.debiased = debiased;
+  o.precision = parse_precision("linear_cka", precision);
+  return linear_cka(x, y, o);
+}
+
+at::Tensor rbf_cka_op(const at::Tensor& x, const at::Tensor& y, double threshold,
+                      c10::optional<double> sigma, bool debiased, c10::string_view precision) {
+  RbfCkaOptions o;
+  o.threshold = threshold;
+  if (sigma) o.sigma = *sigma;
+  o.debiased = debiased;
+  o.precision = parse_precision("rbf_cka", precision);
+  return rbf_cka(x, y, o);
+}
+
+// procrustes returns the similarity score (1: same up to rotation, scale and shift), like the
+// other measures; procrustes_distance the distance 2 - 2 * score.
+at::Tensor procrustes_op(const at::Tensor& x, const at::Tensor& y, c10::string_view precision) {
+  ProcrustesOptions o;
+  o.precision = parse_precision("procrustes", precision);
+  return procrustes(x, y, o);
+}
+
+at::Tensor procrustes_distance_op(const at::Tensor& x, const at::Tensor& y,
+                                  c10::string_view precision) {
+  ProcrustesOptions o;
+  o.precision = parse_precision("procrustes_distance", precision);
+  return procrustes_distance(x, y, o);
+}
+
 }  // namespace
 }  // namespace ops
 }  // namespace svcca
@@ -89,8 +122,61 @@ TORCH_LIBRARY_IMPL(svcca, CompositeImplicitAutograd, m) {
   m.impl("get_pls_similarity", &svcca::compat::get_pls_similarity);
   m.impl("get_pca", &svcca::compat::get_pca);
   // CKA family and Procrustes.
+  m.impl("linear_cka", &svcca::ops::linear_cka_op);
+  m.impl("rbf_cka", &svcca::ops::rbf_cka_op);
+  m.impl("procrustes", &svcca::ops::procrustes_op);
+  m.impl("procrustes_distance", &svcca::ops::procrustes_distance_op);
 
   // Streaming accumulators.
 
   // Conv-layer recipes and Fourier CCA.
+  m.impl("fourier_ccas", &svcca::compat::fourier_ccas);
+  m.impl("fourier_cca",
+         [](const at::Tensor& x, const at::Tensor& y, c10::string_view layout, double epsilon,
+            double variance_cutoff, c10::optional<double> rank_rtol, c10::string_view precision)
+             -> std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> {
+           constexpr const char* fn = "fourier_cca";
+           svcca::FourierCcaOptions o;
+           o.layout = svcca::detail::parse_conv_layout(fn, "layout", std::string(layout));
+           o.epsilon = epsilon;
+           o.variance_cutoff = variance_cutoff;
+           if (rank_rtol) o.rank_rtol = *rank_rtol;
+           o.precision = svcca::ops::parse_precision(fn, precision);
+           auto r = svcca::fourier_cca(x, y, o);
+           return {r.correlations, r.valid, r.x_mask, r.y_mask, r.mean, r.mean_without_dc};
+         });
+  m.impl("conv_features",
+         [](const at::Tensor& x, const at::Tensor& y, c10::string_view reduction,
+            c10::string_view match, c10::string_view mode, c10::string_view layout,
+            int64_t position_stride) -> std::tuple<at::Tensor, at::Tensor> {
+           constexpr const char* fn = "conv_features";
+           svcca::ConvRecipe r;
+           r.reduction =
+               svcca::detail::parse_conv_reduction(fn, "reduction", std::string(reduction));
+           r.match = svcca::detail::parse_spatial_match(fn, "match", std::string(match));
+           r.upsample = svcca::detail::parse_resize_mode(fn, "mode", std::string(mode));
+           r.layout = svcca::detail::parse_conv_layout(fn, "layout", std::string(layout));
+           r.position_stride = position_stride;
+           auto f = svcca::conv_features(x, y, r);
+           return {f.first, f.second};
+         });
+  m.impl("fold_positions", [](const at::Tensor& acts, c10::string_view layout,
+                              int64_t position_stride) {
+    return svcca::fold_positions(
+        acts, svcca::detail::parse_conv_layout("fold_positions", "layout", std::string(layout)),
+        position_stride);
+  });
+  m.impl("global_avg_pool", [](const at::Tensor& acts, c10::string_view layout) {
+    return svcca::global_avg_pool(
+        acts, svcca::detail::parse_conv_layout("global_avg_pool", "layout", std::string(layout)));
+  });
+  m.impl("resize_spatial", [](const at::Tensor& acts, std::vector<int64_t> size,
+                              c10::string_view mode, c10::string_view layout) {
+    constexpr const char* fn = "resize_spatial";
+    TORCH_CHECK_VALUE(size.size() == 2, fn, ": size must have 2 entries [height, width], but got ",
+                      size.size());
+    return svcca::resize_spatial(
+        acts, size[0], size[1], svcca::detail::parse_resize_mode(fn, "mode", std::string(mode)),
+        svcca::detail::parse_conv_layout(fn, "layout", std::string(layout)));
+  });
 }

@@ -1,6 +1,11 @@
 // The one TORCH_LIBRARY(svcca, m): the whole operator surface of torch.ops.svcca in one place.
 #include <torch/library.h>
 
+namespace svcca::ops {
+// torch_ext/stream_classes.cpp: torch.classes.svcca.CovarianceAccumulator and friends.
+void register_stream_classes(torch::Library& m);
+}  // namespace svcca::ops
+
 TORCH_LIBRARY(svcca, m) {
   // Modern API: activations are [n_examples, n_features].
   m.def(
@@ -26,8 +31,30 @@ TORCH_LIBRARY(svcca, m) {
   m.def("get_pca(Tensor acts, bool compute_dirns=False) -> Dict(str, Tensor)");
 
   // CKA family and Procrustes.
+  m.def("linear_cka(Tensor x, Tensor y, bool debiased=False, str precision=\"float64\") -> Tensor");
+  m.def(
+      "rbf_cka(Tensor x, Tensor y, float threshold=1.0, float? sigma=None, bool debiased=False, "
+      "str precision=\"float64\") -> Tensor");
+  m.def("procrustes(Tensor x, Tensor y, str precision=\"float64\") -> Tensor");
+  m.def("procrustes_distance(Tensor x, Tensor y, str precision=\"float64\") -> Tensor");
 
   // Streaming accumulators.
+  svcca::ops::register_stream_classes(m);
 
   // Conv-layer recipes and Fourier CCA.
+  m.def(
+      "fourier_ccas(Tensor conv_acts1, Tensor conv_acts2, float epsilon=0.) -> Dict(str, Tensor)");
+  m.def(
+      "fourier_cca(Tensor x, Tensor y, str layout=\"NCHW\", float epsilon=0., "
+      "float variance_cutoff=0., float? rank_rtol=None, str precision=\"float64\") -> "
+      "(Tensor correlations, Tensor valid, Tensor x_mask, Tensor y_mask, Tensor mean, "
+      "Tensor mean_without_dc)");
+  m.def(
+      "conv_features(Tensor x, Tensor y, str reduction=\"fold\", str match=\"interpolate\", "
+      "str mode=\"reference\", str layout=\"NCHW\", int position_stride=1) -> (Tensor, Tensor)");
+  m.def("fold_positions(Tensor acts, str layout=\"NCHW\", int position_stride=1) -> Tensor");
+  m.def("global_avg_pool(Tensor acts, str layout=\"NCHW\") -> Tensor");
+  m.def(
+      "resize_spatial(Tensor acts, int[2] size, str mode=\"reference\", str layout=\"NCHW\") -> "
+      "Tensor");
 }

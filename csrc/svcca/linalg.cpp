@@ -161,5 +161,38 @@ at::Tensor scatter_rows(const at::Tensor& a, const LayerFactors& f) {
   return at::zeros({f.n_features, a.size(1)}, a.options()).index_copy(0, f.kept_index, a);
 }
 
+at::Tensor batched_cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered) {
+  const int64_t n = a_centered.size(-2);
+  return at::matmul(mh(a_centered), b_centered).div_(static_cast<double>(n - 1));
+}
+
+BatchedWhitening batched_whitening(const at::Tensor& cov, const at::Tensor& feature_mask,
+                                   const FactorOptions& options, double noise_floor) {
+  const int64_t p = cov.size(-1);
+  at::Tensor var = at::real(cov.diagonal(0, -2, -1));  // [B, p]
+  at::Tensor max_var = var.amax(-1, /*keepdim=*/true);
+  at::Tensor kept = (var > max_var * options.variance_cutoff) & (var > noise_floor);
+  if (feature_mask.defined()) kept = kept & feature_mask;
+  // Masking rows and columns (instead of cropping) keeps one shape for the whole batch: a dropped
+  // feature becomes an exact zero eigenvalue, which the rank test below removes.
+  at::Tensor m = kept.to(cov.scalar_type());
+  auto eig = at::linalg_eigh(cov * m.unsqueeze(-1) * m.unsqueeze(-2));
+  const at::Tensor& lam = std::get<0>(eig);  // [B, p] ascending
+  const at::Tensor& vec = std::get<1>(eig);  // [B, p, p]
+  const double rtol =
+      options.rank_rtol.value_or(static_cast<double>(p) * machine_eps(cov.scalar_type()));
+  at::Tensor lam_max = lam.amax(-1, /*keepdim=*/true);
+  at::Tensor keep_dir = (lam > lam_max * rtol) & (lam > noise_floor);
+  // where() before rsqrt: no inf/NaN even in the branch that is not taken (clean gradients).
+  at::Tensor safe = at::where(keep_dir, lam + max_var * options.epsilon, at::ones_like(lam));
+  at::Tensor scale = safe.rsqrt() * keep_dir.to(lam.scalar_type());
+  BatchedWhitening w;
+  w.kept = kept;
+  // Zero rows for dropped features: their eigenvector entries are zero only up to rounding.
+  w.whitening = vec * scale.unsqueeze(-2).to(vec.scalar_type()) * m.unsqueeze(-1);
+  w.rank = keep_dir.sum(-1);
+  return w;
+}
+
 }  // namespace detail
 }  // namespace svcca

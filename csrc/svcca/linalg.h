@@ -106,5 +106,29 @@ at::Tensor select_kept(const at::Tensor& m, const LayerFactors& rows, const Laye
 // Embeds the rows of `a` ([k, c]) at the kept feature indices of a [p, c] zero matrix.
 at::Tensor scatter_rows(const at::Tensor& a, const LayerFactors& f);
 
+// ---- Batched variants (one small problem per batch entry, e.g. per spatial frequency) ----------
+
+// Unbiased cross-covariances a^H b / (n - 1) of centered a: [B, n, p], b: [B, n, q] -> [B, p, q]
+// (Hermitian for complex inputs).
+at::Tensor batched_cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered);
+
+// Whitening of B covariances at once, with the same rules as factor_layer, applied per batch
+// entry by masking instead of cropping (so every entry keeps the shape [p, p]).
+struct BatchedWhitening {
+  at::Tensor kept;       // [B, p] bool: features kept (variance above the cut-offs)
+  at::Tensor whitening;  // [B, p, p] eigenvectors / sqrt(eigenvalue + ridge); dropped
+                         // directions and dropped features give zero columns / rows
+  at::Tensor rank;       // [B] int64: directions kept per entry
+};
+// cov: [B, p, p] Hermitian PSD (real or complex). feature_mask: optional [p] or [B, p] bool of
+// features allowed (exactly constant ones excluded by the caller). A feature is kept when its
+// variance is > variance_cutoff * (largest variance of its entry) and > noise_floor; an
+// eigen-direction when its eigenvalue is > rank_rtol * (largest of its entry) and > noise_floor
+// (an absolute floor, e.g. the rounding level of an FFT; 0: none). The ridge is epsilon * (largest
+// variance of the entry). An entry with no feature or direction left gets rank 0 and a zero
+// whitening; callers decide whether that is an error.
+BatchedWhitening batched_whitening(const at::Tensor& cov, const at::Tensor& feature_mask,
+                                   const FactorOptions& options, double noise_floor = 0.0);
+
 }  // namespace detail
 }  // namespace svcca

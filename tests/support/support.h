@@ -26,6 +26,15 @@ inline constexpr Tol kDecomp64{1e-8, 1e-10};       // float64 after eigh/SVD/QR
 inline constexpr Tol kFloat32{1e-4, 1e-5};         // float32 anywhere
 inline constexpr Tol kGoldenVectors{0.0, 1e-6};    // golden singular vectors, after sign alignment
 inline constexpr Tol kGoldenDefault{1e-6, 1e-8};   // golden outputs whose file states no tolerance
+// float64, streamed (accumulated moments) against one-shot: the same code path on moments that
+// differ only by rounding (Chan et al.'s update is backward stable), so closed-form tight.
+inline constexpr Tol kStreamed64{1e-10, 1e-12};
+// Published numbers quoted to 5 (6) decimals: half a unit in the last quoted place.
+inline constexpr Tol kQuoted5{0.0, 5e-6};
+inline constexpr Tol kQuoted6{0.0, 5e-7};
+// Fourier CCA golden (dft_same_size): the reference ran its FFT in complex64, so coefficients
+// agree to ~1e-6 only; the file states atol 1e-5 (golden_tol reads it; this is the fallback).
+inline constexpr Tol kGoldenComplex64Fft{0.0, 1e-5};
 }  // namespace tol
 
 // Tolerance for results computed from inputs of `dtype` (closed_form: an exact identity).

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "svcca/checks.h"
+#include "svcca/compat/reference_cca.h"
 #include "svcca/linalg.h"
 
 namespace svcca {
@@ -37,13 +38,14 @@ at::Tensor neuron_cov(const at::Tensor& a, const at::Tensor& b) {
 // (pinv(a))^(1/2) of a Hermitian PSD a, as google/svcca's positivedef_matrix_sqrt(pinv(a)), in one
 // eigendecomposition. Eigenvalues at or below rcond * largest are zeroed, as pinv does; the
 // reference takes the square root of tiny negative ones (NaN), which we clamp to 0 instead.
+// Batched over leading dims ([..., k, k]); a 2-D input gives exactly the unbatched numbers.
 at::Tensor pinv_sqrt(const at::Tensor& a) {
   auto eig = at::linalg_eigh(a);
   const at::Tensor& w = std::get<0>(eig);
   const at::Tensor& v = std::get<1>(eig);
-  at::Tensor cutoff = w.abs().max() * kPinvRcond;
+  at::Tensor cutoff = w.abs().amax(-1, /*keepdim=*/true) * kPinvRcond;
   at::Tensor inv_sqrt = at::where(w > cutoff, w.clamp_min(0).rsqrt(), at::zeros_like(w));
-  return at::mm(v * inv_sqrt.to(v.scalar_type()), detail::mh(v));
+  return at::matmul(v * inv_sqrt.unsqueeze(-2).to(v.scalar_type()), detail::mh(v));
 }
 
 // Embeds `block` ([k, k]) at rows and columns kept_index of an [n, n] zero matrix (np.place with
@@ -235,4 +237,63 @@ TensorDict get_pca(const at::Tensor& acts, bool compute_dirns) {
 }
 
 }  // namespace compat
+
+namespace detail {
+
+ReferenceCcas reference_ccas(const char* fn, const char* xname, const char* yname,
+                             const at::Tensor& sxx, const at::Tensor& syy, const at::Tensor& sxy,
+                             double epsilon, double threshold,
+                             const std::function<std::string(int64_t)>& where) {
+  // Rescale by the largest |entry| (the largest variance) of each entry: epsilon is relative.
+  at::Tensor xmax = sxx.abs().amax({-2, -1});  // [B]
+  at::Tensor ymax = syy.abs().amax({-2, -1});
+  auto first_bad = [](const at::Tensor& bad) { return bad.to(at::kInt).argmax().item<int64_t>(); };
+  for (auto side : {std::make_pair(xname, &xmax), std::make_pair(yname, &ymax)}) {
+    at::Tensor bad = *side.second <= 0;
+    TORCH_CHECK_VALUE(!bad.any().item<bool>(), fn, ": ", side.first,
+                      " must have a non-constant neuron ", where(first_bad(bad)),
+                      ", but all its neurons are constant there");
+  }
+  at::Tensor xs = xmax.view({-1, 1, 1}).to(sxx.scalar_type());
+  at::Tensor ys = ymax.view({-1, 1, 1}).to(syy.scalar_type());
+  at::Tensor a = sxx / xs;
+  at::Tensor b = syy / ys;
+  at::Tensor c = sxy / (xs * ys).sqrt();
+  ReferenceCcas r;
+  r.x_idxs = a.diagonal(0, -2, -1).abs() >= epsilon;
+  r.y_idxs = b.diagonal(0, -2, -1).abs() >= epsilon;
+  for (auto side : {std::make_pair(xname, &r.x_idxs), std::make_pair(yname, &r.y_idxs)}) {
+    at::Tensor bad = ~side.second->any(-1);
+    TORCH_CHECK_VALUE(!bad.any().item<bool>(), fn, ": epsilon must keep at least one neuron of ",
+                      side.first, " ", where(first_bad(bad)), ", but epsilon=", epsilon,
+                      " removes all of them (rescaled variances are at most 1; google/svcca "
+                      "crashes here with 'too many values to unpack')");
+  }
+  // Masking removed neurons (zero rows and columns) instead of cropping: the kept block's pinv
+  // square root and singular values are unchanged, and every entry keeps one shape.
+  at::Tensor mx = r.x_idxs.to(a.scalar_type());
+  at::Tensor my = r.y_idxs.to(b.scalar_type());
+  a = a * mx.unsqueeze(-1) * mx.unsqueeze(-2) + at::diag_embed(mx * epsilon);
+  b = b * my.unsqueeze(-1) * my.unsqueeze(-2) + at::diag_embed(my * epsilon);
+  c = c * mx.unsqueeze(-1) * my.unsqueeze(-2);
+  at::Tensor arr = at::matmul(compat::pinv_sqrt(a), at::matmul(c, compat::pinv_sqrt(b)));
+  at::Tensor s = at::linalg_svdvals(arr).abs();  // [B, k]
+  const int64_t k = s.size(-1);
+  at::Tensor pos = at::arange(k, s.options().dtype(at::kLong)).unsqueeze(0);
+  at::Tensor kept = at::minimum(r.x_idxs.sum(-1), r.y_idxs.sum(-1)).unsqueeze(1);
+  s = s * (pos < kept).to(s.scalar_type());  // exact zeros past the cropped k
+  // sum_threshold per entry: first i with sum(s[:i]) / sum(s) >= threshold, else all. Padded
+  // zeros reach the ratio 1 at the cropped k, which is the reference's "None -> all".
+  at::Tensor total = s.sum(-1, /*keepdim=*/true);
+  at::Tensor hit = ((s.cumsum(-1) - s) / total) >= threshold;
+  at::Tensor idx = at::where(hit.any(-1), hit.to(at::kInt).argmax(-1).to(at::kLong),
+                             at::full_like(kept.squeeze(1), k));
+  at::Tensor in_prefix = (pos < idx.unsqueeze(1)).to(s.scalar_type());
+  r.mean = (s * in_prefix).sum(-1) / idx.to(s.scalar_type());
+  r.sum = s.sum(-1);
+  r.coefs = s;
+  return r;
+}
+
+}  // namespace detail
 }  // namespace svcca

@@ -56,6 +56,26 @@ int64_t sum_threshold(const at::Tensor& array, double threshold);
 // pls_dirns2 [k, m], k = min(nx, ny).
 TensorDict get_pls_similarity(const at::Tensor& acts1, const at::Tensor& acts2);
 
+// google/svcca's dft_ccas.fourier_ccas on NHWC conv activations conv_acts1: [N, H1, W1, C1] and
+// conv_acts2: [N, H2, W2, C2]: a 2-D FFT over (H, W) in complex64 (as the reference), then, at
+// every location (i, j) of the frequency grid, get_cca_similarity's numbers on the complex
+// coefficients (covariances in complex128, rescale, epsilon cut-off and ridge, pinv square roots,
+// threshold 0.98 for mean). Unequal spatial sizes (square maps only, as the reference) are cropped
+// to the frequencies -s/2 <= f < s/2 with s = min(H1, H2). All locations are solved in one batched
+// pass, and for real inputs conjugate locations (f, -f) are solved once.
+// Keys ([h, w] the frequency grid in numpy fft order, k = min(C1, C2)): cca_coef1, cca_coef2
+// ([h, w, k], descending per location; zero-padded where epsilon leaves fewer than k channels, the
+// reference returns shorter arrays there), x_idxs [h, w, C1], y_idxs [h, w, C2] (bool), mean and
+// sum ([h, w]; the reference's 2-tuples hold one value twice). float64 / bool on the input device.
+// Departures from the reference, which cannot run as shipped (reference-semantics.md section 4):
+// epsilon is an explicit argument (the reference passes compute_dirns into the epsilon slot:
+// False -> 0), and one dict of stacked tensors replaces its one-row-per-location DataFrame.
+// Throws c10::ValueError / TypeError when an input is not 4-D real float with finite values, the
+// batch sizes differ, the sizes differ and a map is not square, N <= C for either layer, epsilon
+// < 0, or epsilon removes every channel (or every channel is constant) at some frequency.
+TensorDict fourier_ccas(const at::Tensor& conv_acts1, const at::Tensor& conv_acts2,
+                        double epsilon = 0.0);
+
 // google/svcca's numpy_pca.get_pca: keys eigenvals ([n] singular values of the centered
 // activations, not variances), neuron_coefs [n, n], and with compute_dirns pca_dirns [n, m].
 TensorDict get_pca(const at::Tensor& acts, bool compute_dirns = false);

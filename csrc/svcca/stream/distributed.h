@@ -1,0 +1,30 @@
+// torch.distributed for the streaming accumulators: all_reduce over a c10d ProcessGroup.
+#pragma once
+
+#include "svcca/stream/covariance_accumulator.h"
+#include "svcca/stream/minibatch_cka.h"
+
+namespace c10d {
+class ProcessGroup;
+}  // namespace c10d
+
+namespace svcca {
+
+// Combines the accumulators of every rank of `process_group` in place: afterwards each rank holds
+// the accumulator of all ranks' rows (as if one process had seen them all; exact up to rounding).
+// A collective: every rank must call it, in the same order as its other collectives. Works with
+// any c10d backend that implements allreduce with SUM/MIN/MAX on float64 tensors of the
+// accumulator's device: Gloo (CPU tensors; and CUDA through staging), NCCL (CUDA tensors, where
+// LibTorch is built with it), MPI.
+// Four small collectives: the ranks first agree on shapes and dtypes (a mismatch or an empty
+// accumulator on any rank throws on every rank instead of hanging), then sum n and n * mean to get
+// the global mean, sum the co-moments recentered to it
+// (M_r + n_r (mean_r - mean)(mean_r - mean)^T: the Chan et al. update, all ranks at once), and
+// reduce min/max with MIN (on [min, -max]). Throws when a collective fails or times out (the
+// process group's timeout).
+void all_reduce(CovarianceAccumulator& accumulator, c10d::ProcessGroup& process_group);
+
+// The minibatch CKA state is a set of sums: one SUM all-reduce (after the same agreement step).
+void all_reduce(MinibatchCkaAccumulator& accumulator, c10d::ProcessGroup& process_group);
+
+}  // namespace svcca

@@ -1,0 +1,41 @@
+// The versioned file format shared by the streaming accumulators' save() and load().
+#pragma once
+
+#include <ATen/core/Dict.h>
+#include <ATen/core/ivalue.h>
+
+#include <cstdint>
+#include <string>
+
+namespace svcca {
+namespace detail {
+
+// Layout (little-endian):
+//   8 bytes  magic "SVCCAST\0"
+//   u32      format version (kStreamFileVersion)
+//   u32      reserved (0)
+//   u64      payload size in bytes
+//   u64      FNV-1a 64 hash of the payload (detects truncation and corruption)
+//   payload  torch::jit::pickle_save of a Dict[str, Any] (readable by torch.load in Python after
+//            skipping the 32-byte header); it always holds "kind" (str).
+inline constexpr uint32_t kStreamFileVersion = 1;
+
+// Writes `payload` to `path` through a temporary file in the same directory, then renames it,
+// so a crash never leaves a half-written file under `path`. Throws naming `fn` on I/O errors.
+void save_stream_file(const char* fn, const std::string& path,
+                      const c10::impl::GenericDict& payload);
+
+// An empty Dict[str, Any] payload to fill.
+c10::impl::GenericDict make_payload(const std::string& kind);
+
+// Reads and checks a file written by save_stream_file whose "kind" is `kind`. Throws naming `fn`
+// and `path` when the file is missing, truncated, corrupt, of another version or kind.
+c10::impl::GenericDict load_stream_file(const char* fn, const std::string& path,
+                                        const std::string& kind);
+
+// Typed access to a loaded payload; a missing key or a wrong type is reported as a corrupt file.
+c10::IValue payload_get(const char* fn, const std::string& path,
+                        const c10::impl::GenericDict& payload, const std::string& key);
+
+}  // namespace detail
+}  // namespace svcca
