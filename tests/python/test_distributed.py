@@ -58,13 +58,15 @@ def _worker(rank, init_file, queue):
         except ValueError as e:
             empty_error = str(e)
 
+        # Plain Python values: tensors sent through a Queue share their storage through a
+        # socket that disappears when this process exits before the parent reads.
         queue.put((rank, {
             "n": acc.n(),
-            "cca": acc.cca("x", "y"),
-            "pwcca": acc.pwcca("x", "y"),
-            "svcca": acc.svcca("x", "y", 0.99),
-            "linear_cka": acc.linear_cka("x", "y"),
-            "minibatch_cka": mb.cka(),
+            "cca": acc.cca("x", "y").tolist(),
+            "pwcca": acc.pwcca("x", "y").tolist(),
+            "svcca": acc.svcca("x", "y", 0.99).tolist(),
+            "linear_cka": acc.linear_cka("x", "y").tolist(),
+            "minibatch_cka": mb.cka().tolist(),
             "empty_error": empty_error,
         }))
         dist.destroy_process_group()
@@ -102,7 +104,8 @@ def test_two_gloo_ranks_equal_one_process():
     # tests/support/support.h: tol::kStreamed64
     close = dict(rtol=1e-10, atol=1e-12)
     for rank in range(WORLD):
-        r = results[rank]
+        r = {k: torch.tensor(v, dtype=torch.float64) if isinstance(v, (list, float)) else v
+             for k, v in results[rank].items()}
         assert r["n"] == ROWS
         torch.testing.assert_close(r["cca"], rho, **close)
         torch.testing.assert_close(r["pwcca"], svcca.pwcca(x, y)[0], **close)

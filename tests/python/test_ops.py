@@ -38,7 +38,9 @@ GRADCHECK = dict(eps=1e-6, atol=1e-5, rtol=1e-3)
 DTYPES = [torch.float32, torch.float64]
 over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 OP_NAMES = ["cca", "svcca", "pwcca", "get_cca_similarity", "compute_pwcca", "sum_threshold",
-            "get_pls_similarity", "get_pca"]
+            "get_pls_similarity", "get_pca", "linear_cka", "rbf_cka", "procrustes",
+            "procrustes_distance", "fourier_ccas", "fourier_cca", "conv_features",
+            "fold_positions", "global_avg_pool", "resize_spatial"]
 
 
 def tol(dtype, kind="svd"):

@@ -64,32 +64,6 @@ void check_bandwidth_options(const char* fn, const RbfCkaOptions& options) {
   }
 }
 
-// RBF kernel matrix of centered xc: [n, p] under the options' bandwidth rule.
-at::Tensor rbf_gram(const char* fn, const char* name, const at::Tensor& xc,
-                    const RbfCkaOptions& options) {
-  at::Tensor d = squared_distances(xc);
-  at::Tensor two_sigma_sq;
-  if (options.sigma) {
-    two_sigma_sq = at::scalar_tensor(2.0 * *options.sigma * *options.sigma, d.options());
-  } else {
-    // numpy's median (Kornblith's rule): the mean of the two middle values of all n^2 entries.
-    // kthvalue rather than a full sort: O(n^2) and differentiable.
-    at::Tensor flat = d.reshape({-1});
-    const int64_t m = flat.numel();
-    at::Tensor median = std::get<0>(at::kthvalue(flat, (m + 1) / 2));
-    if (m % 2 == 0) median = (median + std::get<0>(at::kthvalue(flat, m / 2 + 1))) * 0.5;
-    const double med = median.item<double>();
-    TORCH_CHECK_VALUE(med > 0.0, fn, ": ", name,
-                      " must have a positive median squared distance between examples for the "
-                      "median rule (sigma = threshold * sqrt(median)), but got ",
-                      med,
-                      " (more than half of the pairs of examples are identical); give an "
-                      "absolute sigma instead");
-    two_sigma_sq = median * (2.0 * options.threshold * options.threshold);
-  }
-  return at::exp(-d / two_sigma_sq);
-}
-
 }  // namespace
 
 at::Tensor center_gram(const at::Tensor& k, bool unbiased) {
@@ -156,6 +130,31 @@ at::Tensor linear_cka_from_moments(const char* fn, const PairMoments& m, bool de
   return (hxy / (hxx * hyy).sqrt()).to(m.result_dtype);
 }
 
+at::Tensor rbf_gram(const char* fn, const char* name, const at::Tensor& xc, double threshold,
+                    std::optional<double> sigma) {
+  at::Tensor d = squared_distances(xc);
+  at::Tensor two_sigma_sq;
+  if (sigma) {
+    two_sigma_sq = at::scalar_tensor(2.0 * *sigma * *sigma, d.options());
+  } else {
+    // numpy's median (Kornblith's rule): the mean of the two middle values of all n^2 entries.
+    // kthvalue rather than a full sort: O(n^2) and differentiable.
+    at::Tensor flat = d.reshape({-1});
+    const int64_t m = flat.numel();
+    at::Tensor median = std::get<0>(at::kthvalue(flat, (m + 1) / 2));
+    if (m % 2 == 0) median = (median + std::get<0>(at::kthvalue(flat, m / 2 + 1))) * 0.5;
+    const double med = median.item<double>();
+    TORCH_CHECK_VALUE(med > 0.0, fn, ": ", name,
+                      " must have a positive median squared distance between examples for the "
+                      "median rule (sigma = threshold * sqrt(median)), but got ",
+                      med,
+                      " (more than half of the pairs of examples are identical); give an "
+                      "absolute sigma instead");
+    two_sigma_sq = median * (2.0 * threshold * threshold);
+  }
+  return at::exp(-d / two_sigma_sq);
+}
+
 }  // namespace detail
 
 at::Tensor linear_cka(const at::Tensor& x, const at::Tensor& y, const LinearCkaOptions& options) {
@@ -188,8 +187,10 @@ at::Tensor rbf_cka(const at::Tensor& x, const at::Tensor& y, const RbfCkaOptions
   // Distances are translation invariant; centering first keeps ||a||^2 + ||b||^2 - 2 a.b from
   // cancelling when the features have large means.
   const auto dtype = detail::compute_dtype(x, y, options.precision);
-  at::Tensor k = detail::rbf_gram(fn, "x", detail::center(x, dtype).data, options);
-  at::Tensor l = detail::rbf_gram(fn, "y", detail::center(y, dtype).data, options);
+  at::Tensor k =
+      detail::rbf_gram(fn, "x", detail::center(x, dtype).data, options.threshold, options.sigma);
+  at::Tensor l =
+      detail::rbf_gram(fn, "y", detail::center(y, dtype).data, options.threshold, options.sigma);
   return detail::gram_cka(fn, k, l, options.debiased).to(detail::result_dtype(x, y));
 }
 

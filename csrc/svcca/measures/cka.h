@@ -110,6 +110,12 @@ at::Tensor gram_cka(const char* fn, const at::Tensor& k, const at::Tensor& l, bo
 // exact zero diagonal and no negative rounding.
 at::Tensor squared_distances(const at::Tensor& xc);
 
+// RBF kernel matrix [n, n] of centered xc: [n, p]: exp(-d / (2 sigma^2)) with d the squared
+// distances and sigma absolute when given, else threshold * sqrt(median of d) (Kornblith's rule,
+// numpy's median over all n^2 entries). Throws, naming fn and name, when that median is 0.
+at::Tensor rbf_gram(const char* fn, const char* name, const at::Tensor& xc, double threshold,
+                    std::optional<double> sigma);
+
 // Linear CKA (biased, feature space) from a pair's moments: ||sxy||_F^2 / (||sxx||_F ||syy||_F),
 // the (n - 1) normalization cancelling. The debiased estimate also needs m.x_centered and
 // m.y_centered. The caller has validated the inputs the moments came from; a constant layer

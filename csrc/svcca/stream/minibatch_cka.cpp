@@ -20,23 +20,7 @@ constexpr const char* kKind = "minibatch_cka";
 at::Tensor kernel(const char* fn, const char* name, const at::Tensor& xc,
                   const MinibatchCkaOptions& o) {
   if (o.kernel == CkaKernel::kLinear) return at::mm(xc, xc.t());
-  at::Tensor d = detail::squared_distances(xc);
-  double two_sigma_sq;
-  if (o.sigma) {
-    two_sigma_sq = 2.0 * *o.sigma * *o.sigma;
-  } else {
-    // The median rule of svcca::rbf_cka (numpy's median over all b^2 entries).
-    at::Tensor flat = d.reshape({-1});
-    const int64_t m = flat.numel();
-    double med = std::get<0>(at::kthvalue(flat, (m + 1) / 2)).item<double>();
-    if (m % 2 == 0) med = 0.5 * (med + std::get<0>(at::kthvalue(flat, m / 2 + 1)).item<double>());
-    TORCH_CHECK_VALUE(med > 0.0, fn, ": ", name,
-                      " must have a positive median squared distance within the batch for the "
-                      "median rule, but got ",
-                      med, "; give an absolute sigma instead");
-    two_sigma_sq = 2.0 * o.threshold * o.threshold * med;
-  }
-  return at::exp(-d / two_sigma_sq);
+  return detail::rbf_gram(fn, name, xc, o.threshold, o.sigma);
 }
 
 std::string dtype_name(const std::optional<at::ScalarType>& t) {
