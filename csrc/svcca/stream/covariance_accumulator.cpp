@@ -472,19 +472,14 @@ void CovarianceAccumulator::save(const std::string& path) const {
   }
   payload.insert(std::string("pairs"), c10::List<int64_t>(flat_pairs));
   payload.insert(std::string("dtype"), std::string(c10::toString(options_.dtype)));
-  c10::Dict<std::string, at::Tensor> tensors;
-  for (const auto& kv : state()) tensors.insert(kv.first, kv.second.cpu());
-  payload.insert(std::string("state"), tensors);
+  detail::put_state(payload, state());
   detail::save_stream_file("CovarianceAccumulator::save", path, payload);
 }
 
 CovarianceAccumulator CovarianceAccumulator::load(const std::string& path, at::Device device) {
   constexpr const char* fn = "CovarianceAccumulator::load";
   auto payload = detail::load_stream_file(fn, path, kKind);
-  auto corrupt = [&](const char* what) {
-    TORCH_CHECK_VALUE(false, fn, ": path must hold an intact state, but the ", what, " of \"", path,
-                      "\" is malformed (corrupt file)");
-  };
+  auto corrupt = [&](const char* what) { detail::throw_corrupt(fn, path, what); };
   CovarianceAccumulatorOptions options;
   auto layers = detail::payload_get(fn, path, payload, "layers");
   if (!layers.isList()) corrupt("layer list");
@@ -506,13 +501,7 @@ CovarianceAccumulator CovarianceAccumulator::load(const std::string& path, at::D
   auto dtype = detail::payload_get(fn, path, payload, "dtype");
   if (!dtype.isString()) corrupt("dtype");
   options.dtype = parse_dtype(fn, path, dtype.toStringRef());
-  auto st = detail::payload_get(fn, path, payload, "state");
-  if (!st.isGenericDict()) corrupt("state dictionary");
-  std::map<std::string, at::Tensor> tensors;
-  for (const auto& kv : st.toGenericDict()) {
-    if (!kv.key().isString() || !kv.value().isTensor()) corrupt("state dictionary");
-    tensors[kv.key().toStringRef()] = kv.value().toTensor().to(device);
-  }
+  auto tensors = detail::get_state(fn, path, payload, device);
   CovarianceAccumulator acc(options);
   acc.set_state_impl(fn, tensors);
   return acc;

@@ -224,19 +224,14 @@ void MinibatchCkaAccumulator::save(const std::string& path) const {
   payload.insert(std::string("n_features"), c10::List<int64_t>({p1_, p2_}));
   payload.insert(std::string("dtypes"),
                  c10::List<std::string>({dtype_name(x_dtype_), dtype_name(y_dtype_)}));
-  c10::Dict<std::string, at::Tensor> tensors;
-  for (const auto& kv : state()) tensors.insert(kv.first, kv.second.cpu());
-  payload.insert(std::string("state"), tensors);
+  detail::put_state(payload, state());
   detail::save_stream_file("MinibatchCkaAccumulator::save", path, payload);
 }
 
 MinibatchCkaAccumulator MinibatchCkaAccumulator::load(const std::string& path, at::Device device) {
   constexpr const char* fn = "MinibatchCkaAccumulator::load";
   auto payload = detail::load_stream_file(fn, path, kKind);
-  auto corrupt = [&](const char* what) {
-    TORCH_CHECK_VALUE(false, fn, ": path must hold an intact state, but the ", what, " of \"", path,
-                      "\" is malformed (corrupt file)");
-  };
+  auto corrupt = [&](const char* what) { detail::throw_corrupt(fn, path, what); };
   MinibatchCkaOptions o;
   auto kernel_v = detail::payload_get(fn, path, payload, "kernel");
   if (!kernel_v.isString()) corrupt("kernel");
@@ -275,13 +270,7 @@ MinibatchCkaAccumulator MinibatchCkaAccumulator::load(const std::string& path, a
   }
   acc.x_dtype_ = parsed[0];
   acc.y_dtype_ = parsed[1];
-  auto st = detail::payload_get(fn, path, payload, "state");
-  if (!st.isGenericDict()) corrupt("state dictionary");
-  std::map<std::string, at::Tensor> tensors;
-  for (const auto& kv : st.toGenericDict()) {
-    if (!kv.key().isString() || !kv.value().isTensor()) corrupt("state dictionary");
-    tensors[kv.key().toStringRef()] = kv.value().toTensor().to(device);
-  }
+  auto tensors = detail::get_state(fn, path, payload, device);
   acc.set_state_impl(fn, tensors);
   return acc;
 }

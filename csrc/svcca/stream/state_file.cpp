@@ -129,5 +129,30 @@ c10::IValue payload_get(const char* fn, const std::string& path,
   return it->value();
 }
 
+void throw_corrupt(const char* fn, const std::string& path, const char* what) {
+  TORCH_CHECK_VALUE(false, fn, ": path must hold an intact state, but the ", what, " of \"", path,
+                    "\" is malformed (corrupt file)");
+  TORCH_INTERNAL_ASSERT(false);  // unreachable: TORCH_CHECK_VALUE(false, ...) throws
+}
+
+void put_state(c10::impl::GenericDict& payload, const std::map<std::string, at::Tensor>& state) {
+  c10::Dict<std::string, at::Tensor> tensors;
+  for (const auto& kv : state) tensors.insert(kv.first, kv.second.cpu());
+  payload.insert(std::string("state"), tensors);
+}
+
+std::map<std::string, at::Tensor> get_state(const char* fn, const std::string& path,
+                                            const c10::impl::GenericDict& payload,
+                                            at::Device device) {
+  auto st = payload_get(fn, path, payload, "state");
+  if (!st.isGenericDict()) throw_corrupt(fn, path, "state dictionary");
+  std::map<std::string, at::Tensor> tensors;
+  for (const auto& kv : st.toGenericDict()) {
+    if (!kv.key().isString() || !kv.value().isTensor()) throw_corrupt(fn, path, "state dictionary");
+    tensors[kv.key().toStringRef()] = kv.value().toTensor().to(device);
+  }
+  return tensors;
+}
+
 }  // namespace detail
 }  // namespace svcca

@@ -4,7 +4,10 @@
 #include <ATen/core/Dict.h>
 #include <ATen/core/ivalue.h>
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
+#include <map>
 #include <string>
 
 namespace svcca {
@@ -36,6 +39,17 @@ c10::impl::GenericDict load_stream_file(const char* fn, const std::string& path,
 // Typed access to a loaded payload; a missing key or a wrong type is reported as a corrupt file.
 c10::IValue payload_get(const char* fn, const std::string& path,
                         const c10::impl::GenericDict& payload, const std::string& key);
+
+// Throws the corrupt-file error for the malformed entry `what` of `path`.
+[[noreturn]] void throw_corrupt(const char* fn, const std::string& path, const char* what);
+
+// Stores an accumulator's state tensors (copied to the CPU) under "state".
+void put_state(c10::impl::GenericDict& payload, const std::map<std::string, at::Tensor>& state);
+
+// Reads the "state" entry of a loaded payload back as tensors on `device`.
+std::map<std::string, at::Tensor> get_state(const char* fn, const std::string& path,
+                                            const c10::impl::GenericDict& payload,
+                                            at::Device device);
 
 }  // namespace detail
 }  // namespace svcca
