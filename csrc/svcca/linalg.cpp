@@ -26,6 +26,9 @@ at::Tensor mh(const at::Tensor& t) {
 Centered center(const at::Tensor& x, at::ScalarType dtype) {
   at::Tensor xd = x.to(dtype);
   at::Tensor mean = xd.mean(0);
+  // When the cast made a copy, center it in place: one [n, p] buffer instead of two (the
+  // mean's backward needs no input values, so autograd is unaffected).
+  if (!xd.is_same(x)) return {xd.sub_(mean), mean};
   return {xd - mean, mean};
 }
 
