@@ -36,8 +36,8 @@ Centered center(const at::Tensor& x, at::ScalarType dtype);
 at::Tensor cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered);
 
 // Unbiased covariance a^H a / (n - 1) of centered a: [n, p]. Exploits symmetry: only the blocks
-// on and above the diagonal are multiplied (about 9/16 of the flops of one matrix product for
-// p >= 512, with 8 column blocks).
+// on and above the diagonal are multiplied (3/4 of the flops of one matrix product for p >= 128,
+// with two column blocks).
 at::Tensor covariance(const at::Tensor& a_centered);
 
 // The second-order statistics of a pair of layers that every CCA-family measure is a function
