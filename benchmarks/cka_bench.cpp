@@ -17,19 +17,12 @@
 #include <fstream>
 #include <string>
 
+#include "proc_status.h"
 #include "svcca/measures/cka.h"
 
 namespace {
 
-double status_mb(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const std::string key = std::string(field) + ":";
-  while (std::getline(in, line)) {
-    if (line.rfind(key, 0) == 0) return std::atof(line.c_str() + key.size()) / 1024.0;
-  }
-  return -1.0;
-}
+using svcca_bench::status_mb;
 
 int measure(const std::string& form, int64_t n, int64_t p, int threads) {
   at::set_num_threads(threads);

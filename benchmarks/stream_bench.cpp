@@ -19,20 +19,12 @@
 #include <fstream>
 #include <string>
 
+#include "proc_status.h"
 #include "svcca/stream/covariance_accumulator.h"
 
 namespace {
 
-// A field of /proc/self/status in MB (VmRSS, VmHWM).
-double status_mb(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const std::string key = std::string(field) + ":";
-  while (std::getline(in, line)) {
-    if (line.rfind(key, 0) == 0) return std::atof(line.c_str() + key.size()) / 1024.0;
-  }
-  return -1.0;
-}
+using svcca_bench::status_mb;
 
 int64_t flag(int argc, char** argv, const char* name, int64_t fallback) {
   const std::string prefix = std::string("--") + name + "=";
