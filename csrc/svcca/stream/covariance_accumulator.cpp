@@ -300,8 +300,7 @@ detail::PairMoments CovarianceAccumulator::moments(const char* fn, const std::st
 }
 
 CcaResult CovarianceAccumulator::cca(const CcaOptions& options) const {
-  return cca(options_.layers.at(0), options_.layers.at(options_.layers.size() > 1 ? 1 : 0),
-             options);
+  return cca(default_x(), default_y(), options);
 }
 
 CcaResult CovarianceAccumulator::cca(const std::string& x_layer, const std::string& y_layer,
@@ -312,8 +311,7 @@ CcaResult CovarianceAccumulator::cca(const std::string& x_layer, const std::stri
 }
 
 SvccaResult CovarianceAccumulator::svcca(const SvccaOptions& options) const {
-  return svcca(options_.layers.at(0), options_.layers.at(options_.layers.size() > 1 ? 1 : 0),
-               options);
+  return svcca(default_x(), default_y(), options);
 }
 
 SvccaResult CovarianceAccumulator::svcca(const std::string& x_layer, const std::string& y_layer,
@@ -324,8 +322,7 @@ SvccaResult CovarianceAccumulator::svcca(const std::string& x_layer, const std::
 }
 
 PwccaResult CovarianceAccumulator::pwcca(const PwccaOptions& options) const {
-  return pwcca(options_.layers.at(0), options_.layers.at(options_.layers.size() > 1 ? 1 : 0),
-               options);
+  return pwcca(default_x(), default_y(), options);
 }
 
 PwccaResult CovarianceAccumulator::pwcca(const std::string& x_layer, const std::string& y_layer,
@@ -336,8 +333,7 @@ PwccaResult CovarianceAccumulator::pwcca(const std::string& x_layer, const std::
 }
 
 at::Tensor CovarianceAccumulator::r2_cca(const CcaOptions& options) const {
-  return r2_cca(options_.layers.at(0), options_.layers.at(options_.layers.size() > 1 ? 1 : 0),
-                options);
+  return r2_cca(default_x(), default_y(), options);
 }
 
 at::Tensor CovarianceAccumulator::r2_cca(const std::string& x_layer, const std::string& y_layer,
@@ -349,7 +345,7 @@ at::Tensor CovarianceAccumulator::r2_cca(const std::string& x_layer, const std::
 }
 
 at::Tensor CovarianceAccumulator::linear_cka() const {
-  return linear_cka(options_.layers.at(0), options_.layers.at(options_.layers.size() > 1 ? 1 : 0));
+  return linear_cka(default_x(), default_y());
 }
 
 at::Tensor CovarianceAccumulator::linear_cka(const std::string& x_layer,

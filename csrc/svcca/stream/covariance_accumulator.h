@@ -112,6 +112,11 @@ class CovarianceAccumulator {
   const std::vector<int64_t>& n_features() const { return p_; }
 
  private:
+  // The layers the overloads without names use: the first two (or the first, twice).
+  const std::string& default_x() const { return options_.layers.at(0); }
+  const std::string& default_y() const {
+    return options_.layers.at(options_.layers.size() > 1 ? 1 : 0);
+  }
   int64_t layer_index(const char* fn, const std::string& name) const;
   // Index into pairs_ of the pair {a, b} in either order, or -1.
   int64_t pair_index_or_none(int64_t a, int64_t b) const;
