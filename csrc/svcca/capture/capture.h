@@ -1,0 +1,117 @@
+// Activation capture from TorchScript modules: a tapped copy of `forward` that also records the
+// output of every submodule call, named by module path. The only part of svcca that knows
+// torch::jit (conventions, layering rule 6).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/ivalue.h>
+#include <torch/csrc/jit/api/module.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace svcca {
+
+// One recorded value: the output of one submodule call. A module called twice gives two
+// records with the same name, in call order. A tuple/list output is recorded element-wise,
+// as "<name>:0", "<name>:1", ... (nested tuples: "<name>:0:1"); non-tensor elements are skipped.
+struct CaptureRecord {
+  std::string name;  // module path, e.g. "layer1.0.conv1"
+  at::Tensor value;  // a copy (clone) of the output: later in-place ops do not change it
+};
+
+struct Capture {
+  c10::IValue output;                  // what forward returned
+  std::vector<CaptureRecord> records;  // every selected record, in call order
+
+  // The records of one name, in call order (empty when there are none).
+  std::vector<at::Tensor> values(const std::string& name) const;
+  // The first record of every name, keyed by name, in first-call order.
+  std::vector<std::pair<std::string, at::Tensor>> first_values() const;
+};
+
+struct CaptureOptions {
+  // true: records are detached (measuring). false: records stay in the autograd graph, so a
+  // loss built from them back-propagates into the model (similarity losses).
+  bool detach = true;
+};
+
+// What `list_layers` reports for one record name, for a given input.
+struct LayerInfo {
+  std::string name;            // module path (or "<path>:<i>" for tuple elements)
+  std::string type;            // the module's class name, e.g. "Conv2d", "BasicBlock"
+  std::vector<int64_t> shape;  // output shape of the first call
+  std::string dtype;           // e.g. "float32"
+  int64_t calls = 0;           // how many times the module ran in this forward
+};
+
+// A TorchScript module with a tapped method installed next to `forward` (which is left as is).
+// The tap op is svcca::tap, registered by the op library svcca_ops: a program using this class
+// links svcca::ops with LINKER:--no-as-needed (or loads the library); the constructor throws
+// with that advice when the op is missing.
+//
+//   auto tapped = svcca::TappedModule::load("net.pt");
+//   auto cap = tapped.run({torch::randn({8, 1, 8, 8})}, {"features.*"});
+//   for (auto& r : cap.records) std::cout << r.name << " " << r.value.sizes() << "\n";
+class TappedModule {
+ public:
+  // Taps `module` (scripted or traced, loaded with torch::jit::load). The module is shared,
+  // not copied: the tapped method is added to it, and forward is untouched. Throws when the
+  // module is frozen (no submodule calls left in forward: "module boundaries are gone").
+  explicit TappedModule(torch::jit::Module module, std::string method_name = "forward_tapped");
+
+  // torch::jit::load with clear errors: a missing file, a file that is not a TorchScript
+  // archive (a state_dict saved with torch.save, a text file, a truncated archive).
+  static TappedModule load(const std::string& path, const c10::Device& device = c10::kCPU);
+
+  // Every tappable module path that forward reaches, in graph order (static, no input needed).
+  const std::vector<std::string>& layer_names() const { return names_; }
+  // The class name of the module at `name` (throws on an unknown name).
+  std::string layer_type(const std::string& name) const;
+
+  // Resolves patterns to layer names, in layer_names() order, without duplicates. A pattern is
+  // an exact name; a glob when it contains * ? or [ (fnmatch rules; * also crosses dots); or a
+  // regular expression (ECMAScript, whole-name match) when written "re:<regex>". An exact name
+  // that does not exist is an error listing the closest existing names; a glob or regex that
+  // matches nothing is an error listing some names. Empty `patterns`: every layer.
+  std::vector<std::string> select(const std::vector<std::string>& patterns) const;
+
+  // Runs the tapped method on `inputs` and returns forward's output and the records of the
+  // `layers` (names as returned by select; empty: all). Inputs the model rejects give an error
+  // that quotes the model's message and the input shapes. Thread-safe across threads (each
+  // thread has its own recording), not re-entrant within one thread.
+  Capture run(const std::vector<c10::IValue>& inputs, const std::vector<std::string>& layers = {},
+              const CaptureOptions& options = {}) const;
+
+  // Names, module types and output shapes of every record for `inputs` (runs forward once
+  // without autograd; keeps no activations).
+  std::vector<LayerInfo> list_layers(const std::vector<c10::IValue>& inputs) const;
+
+  torch::jit::Module& module() { return module_; }
+  const torch::jit::Module& module() const { return module_; }
+  const std::string& method_name() const { return method_name_; }
+
+  // Saves the module with its tapped method (torch::jit::Module::save), written to a temporary
+  // name and renamed. Loading it needs the op library loaded first.
+  void save(const std::string& path) const;
+
+ private:
+  torch::jit::Module module_;
+  std::string method_name_;
+  std::vector<std::string> names_;
+  std::map<std::string, std::string> types_;
+};
+
+namespace detail {
+// The body of the svcca::tap op: records `value` under `name` into the calling thread's active
+// recording (a no-op when none is active, so a saved tapped model runs without a recording).
+void record_tap(const c10::IValue& value, const std::string& name);
+// Begin/end a recording on this thread; used by TappedModule::run and the Python ops
+// svcca::_capture_begin / svcca::_capture_end.
+void begin_recording(const std::vector<std::string>& layers, bool detach);
+std::vector<CaptureRecord> end_recording();
+}  // namespace detail
+
+}  // namespace svcca

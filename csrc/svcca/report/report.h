@@ -1,0 +1,52 @@
+// Rendering of grids: JSON (nlohmann), CSV, heatmaps (SVG, PNG through libspng, terminal), and
+// atomic file writes (temporary name, then rename).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "svcca/grid/grid.h"
+
+namespace svcca {
+
+// {"rows": [...], "cols": [...], "values": [[...]], "measure": ..., "row_label": ...,
+//  "col_label": ..., "examples": n, "options": {...},
+//  "versions": {"svcca": "0.1.0", "torch": "1.13.1"}}. Non-finite values are written as null.
+nlohmann::json grid_to_json(const Grid& grid);
+// The inverse of grid_to_json (null becomes NaN). Throws naming the missing or malformed field.
+Grid grid_from_json(const nlohmann::json& json);
+
+// A header line ("<row_label>\<col_label>" then the column names), then one line per row;
+// names are quoted as RFC 4180 requires; values with 17 significant digits.
+std::string grid_to_csv(const Grid& grid);
+
+struct HeatmapOptions {
+  std::string title;   // empty: "<measure> (<examples> examples)"
+  double vmin = 0.0;   // colour scale range; values are clamped into it
+  double vmax = 1.0;
+};
+// An SVG document: one cell per value, labelled axes (row and column names, axis titles), a
+// colour bar with ticks, and the title. Valid XML (names are escaped).
+std::string heatmap_svg(const Grid& grid, const HeatmapOptions& options = {});
+// A PNG file's bytes (RGB8), encoded with libspng: the same picture, cells and colour bar,
+// without text labels. width and height are returned through the out parameters.
+std::vector<uint8_t> heatmap_png(const Grid& grid, const HeatmapOptions& options,
+                                 int64_t* width, int64_t* height);
+// A compact heatmap for a terminal: one coloured block per cell (ANSI 256 colours when
+// `color`, digits 0-9 otherwise), row names on the left, a legend line.
+std::string heatmap_terminal(const Grid& grid, bool color);
+
+// Writes `bytes` to `path` through a temporary file in the same folder, then renames it; throws
+// (leaving nothing behind) when the folder does not exist or cannot be written.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+// Writes <dir>/<stem>.json, .csv, .svg and .png, each atomically; creates `dir` if missing.
+// Returns the paths written. Throws naming the path that could not be written.
+std::vector<std::string> write_grid_files(const Grid& grid, const std::string& dir,
+                                          const std::string& stem = "grid",
+                                          const HeatmapOptions& options = {});
+
+}  // namespace svcca
