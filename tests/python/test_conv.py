@@ -4,12 +4,15 @@ spatial recipes against numpy, and error messages.
 
 Tolerances, comparison and error helpers come from test_ops.py (the one table).
 """
+import subprocess
+from typing import Dict, Tuple
+
 import numpy as np
 import pytest
 import torch
 
 import svcca
-from test_ops import assert_close, assert_error, tol
+from test_ops import GRADCHECK, assert_close, assert_error, tol
 
 
 def conv_pair(n, c1, c2, hw1, hw2, seed=0):
@@ -171,3 +174,103 @@ def test_float32_policy():
     assert f.dtype == torch.float32 and g.dtype == torch.float32
     assert_close(f, d, tol(torch.float32))
     assert_close(g, d, tol(torch.float32))
+
+
+# ------------------------------------------------------------------------------------------------
+# The CKA family through the recipes (conv_similarity accepts any measure of two [n, p] tensors)
+# ------------------------------------------------------------------------------------------------
+def numpy_linear_cka(a, b):
+    a, b = a - a.mean(0), b - b.mean(0)
+    return np.linalg.norm(a.T @ b) ** 2 / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+
+
+@pytest.mark.parametrize("reduction", ["fold", "global_avg_pool"])
+def test_linear_cka_through_the_recipes(reduction):
+    x, y = conv_pair(12, 3, 4, (4, 4), (2, 2), seed=3)
+    got = svcca.conv_similarity(torch.tensor(x), torch.tensor(y), svcca.linear_cka,
+                                reduction=reduction, match="pool")
+    if reduction == "fold":
+        xp = torch.nn.functional.adaptive_avg_pool2d(torch.tensor(x), (2, 2)).numpy()
+        a = xp.transpose(0, 2, 3, 1).reshape(-1, 3)
+        b = y.transpose(0, 2, 3, 1).reshape(-1, 4)
+    else:
+        a, b = x.mean((2, 3)), y.mean((2, 3))
+    assert_close(got, numpy_linear_cka(a, b), tol(torch.float64, "closed_form"))
+    rbf = svcca.conv_similarity(torch.tensor(x), torch.tensor(y), svcca.rbf_cka,
+                                reduction=reduction, match="pool")
+    assert 0.0 < float(rbf) <= 1.0
+    # CKA of a layer with itself is 1 whatever the recipe.
+    assert_close(svcca.conv_similarity(torch.tensor(x), torch.tensor(x), svcca.linear_cka,
+                                       reduction=reduction), 1.0, tol(torch.float64))
+
+
+# ------------------------------------------------------------------------------------------------
+# gradcheck (float64) of the differentiable conv ops
+# ------------------------------------------------------------------------------------------------
+CONV_GRAD_FUNCTIONS = {
+    "fold_positions": lambda x, y: svcca.fold_positions(x, position_stride=2),
+    "global_avg_pool": lambda x, y: svcca.global_avg_pool(y),
+    "resize_reference": lambda x, y: svcca.resize_spatial(y, (3, 3)),
+    "resize_bilinear": lambda x, y: svcca.resize_spatial(y, (3, 3), mode="bilinear"),
+    "conv_features_fold": lambda x, y: svcca.conv_features(x, y),
+    "conv_features_pool": lambda x, y: svcca.conv_features(x, y, match="pool"),
+    "linear_cka_fold": lambda x, y: svcca.conv_similarity(x, y, svcca.linear_cka),
+    "fourier_cca_mean": lambda x, y: svcca.fourier_cca(x, y)[4],
+    "fourier_cca_mean_without_dc": lambda x, y: svcca.fourier_cca(x, y)[5],
+}
+
+
+@pytest.mark.parametrize("name", list(CONV_GRAD_FUNCTIONS))
+def test_conv_gradcheck(name):
+    x, y = conv_pair(16, 2, 2, (3, 3), (3, 3) if name.startswith("fourier") else (2, 2), seed=21)
+    if name.startswith("fourier"):
+        # Distinct canonical correlations at every frequency keep the SVD differentiable.
+        rho = svcca.fourier_cca(torch.tensor(x), torch.tensor(y))[0].reshape(-1, 2).numpy()
+        assert np.min(np.abs(rho[:, 0] - rho[:, 1])) > 1e-3, rho
+    inputs = (torch.tensor(x, requires_grad=True), torch.tensor(y, requires_grad=True))
+    assert torch.autograd.gradcheck(CONV_GRAD_FUNCTIONS[name], inputs, **GRADCHECK)
+
+
+# ------------------------------------------------------------------------------------------------
+# TorchScript: the conv ops in a scripted module, saved, and run again from C++
+# ------------------------------------------------------------------------------------------------
+class ConvOps(torch.nn.Module):
+    """Calls every conv op with keyword arguments (a TorchScript round trip of their schemas)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+            torch.Tensor, Dict[str, torch.Tensor]]:
+        rho, valid, _, _, mean, mean_without_dc = torch.ops.svcca.fourier_cca(
+            x, y, layout="NCHW", epsilon=0.0, precision="float64")
+        a, b = torch.ops.svcca.conv_features(x, y, reduction="fold", match="pool", mode="bilinear")
+        folded = torch.ops.svcca.fold_positions(x, position_stride=3)
+        pooled = torch.ops.svcca.global_avg_pool(y.permute(0, 2, 3, 1), layout="NHWC")
+        resized = torch.ops.svcca.resize_spatial(y, [5, 5], mode="reference")
+        nhwc = torch.ops.svcca.fourier_ccas(x.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1) * 2.0)
+        return (rho, valid, torch.stack([mean, mean_without_dc]), torch.cat([a, b], 1), folded,
+                pooled, resized, nhwc)
+
+
+def test_conv_ops_torchscript_round_trip_through_cpp(tmp_path, run_script_exe):
+    x, y = (torch.tensor(a) for a in conv_pair(20, 3, 3, (4, 4), (4, 4), seed=5))
+    module = torch.jit.script(ConvOps())
+    want = module(x, y)
+    eager = ConvOps()(x, y)
+    for g, w in zip(want[:7], eager[:7]):
+        assert torch.equal(g, w)
+    paths = [str(tmp_path / n) for n in ("module.pt", "inputs.pt", "output.pt")]
+    torch.jit.save(module, paths[0])
+    torch.save((x, y), paths[1])
+    proc = subprocess.run([run_script_exe] + paths, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = torch.load(paths[2])
+    assert len(got) == len(want)
+    for i in range(7):
+        if want[i].is_floating_point():
+            assert_close(got[i], want[i].numpy(), tol(torch.float64), torch.float64, "out[%d]" % i)
+        else:
+            assert torch.equal(got[i], want[i]), "out[%d]" % i
+    assert set(got[7].keys()) == set(want[7].keys())
+    for key in want[7]:
+        assert_close(got[7][key], want[7][key].double().numpy(), tol(torch.float64),
+                     what="fourier_ccas[%r]" % key)
