@@ -17,6 +17,8 @@ double machine_eps(at::ScalarType t) {
                          : std::numeric_limits<double>::epsilon();
 }
 
+}  // namespace
+
 void check_debiased_examples(const char* fn, int64_t n) {
   TORCH_CHECK_VALUE(n >= 4, fn, ": x and y must have at least 4 examples (dim 0) for debiased CKA ",
                     "(the unbiased HSIC estimator divides by n - 3), but got ", n);
@@ -46,6 +48,8 @@ void check_self_hsic(const char* fn, const char* name, const at::Tensor& self_hs
                                "distances between examples)");
 }
 
+namespace {
+
 // n (n - 3) HSIC_1 of centered X, Y from feature-space terms (cka.h derives the formula).
 // xty_sq = ||X^T Y||_F^2, d = squared row norms [n], sq = ||.||_F^2.
 at::Tensor unbiased_hsic_features(const at::Tensor& xty_sq, const at::Tensor& dx,
@@ -55,6 +59,8 @@ at::Tensor unbiased_hsic_features(const at::Tensor& xty_sq, const at::Tensor& dx
   return xty_sq - at::dot(dx, dy) * (nd / (nd - 2.0)) + sqx * sqy / ((nd - 1.0) * (nd - 2.0));
 }
 
+}  // namespace
+
 void check_bandwidth_options(const char* fn, const RbfCkaOptions& options) {
   TORCH_CHECK_VALUE(std::isfinite(options.threshold) && options.threshold > 0.0, fn,
                     ": threshold must be finite and > 0, but got ", options.threshold);
@@ -63,8 +69,6 @@ void check_bandwidth_options(const char* fn, const RbfCkaOptions& options) {
                       ": sigma must be finite and > 0, but got ", *options.sigma);
   }
 }
-
-}  // namespace
 
 at::Tensor center_gram(const at::Tensor& k, bool unbiased) {
   const int64_t n = k.size(0);

@@ -122,5 +122,18 @@ at::Tensor rbf_gram(const char* fn, const char* name, const at::Tensor& xc, doub
 // throws, naming fn.
 at::Tensor linear_cka_from_moments(const char* fn, const PairMoments& m, bool debiased);
 
+// The boundary checks of linear_cka and rbf_cka, for callers that build kernels themselves
+// (grid/grid.cpp), naming fn and the layer `name`:
+// n >= 4 for debiased CKA;
+void check_debiased_examples(const char* fn, int64_t n);
+// at least one non-constant feature (non_constant: [p] bool);
+void check_not_constant(const char* fn, const char* name, const at::Tensor& non_constant);
+// the centered kernel's self-HSIC `self_hsic` above the rounding level of `scale` (||K||_F^2 of
+// the uncentered kernel matrix, n examples);
+void check_self_hsic(const char* fn, const char* name, const at::Tensor& self_hsic,
+                     const at::Tensor& scale, int64_t n, bool debiased);
+// threshold and sigma finite and > 0.
+void check_bandwidth_options(const char* fn, const RbfCkaOptions& options);
+
 }  // namespace detail
 }  // namespace svcca

@@ -45,17 +45,23 @@ at::Tensor reference_weights(const char* fn, const detail::LayerFactors& f, int6
   return proj.abs().sum(1);
 }
 
-// Symmetric (ZCA) whitening (C + ridge)^(-1/2) of a layer, restricted to its kept directions.
-at::Tensor zca(const detail::LayerFactors& f) {
-  return at::mm(f.whitening, detail::mh(f.eigenvectors));
-}
-
 }  // namespace
 
 namespace detail {
 
+at::Tensor symmetric_whitening(const LayerFactors& f) {
+  return at::mm(f.whitening, mh(f.eigenvectors));
+}
+
 PwccaResult pwcca_from_moments(const char* fn, const PairMoments& m, const PwccaOptions& options) {
   auto pf = factor_pair(fn, m, factor_options(options.cca));
+  return pwcca_from_factors(fn, pf.x, pf.y, {}, {}, m, options);
+}
+
+PwccaResult pwcca_from_factors(const char* fn, const LayerFactors& fx, const LayerFactors& fy,
+                               const at::Tensor& zca_x, const at::Tensor& zca_y,
+                               const PairMoments& m, const PwccaOptions& options) {
+  const PairFactors pf{fx, fy};
   const int64_t k = std::min(pf.x.rank, pf.y.rank);
 
   PwccaResult r;
@@ -65,7 +71,9 @@ PwccaResult pwcca_from_moments(const char* fn, const PairMoments& m, const Pwcca
     // depends on the singular vectors' signs: decompose the same matrix it does (the
     // symmetrically whitened cross-covariance, in feature coordinates) so that LAPACK picks
     // the same signs, rather than the smaller matrix in eigen-coordinates cca() uses.
-    at::Tensor arr = at::mm(zca(pf.x), at::mm(select_kept(m.sxy, pf.x, &pf.y), zca(pf.y)));
+    at::Tensor zx = zca_x.defined() ? zca_x : symmetric_whitening(pf.x);
+    at::Tensor zy = zca_y.defined() ? zca_y : symmetric_whitening(pf.y);
+    at::Tensor arr = at::mm(zx, at::mm(select_kept(m.sxy, pf.x, &pf.y), zy));
     auto svd = at::linalg_svd(arr, /*full_matrices=*/false);
     correlations = std::get<1>(svd).narrow(0, 0, k).clamp(0.0, 1.0);
     r.weights_from_y = pf.y.rank < pf.x.rank;

@@ -43,6 +43,15 @@ namespace detail {
 // PWCCA from a pair's moments (see cca_from_moments). Without centered data in `m`, linearly
 // dependent reference directions (a singular Gram matrix) are an error instead of a QR fallback.
 PwccaResult pwcca_from_moments(const char* fn, const PairMoments& m, const PwccaOptions& options);
+// Symmetric (ZCA) whitening (C + ridge)^(-1/2) of a layer on its kept directions, [k, k]: what
+// the reference weighting decomposes with. A per-layer factor (grids compute it once per layer).
+at::Tensor symmetric_whitening(const LayerFactors& f);
+// PWCCA from both layers' factors (fx, fy built with factor_options(options.cca)) and the pair's
+// moments (n, means, sxy, optional centered data, result dtype; sxx and syy are not read).
+// zca_x / zca_y: symmetric_whitening of fx / fy for kReference (undefined: computed here).
+PwccaResult pwcca_from_factors(const char* fn, const LayerFactors& fx, const LayerFactors& fy,
+                               const at::Tensor& zca_x, const at::Tensor& zca_y,
+                               const PairMoments& m, const PwccaOptions& options);
 }  // namespace detail
 
 }  // namespace svcca

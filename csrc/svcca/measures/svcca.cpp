@@ -17,7 +17,7 @@ void check_svcca_options(const char* fn, const SvccaOptions& options) {
   }
 }
 
-SvccaResult svcca_from_moments(const char* fn, const PairMoments& m, const SvccaOptions& options) {
+FactorOptions svcca_factor_options(const SvccaOptions& options) {
   auto fopt = factor_options(options.cca);
   if (options.dims) {
     fopt.truncation = Truncation::kDims;
@@ -27,7 +27,11 @@ SvccaResult svcca_from_moments(const char* fn, const PairMoments& m, const Svcca
                                                            : Truncation::kSingularValueMassFraction;
     fopt.fraction = options.fraction;
   }
-  auto pf = factor_pair(fn, m, fopt);
+  return fopt;
+}
+
+SvccaResult svcca_from_moments(const char* fn, const PairMoments& m, const SvccaOptions& options) {
+  auto pf = factor_pair(fn, m, svcca_factor_options(options));
   auto core = cca_core(pf.x, pf.y, m.sxy, /*with_vectors=*/false);
   SvccaResult r;
   r.correlations = core.correlations.to(m.result_dtype);

@@ -51,6 +51,8 @@ namespace detail {
 SvccaResult svcca_from_moments(const char* fn, const PairMoments& m, const SvccaOptions& options);
 // Validates SVCCA options, naming `fn`.
 void check_svcca_options(const char* fn, const SvccaOptions& options);
+// The per-layer factor options of SVCCA (the truncation rule of dims / fraction / keep).
+FactorOptions svcca_factor_options(const SvccaOptions& options);
 }  // namespace detail
 
 }  // namespace svcca
