@@ -57,4 +57,9 @@ TORCH_LIBRARY(svcca, m) {
   m.def(
       "resize_spatial(Tensor acts, int[2] size, str mode=\"reference\", str layout=\"NCHW\") -> "
       "Tensor");
+
+  // Layer x layer grids (torch_ext/grid_ops.cpp): values [len(x), len(y or x)], float64 on the CPU.
+  m.def(
+      "similarity_grid(Tensor[] x, Tensor[]? y=None, str measure=\"cka\", str conv=\"auto\") -> "
+      "Tensor");
 }
