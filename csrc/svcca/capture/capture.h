@@ -64,7 +64,9 @@ class TappedModule {
 
   // torch::jit::load with clear errors: a missing file, a file that is not a TorchScript
   // archive (a state_dict saved with torch.save, a text file, a truncated archive).
-  static TappedModule load(const std::string& path, const c10::Device& device = c10::kCPU);
+  // The module is tapped with `method_name` as in the constructor.
+  static TappedModule load(const std::string& path, const c10::Device& device = c10::kCPU,
+                           std::string method_name = "forward_tapped");
 
   // Every tappable module path that forward reaches, in graph order (static, no input needed).
   const std::vector<std::string>& layer_names() const { return names_; }
@@ -107,7 +109,10 @@ class TappedModule {
 namespace detail {
 // The body of the svcca::tap op: records `value` under `name` into the calling thread's active
 // recording (a no-op when none is active, so a saved tapped model runs without a recording).
-void record_tap(const c10::IValue& value, const std::string& name);
+// `copy`: clone the tensor. The tapping pass passes false only where alias analysis proves that
+// nothing writes to the value afterwards (and it aliases no input, output or module attribute);
+// tuple and list elements are always cloned.
+void record_tap(const c10::IValue& value, const std::string& name, bool copy = true);
 // Begin/end a recording on this thread; used by TappedModule::run and the Python ops
 // svcca::_capture_begin / svcca::_capture_end.
 void begin_recording(const std::vector<std::string>& layers, bool detach);

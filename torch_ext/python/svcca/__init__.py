@@ -39,6 +39,9 @@ __all__ = [
     "fold_positions",
     "global_avg_pool",
     "resize_spatial",
+    "capture",
+    "tap_model",
+    "layer_names",
 ]
 
 _LIB_NAME = "libsvcca_ops.so"
@@ -61,6 +64,7 @@ library_path = _find_library()
 torch.ops.load_library(library_path)
 _ops = torch.ops.svcca
 from svcca.distributed import all_reduce_state  # noqa: E402,F401  (torch.distributed helper)
+from svcca.capture import capture, layer_names, tap_model  # noqa: E402,F401  (TorchScript taps)
 
 
 def cca(x, y, epsilon=0.0, variance_cutoff=0.0, rank_rtol=None, precision="float64"):

@@ -1,0 +1,627 @@
+// TappedModule: inlines forward, taps every submodule call with svcca::tap, and records taps.
+#include "svcca/capture/capture.h"
+
+#include <ATen/core/interned_strings.h>
+#include <c10/util/Exception.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/alias_analysis.h>
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/inliner.h>
+#include <torch/csrc/jit/runtime/operator.h>
+#include <torch/csrc/jit/serialization/import.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+namespace svcca {
+namespace {
+
+namespace jit = torch::jit;
+
+const char* const kTapOp = "svcca::tap";
+// Attributes stored on the tapped module, so that a saved tapped model knows its layers (the
+// Python wrapper resolves globs against them).
+const char* const kLayersAttr = "svcca_layers";
+const char* const kTypesAttr = "svcca_layer_types";
+
+c10::Symbol tap_symbol() {
+  static const c10::Symbol s = c10::Symbol::fromQualString(kTapOp);
+  return s;
+}
+
+bool tap_op_registered() { return !jit::getAllOperatorsFor(tap_symbol()).empty(); }
+
+// "Conv2d" from "__torch__.torch.nn.modules.conv.___torch_mangle_3.Conv2d".
+std::string class_name(const c10::ClassTypePtr& type) {
+  if (!type->name()) return "<unnamed>";
+  return type->name()->name();
+}
+
+std::string join_path(const std::string& parent, const std::string& child) {
+  return parent.empty() ? child : parent + "." + child;
+}
+
+// The message of an error raised while running a model: c10::Error without its C++ backtrace;
+// the interpreter's own errors (JITException, std::runtime_error) as they are.
+std::string error_text(const std::exception& e) {
+  if (auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
+  return e.what();
+}
+
+std::string describe_inputs(const std::vector<c10::IValue>& inputs) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (i) os << ", ";
+    const auto& v = inputs[i];
+    if (v.isTensor()) {
+      const auto& t = v.toTensor();
+      if (t.defined()) {
+        os << "Tensor " << t.sizes() << " " << t.scalar_type();
+      } else {
+        os << "undefined Tensor";
+      }
+    } else {
+      os << v.tagKind();
+    }
+  }
+  os << ")";
+  return os.str();
+}
+
+// ---- Graph rewriting -----------------------------------------------------------------------
+
+// "forward", or the "forward1", "forward2", ... that torch.jit.trace creates when it traces a
+// module called more than once (each call is traced into its own method).
+bool is_forward(const std::string& method) {
+  if (method.rfind("forward", 0) != 0) return false;
+  return std::all_of(method.begin() + 7, method.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// Inlines every method call on self and on its submodules, recursively (If/Loop blocks too), and
+// after each call of a submodule's `forward` inserts svcca::tap(output, path, copy=True).
+// Only `forward` calls (and traced modules' forward1, forward2, ...) are layer outputs (that is what
+// a Python forward hook sees: hooks fire on module(x), which is forward); calls of other methods (self.helper(x), self.block.extra(x)) are
+// inlined without a tap of their own, so the forward calls inside them are tapped.
+// Calls through interface types (no static class) cannot be inlined and are left untapped.
+class Tapper {
+ public:
+  Tapper(jit::Graph& graph, std::map<std::string, std::string>& types)
+      : graph_(graph), types_(types) {
+    paths_[graph.inputs().at(0)] = "";
+  }
+
+  void run() { process_range(graph_.block()->nodes().front(), graph_.block()->return_node()); }
+
+  int64_t taps() const { return taps_; }
+
+ private:
+  void process_range(jit::Node* first, jit::Node* end) {
+    jit::Node* n = first;
+    while (n != end) {
+      jit::Node* next = n->next();
+      if (n->kind() == c10::prim::GetAttr) {
+        on_get_attr(n);
+      } else if (n->kind() == c10::prim::CallMethod) {
+        on_call_method(n, next);
+      } else {
+        for (jit::Block* b : n->blocks()) process_range(b->nodes().front(), b->return_node());
+      }
+      n = next;
+    }
+  }
+
+  void on_get_attr(jit::Node* n) {
+    auto it = paths_.find(n->input(0));
+    if (it == paths_.end()) return;
+    auto cls = n->output()->type()->cast<c10::ClassType>();
+    if (!cls || !cls->is_module()) return;
+    paths_[n->output()] = join_path(it->second, n->s(c10::attr::name));
+  }
+
+  void on_call_method(jit::Node* n, jit::Node* next) {
+    auto it = paths_.find(n->input(0));
+    if (it == paths_.end()) return;
+    auto cls = n->input(0)->type()->cast<c10::ClassType>();
+    if (!cls) return;
+    const std::string path = it->second;
+    const std::string method = n->s(c10::attr::name);
+    jit::Function* fn = cls->findMethod(method);
+    if (fn == nullptr || !fn->isGraphFunction()) return;
+    auto& callee = jit::toGraphFunction(*fn);
+    jit::Node* prev = n->prev();
+    // The callee's own graph, not optimized_graph(): that one is already inlined (no taps).
+    std::vector<jit::Value*> outputs = jit::inlineCallTo(n, &callee, callee.graph().get());
+    jit::Node* region_end = next;
+    if (is_forward(method) && !path.empty()) {
+      TORCH_INTERNAL_ASSERT(outputs.size() == 1, "a method call has one output");
+      // Insert the tap now: it holds a use of the output, so inlining the calls inside the
+      // region (which replaces their outputs) keeps it pointing at the right value. Inner taps
+      // are inserted before this one, which is the order Python's hooks fire in.
+      jit::WithInsertPoint guard(next);
+      jit::Value* name = graph_.insertConstant(path);
+      jit::Value* copy = graph_.insertConstant(true);
+      jit::Node* tap = graph_.create(tap_symbol(), {outputs[0], name, copy}, 0);
+      graph_.insertNode(tap);
+      region_end = name->node();
+      ++taps_;
+      types_.emplace(path, class_name(cls));
+    }
+    process_range(prev->next(), region_end);
+  }
+
+  jit::Graph& graph_;
+  std::map<std::string, std::string>& types_;
+  std::unordered_map<jit::Value*, std::string> paths_;
+  int64_t taps_ = 0;
+};
+
+void collect_nodes(jit::Block* block, c10::Symbol kind, std::vector<jit::Node*>& out) {
+  for (jit::Node* n : block->nodes()) {
+    if (n->kind() == kind) out.push_back(n);
+    for (jit::Block* b : n->blocks()) collect_nodes(b, kind, out);
+  }
+}
+
+void collect_tensor_attrs(jit::Block* block, std::vector<jit::Value*>& out) {
+  for (jit::Node* n : block->nodes()) {
+    if (n->kind() == c10::prim::GetAttr && n->output()->type()->cast<c10::TensorType>()) {
+      out.push_back(n->output());
+    }
+    for (jit::Block* b : n->blocks()) collect_tensor_attrs(b, out);
+  }
+}
+
+// Clears the copy flag of taps whose value provably never changes after the tap: a tensor that
+// no node of the graph writes to (in place or through a view) and that aliases neither an input,
+// an output (the caller may write to those) nor a module attribute (the optimizer writes to
+// parameters). The alias analysis runs on a copy of the graph without the taps, because a tap
+// (CONSERVATIVE) counts as a writer of its input. Everything else keeps copy=True.
+void elide_safe_copies(jit::Graph& graph) {
+  std::shared_ptr<jit::Graph> plain = graph.copy();
+  std::vector<jit::Node*> taps, plain_taps;
+  collect_nodes(graph.block(), tap_symbol(), taps);
+  collect_nodes(plain->block(), tap_symbol(), plain_taps);
+  TORCH_INTERNAL_ASSERT(taps.size() == plain_taps.size(), "Graph::copy keeps every node");
+  std::vector<jit::Value*> plain_values;
+  plain_values.reserve(plain_taps.size());
+  for (jit::Node* t : plain_taps) {
+    plain_values.push_back(t->input(0));
+    t->destroy();
+  }
+  std::vector<jit::Value*> attrs;
+  collect_tensor_attrs(plain->block(), attrs);
+  jit::AliasDb db(plain);
+  for (size_t i = 0; i < taps.size(); ++i) {
+    jit::Value* v = plain_values[i];
+    if (!v->type()->cast<c10::TensorType>()) continue;
+    if (db.hasWriters(v)) continue;
+    if (db.mayContainAlias(v, plain->inputs()) || db.mayContainAlias(v, plain->outputs())) continue;
+    if (!attrs.empty() && db.mayContainAlias(v, attrs)) continue;
+    jit::WithInsertPoint guard(taps[i]);
+    taps[i]->replaceInput(2, graph.insertConstant(false));
+  }
+}
+
+bool has_taps(const jit::Function& fn) {
+  if (!fn.isGraphFunction()) return false;
+  std::vector<jit::Node*> taps;
+  collect_nodes(jit::toGraphFunction(fn).graph()->block(), tap_symbol(), taps);
+  return !taps.empty();
+}
+
+bool is_identifier(const std::string& s) {
+  static const std::regex re("[A-Za-z_][A-Za-z0-9_]*");
+  return std::regex_match(s, re);
+}
+
+// ---- Selection -------------------------------------------------------------------------------
+
+// fnmatch: * any run (dots included), ? one character, [abc] / [a-z] / [!abc] one of a set.
+bool glob_match(const char* p, const char* s) {
+  while (*p) {
+    if (*p == '*') {
+      while (*p == '*') ++p;
+      if (!*p) return true;
+      for (const char* t = s; *t; ++t) {
+        if (glob_match(p, t)) return true;
+      }
+      return false;
+    }
+    if (!*s) return false;
+    if (*p == '?') {
+      ++p;
+      ++s;
+      continue;
+    }
+    if (*p == '[') {
+      const char* q = p + 1;
+      bool negate = *q == '!' || *q == '^';
+      if (negate) ++q;
+      bool matched = false;
+      const char* start = q;
+      while (*q && (*q != ']' || q == start)) {
+        if (q[1] == '-' && q[2] && q[2] != ']') {
+          if (*s >= q[0] && *s <= q[2]) matched = true;
+          q += 3;
+        } else {
+          if (*s == *q) matched = true;
+          ++q;
+        }
+      }
+      if (*q != ']') {  // no closing bracket: a literal '['
+        if (*s != '[') return false;
+        ++p;
+        ++s;
+        continue;
+      }
+      if (matched == negate) return false;
+      p = q + 1;
+      ++s;
+      continue;
+    }
+    if (*p != *s) return false;
+    ++p;
+    ++s;
+  }
+  return !*s;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string quoted_list(const std::vector<std::string>& names, size_t limit) {
+  std::ostringstream os;
+  for (size_t i = 0; i < names.size() && i < limit; ++i) os << (i ? ", " : "") << "'" << names[i] << "'";
+  if (names.size() > limit) os << ", ... (" << names.size() << " in all)";
+  return os.str();
+}
+
+std::vector<std::string> closest(const std::string& name, const std::vector<std::string>& names,
+                                 size_t count) {
+  std::vector<std::pair<size_t, size_t>> scored;  // (distance, index)
+  for (size_t i = 0; i < names.size(); ++i) scored.emplace_back(edit_distance(name, names[i]), i);
+  std::stable_sort(scored.begin(), scored.end());
+  std::vector<std::string> out;
+  for (size_t i = 0; i < scored.size() && i < count; ++i) out.push_back(names[scored[i].second]);
+  return out;
+}
+
+// ---- Recording -------------------------------------------------------------------------------
+
+struct Recording {
+  bool all = true;
+  std::unordered_set<std::string> layers;
+  bool detach = true;
+  bool shapes_only = false;
+  std::vector<CaptureRecord> records;
+  std::vector<LayerInfo> infos;  // shapes_only
+  std::unordered_map<std::string, size_t> info_index;
+};
+
+thread_local std::unique_ptr<Recording> active_recording;
+
+void store(Recording& r, const at::Tensor& t, const std::string& name, bool copy) {
+  if (r.shapes_only) {
+    auto it = r.info_index.find(name);
+    if (it != r.info_index.end()) {
+      ++r.infos[it->second].calls;
+      return;
+    }
+    LayerInfo info;
+    info.name = name;
+    info.shape = t.defined() ? t.sizes().vec() : std::vector<int64_t>{};
+    info.dtype = t.defined() ? std::string(c10::toString(t.scalar_type())) : "undefined";
+    info.calls = 1;
+    r.info_index.emplace(name, r.infos.size());
+    r.infos.push_back(std::move(info));
+    return;
+  }
+  if (!t.defined()) return;
+  at::Tensor v = r.detach ? t.detach() : t;
+  // clone() is differentiable: with detach=false the copy stays in the autograd graph.
+  if (copy) v = v.clone();
+  r.records.push_back({name, std::move(v)});
+}
+
+void record_value(Recording& r, const c10::IValue& value, const std::string& name, bool copy) {
+  if (value.isTensor()) {
+    store(r, value.toTensor(), name, copy);
+  } else if (value.isTuple()) {
+    const auto& elems = value.toTupleRef().elements();
+    for (size_t i = 0; i < elems.size(); ++i) {
+      record_value(r, elems[i], name + ":" + std::to_string(i), true);
+    }
+  } else if (value.isList()) {
+    auto list = value.toList();
+    for (size_t i = 0; i < list.size(); ++i) {
+      record_value(r, list.get(i), name + ":" + std::to_string(i), true);
+    }
+  }
+  // Other values (None, numbers, strings, dicts) are not activations: skipped.
+}
+
+// Ends the calling thread's recording when run() leaves, also by an exception.
+struct RecordingGuard {
+  ~RecordingGuard() {
+    if (active) active_recording.reset();
+  }
+  bool active = true;
+};
+
+}  // namespace
+
+// ---- Capture -------------------------------------------------------------------------------
+
+std::vector<at::Tensor> Capture::values(const std::string& name) const {
+  std::vector<at::Tensor> out;
+  for (const auto& r : records) {
+    if (r.name == name) out.push_back(r.value);
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Capture::first_values() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  std::unordered_set<std::string> seen;
+  for (const auto& r : records) {
+    if (seen.insert(r.name).second) out.emplace_back(r.name, r.value);
+  }
+  return out;
+}
+
+// ---- TappedModule ----------------------------------------------------------------------------
+
+TappedModule::TappedModule(torch::jit::Module module, std::string method_name)
+    : module_(std::move(module)), method_name_(std::move(method_name)) {
+  TORCH_CHECK(tap_op_registered(),
+              "TappedModule: the op svcca::tap must be registered, but got no such op: link "
+              "svcca::ops with LINKER:--no-as-needed (or load libsvcca_ops.so) in this program");
+  TORCH_CHECK_VALUE(is_identifier(method_name_),
+                    "TappedModule: method_name must be a Python identifier, but got '",
+                    method_name_, "'");
+  const c10::ClassTypePtr type = module_.type();
+  jit::Function* forward = type->findMethod("forward");
+  TORCH_CHECK_VALUE(forward != nullptr && forward->isGraphFunction(),
+                    "TappedModule: module must have a TorchScript forward method, but got a "
+                    "module of type ",
+                    class_name(type), " without one");
+
+  std::shared_ptr<jit::Graph> graph = jit::toGraphFunction(*forward).graph()->copy();
+  Tapper tapper(*graph, types_);
+  tapper.run();
+  // Names in graph order, which is the order the taps run in (inner modules before the
+  // containers that call them, as Python's hooks fire).
+  std::vector<jit::Node*> taps;
+  collect_nodes(graph->block(), tap_symbol(), taps);
+  for (jit::Node* t : taps) {
+    std::string name = jit::toIValue(t->input(1))->toStringRef();
+    if (std::find(names_.begin(), names_.end(), name) == names_.end()) names_.push_back(name);
+  }
+  if (names_.empty()) {
+    const size_t children = module_.children().size();
+    TORCH_CHECK_VALUE(children != 0,
+                      "TappedModule: module must call submodules in forward, but got a module (",
+                      class_name(type),
+                      ") without submodules: a frozen module (torch.jit.freeze) has its module "
+                      "boundaries gone; tap the model before freezing it");
+    TORCH_CHECK_VALUE(false, "TappedModule: module's forward must call its submodules, but got "
+                             "none of its ", children,
+                      " submodules called from forward (frozen, or called through interfaces): "
+                      "module boundaries are gone; tap the model before freezing it");
+  }
+  // Function calls are inlined too, so the alias analysis sees what they do to the tapped
+  // values; tap nodes hold uses of those values and follow the replacement.
+  jit::Inline(*graph);
+  elide_safe_copies(*graph);
+
+  if (jit::Function* existing = type->findMethod(method_name_)) {
+    // A module tapped before (e.g. loaded from a saved tapped model): use its method.
+    TORCH_CHECK_VALUE(has_taps(*existing), "TappedModule: method_name must not name an existing ",
+                      "method of the module, but got '", method_name_, "'");
+  } else {
+    auto cu = module_._ivalue()->compilation_unit();
+    c10::QualifiedName qualname(*type->name(), method_name_);
+    jit::Function* fn = cu->create_function(qualname, graph);
+    type->addMethod(fn);
+  }
+  std::vector<std::string> type_list;
+  for (const auto& n : names_) type_list.push_back(types_.at(n));
+  module_.register_attribute(kLayersAttr, c10::ListType::ofStrings(), c10::List<std::string>(names_));
+  module_.register_attribute(kTypesAttr, c10::ListType::ofStrings(),
+                             c10::List<std::string>(type_list));
+}
+
+TappedModule TappedModule::load(const std::string& path, const c10::Device& device,
+                                std::string method_name) {
+  {
+    std::ifstream f(path, std::ios::binary);
+    TORCH_CHECK_VALUE(f.good(), "TappedModule::load: path must name a readable file, but got '",
+                      path, "' (no such file, or not readable)");
+  }
+  torch::jit::Module module;
+  try {
+    module = torch::jit::load(path, device);
+  } catch (const c10::Error& e) {
+    std::string reason = e.what_without_backtrace();
+    if (reason.size() > 300) reason = reason.substr(0, 300) + "...";
+    TORCH_CHECK_VALUE(false, "TappedModule::load: path must be a TorchScript archive "
+                             "(torch.jit.save of a scripted or traced module), but got '",
+                      path,
+                      "', which torch::jit::load rejects (a state_dict or model saved with "
+                      "torch.save is not TorchScript): ",
+                      reason);
+  }
+  return TappedModule(std::move(module), std::move(method_name));
+}
+
+std::string TappedModule::layer_type(const std::string& name) const {
+  auto it = types_.find(name);
+  if (it == types_.end()) {
+    // "<path>:<i>" names a tuple element of the module at <path>.
+    auto colon = name.find(':');
+    if (colon != std::string::npos) it = types_.find(name.substr(0, colon));
+  }
+  TORCH_CHECK_VALUE(it != types_.end(), "layer_type: name must be a layer of the module, but got '",
+                    name, "'; closest: ", quoted_list(closest(name, names_, 3), 3));
+  return it->second;
+}
+
+std::vector<std::string> TappedModule::select(const std::vector<std::string>& patterns) const {
+  if (patterns.empty()) return names_;
+  std::vector<bool> chosen(names_.size(), false);
+  for (const auto& pattern : patterns) {
+    bool any = false;
+    if (pattern.rfind("re:", 0) == 0) {
+      std::regex re;
+      try {
+        re = std::regex(pattern.substr(3), std::regex::ECMAScript);
+      } catch (const std::regex_error& e) {
+        TORCH_CHECK_VALUE(false, "select: pattern must be a valid regular expression after 're:', ",
+                          "but got '", pattern, "' (", e.what(), ")");
+      }
+      for (size_t i = 0; i < names_.size(); ++i) {
+        if (std::regex_match(names_[i], re)) chosen[i] = any = true;
+      }
+      TORCH_CHECK_VALUE(any, "select: pattern must match at least one layer, but got '", pattern,
+                        "', which matches none of ", quoted_list(names_, 8));
+    } else if (pattern.find_first_of("*?[") != std::string::npos) {
+      for (size_t i = 0; i < names_.size(); ++i) {
+        if (glob_match(pattern.c_str(), names_[i].c_str())) chosen[i] = any = true;
+      }
+      TORCH_CHECK_VALUE(any, "select: pattern must match at least one layer, but got '", pattern,
+                        "', which matches none of ", quoted_list(names_, 8));
+    } else {
+      auto it = std::find(names_.begin(), names_.end(), pattern);
+      TORCH_CHECK_VALUE(it != names_.end(), "select: layer name must exist in the module, but got '",
+                        pattern, "'; closest existing names: ",
+                        quoted_list(closest(pattern, names_, 3), 3));
+      chosen[it - names_.begin()] = true;
+    }
+  }
+  std::vector<std::string> out;
+  for (size_t i = 0; i < names_.size(); ++i) {
+    if (chosen[i]) out.push_back(names_[i]);
+  }
+  return out;
+}
+
+Capture TappedModule::run(const std::vector<c10::IValue>& inputs,
+                          const std::vector<std::string>& layers,
+                          const CaptureOptions& options) const {
+  const std::vector<std::string> selected = layers.empty() ? layers : select(layers);
+  detail::begin_recording(selected, options.detach);
+  RecordingGuard guard;
+  Capture capture;
+  try {
+    capture.output = module_.get_method(method_name_)(inputs);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "TappedModule::run: inputs must be accepted by the model's forward, but got ",
+                describe_inputs(inputs), "; the model raised: ", error_text(e));
+  }
+  capture.records = detail::end_recording();
+  guard.active = false;
+  return capture;
+}
+
+std::vector<LayerInfo> TappedModule::list_layers(const std::vector<c10::IValue>& inputs) const {
+  TORCH_CHECK(!active_recording, "list_layers: no recording must be active on this thread, but ",
+              "got one (list_layers is not re-entrant)");
+  // Eval mode for the one forward, so that listing does not update BatchNorm running statistics;
+  // every module's own flag is restored afterwards.
+  std::vector<std::pair<jit::Module, bool>> modes;
+  for (const jit::Module& m : module_.modules()) modes.emplace_back(m, m.is_training());
+  struct ModeRestore {
+    std::vector<std::pair<jit::Module, bool>>& modes;
+    ~ModeRestore() {
+      for (auto& [m, training] : modes) {
+        if (m.type()->hasAttribute("training")) m._ivalue()->setAttr("training", training);
+      }
+    }
+  } restore{modes};
+  for (auto& mode : modes) {
+    if (mode.first.type()->hasAttribute("training")) mode.first._ivalue()->setAttr("training", false);
+  }
+
+  at::NoGradGuard no_grad;
+  active_recording = std::make_unique<Recording>();
+  active_recording->shapes_only = true;
+  RecordingGuard guard;
+  try {
+    module_.get_method(method_name_)(inputs);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "list_layers: inputs must be accepted by the model's forward, but got ",
+                describe_inputs(inputs), "; the model raised: ", error_text(e));
+  }
+  std::vector<LayerInfo> infos = std::move(active_recording->infos);
+  for (auto& info : infos) info.type = layer_type(info.name);
+  return infos;
+}
+
+void TappedModule::save(const std::string& path) const {
+  const std::string tmp = path + ".tmp";
+  try {
+    module_.save(tmp);
+  } catch (const c10::Error& e) {
+    std::remove(tmp.c_str());
+    TORCH_CHECK(false, "TappedModule::save: path must be writable, but got '", path,
+                "': ", e.what_without_backtrace());
+  }
+  TORCH_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
+              "TappedModule::save: path must be writable, but got '", path,
+              "' (renaming the temporary file failed)");
+}
+
+// ---- Recording API ---------------------------------------------------------------------------
+
+namespace detail {
+
+void record_tap(const c10::IValue& value, const std::string& name, bool copy) {
+  Recording* r = active_recording.get();
+  if (r == nullptr) return;
+  // Unselected layers cost a hash lookup, never a copy.
+  if (!r->all && r->layers.count(name) == 0) return;
+  record_value(*r, value, name, copy);
+}
+
+void begin_recording(const std::vector<std::string>& layers, bool detach) {
+  TORCH_CHECK(!active_recording,
+              "begin_recording: no recording must be active on this thread, but got one "
+              "(a capture is not re-entrant; end the previous one first)");
+  auto r = std::make_unique<Recording>();
+  r->all = layers.empty();
+  r->layers.insert(layers.begin(), layers.end());
+  r->detach = detach;
+  active_recording = std::move(r);
+}
+
+std::vector<CaptureRecord> end_recording() {
+  TORCH_CHECK(active_recording, "end_recording: a recording must be active on this thread, but ",
+              "got none (call begin_recording first)");
+  std::vector<CaptureRecord> out = std::move(active_recording->records);
+  active_recording.reset();
+  return out;
+}
+
+}  // namespace detail
+}  // namespace svcca

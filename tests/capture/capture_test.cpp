@@ -1,0 +1,431 @@
+// Tests of svcca::TappedModule against the fixtures in models/fixtures (captures that Python's
+// forward hooks saw on the same modules), plus selection, listing, autograd and error paths.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/csrc/jit/serialization/import.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/support.h"
+#include "svcca/capture/capture.h"
+
+namespace svcca {
+namespace {
+
+using testing::AllClose;
+namespace tol = testing::tol;
+
+std::string fixture(const std::string& file) {
+  return std::string(SVCCA_MODELS_DIR) + "/fixtures/" + file;
+}
+
+std::string temp_path(const std::string& name) {
+  return ::testing::TempDir() + "svcca_capture_" + name;
+}
+
+// What Python's forward hooks recorded (models/make_fixtures.py).
+struct Expected {
+  std::vector<c10::IValue> inputs;
+  std::vector<std::string> names;
+  std::vector<std::string> types;
+  std::vector<at::Tensor> values;
+  at::Tensor output;
+};
+
+Expected load_expected(const std::string& model) {
+  torch::jit::Module m = torch::jit::load(fixture(model + "_expected.pt"));
+  Expected e;
+  for (const auto& v : m.attr("inputs").toListRef()) e.inputs.push_back(v.toTensor());
+  for (const auto& v : m.attr("names").toListRef()) e.names.push_back(v.toStringRef());
+  for (const auto& v : m.attr("types").toListRef()) e.types.push_back(v.toStringRef());
+  for (const auto& v : m.attr("values").toListRef()) e.values.push_back(v.toTensor());
+  e.output = m.attr("output").toTensor();
+  return e;
+}
+
+at::Tensor param(const torch::jit::Module& m, const std::string& path, const std::string& attr) {
+  torch::jit::Module sub = m;
+  size_t start = 0;
+  while (start < path.size()) {
+    size_t dot = path.find('.', start);
+    if (dot == std::string::npos) dot = path.size();
+    sub = sub.attr(path.substr(start, dot - start)).toModule();
+    start = dot + 1;
+  }
+  return sub.attr(attr).toTensor();
+}
+
+at::Tensor linear(const at::Tensor& x, const torch::jit::Module& m, const std::string& path) {
+  return at::linear(x, param(m, path, "weight"), param(m, path, "bias"));
+}
+
+// ---- Against Python's forward hooks ------------------------------------------------------------
+
+class HookFixtures : public ::testing::TestWithParam<std::string> {};
+
+// torch.jit.trace flattens the nested tuples that submodules return ((a, (b, c)) -> (a, b, c)), so
+// a traced model records "<path>:0", "<path>:1", "<path>:2" where the hooks saw "<path>:1:0", ...
+void flatten_tuple_names(std::vector<std::string>& names) {
+  std::map<std::string, int> next;
+  std::string prev_path;
+  for (auto& n : names) {
+    auto colon = n.find(':');
+    if (colon == std::string::npos) {
+      prev_path.clear();
+      continue;
+    }
+    const std::string path = n.substr(0, colon);
+    if (path != prev_path) next[path] = 0;
+    prev_path = path;
+    n = path + ":" + std::to_string(next[path]++);
+  }
+}
+
+TEST_P(HookFixtures, RecordsEqualPythonForwardHooks) {
+  const std::string file = GetParam();
+  const std::string model = file.substr(0, file.find('_'));
+  Expected e = load_expected(model);
+  if (file.find("traced") != std::string::npos) {
+    flatten_tuple_names(e.names);
+    // The tracer records nn.Identity as a method returning None (the input passes around it),
+    // so a traced model has no output of `ident` to record.
+    for (size_t i = e.names.size(); i-- > 0;) {
+      if (e.names[i] == "ident") {
+        e.names.erase(e.names.begin() + i);
+        e.types.erase(e.types.begin() + i);
+        e.values.erase(e.values.begin() + i);
+      }
+    }
+  }
+  TappedModule tapped = TappedModule::load(fixture(file + ".pt"));
+  Capture cap = tapped.run(e.inputs);
+  ASSERT_EQ(cap.records.size(), e.names.size());
+  for (size_t i = 0; i < e.names.size(); ++i) {
+    EXPECT_EQ(cap.records[i].name, e.names[i]) << "record " << i;
+    EXPECT_EQ(tapped.layer_type(cap.records[i].name), e.types[i]) << e.names[i];
+    EXPECT_TRUE(AllClose(cap.records[i].value, e.values[i], tol::kFloat32)) << e.names[i];
+  }
+  EXPECT_TRUE(AllClose(cap.output.toTensor(), e.output, tol::kFloat32));
+  // forward itself is untouched and agrees with the tapped method.
+  at::Tensor plain = tapped.module().forward(e.inputs).toTensor();
+  EXPECT_TRUE(AllClose(cap.output.toTensor(), plain, tol::kClosedForm64));
+}
+
+INSTANTIATE_TEST_SUITE_P(Capture, HookFixtures,
+                         ::testing::Values("seq_scripted", "seq_traced", "nested_scripted",
+                                           "nested_traced", "resnet_scripted", "resnet_traced",
+                                           "twice_scripted", "twice_traced", "tuple_scripted",
+                                           "tuple_traced", "flow_scripted", "inplace_scripted",
+                                           "inplace_traced"));
+
+// ---- Names, types, control flow ------------------------------------------------------------------
+
+TEST(CaptureNames, SequentialAndNested) {
+  EXPECT_EQ(TappedModule::load(fixture("seq_scripted.pt")).layer_names(),
+            (std::vector<std::string>{"0", "1", "2", "3"}));
+  // features.0 runs inside features; extra is called from helper(), not from forward.
+  TappedModule nested = TappedModule::load(fixture("nested_scripted.pt"));
+  EXPECT_EQ(nested.layer_names(),
+            (std::vector<std::string>{"ident", "features.0.0", "features.0.1", "features.0",
+                                      "features.1", "features", "extra", "head"}));
+  EXPECT_EQ(nested.layer_type("features.0"), "Sequential");
+  EXPECT_EQ(nested.layer_type("features.0.1"), "Tanh");
+}
+
+TEST(CaptureNames, SharedBlockClassGetsPerInstanceNames) {
+  TappedModule r = TappedModule::load(fixture("resnet_traced.pt"));
+  const auto& names = r.layer_names();
+  for (const char* n : {"layer1.0.conv1", "layer1.1.conv1", "layer2.0.downsample.0",
+                        "layer2.1.bn2", "layer2.1", "fc"}) {
+    EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
+  }
+  EXPECT_EQ(r.layer_type("layer2.0"), "BasicBlock");
+  EXPECT_EQ(r.layer_type("layer2.0.downsample"), "Sequential");
+}
+
+TEST(CaptureFlow, ElseBranchAndLoop) {
+  TappedModule flow = TappedModule::load(fixture("flow_scripted.pt"));
+  Expected e = load_expected("flow");
+  at::Tensor x = -e.inputs[0].toTensor();  // negative sum: the else branch
+  Capture cap = flow.run({x});
+  ASSERT_TRUE(cap.values("a").empty());
+  ASSERT_EQ(cap.values("b").size(), 1u);
+  const auto& m = flow.module();
+  at::Tensor y = linear(x, m, "b");
+  EXPECT_TRUE(AllClose(cap.values("b")[0], y, tol::kFloat32));
+  y = at::tanh(linear(y, m, "blocks.0"));
+  y = at::tanh(linear(y, m, "blocks.1"));
+  std::vector<at::Tensor> loop = cap.values("loop");
+  ASSERT_EQ(loop.size(), 3u);  // three iterations of a prim::Loop: three records, in order
+  for (const auto& rec : loop) {
+    at::Tensor out = linear(y, m, "loop");
+    EXPECT_TRUE(AllClose(rec, out, tol::kFloat32));
+    y = at::tanh(out);
+  }
+}
+
+TEST(CaptureTwice, TwoRecordsInCallOrder) {
+  TappedModule t = TappedModule::load(fixture("twice_scripted.pt"));
+  at::Tensor x = load_expected("twice").inputs[0].toTensor();
+  Capture cap = t.run({x});
+  std::vector<at::Tensor> fc = cap.values("fc");
+  ASSERT_EQ(fc.size(), 2u);
+  at::Tensor first = linear(x, t.module(), "fc");
+  EXPECT_TRUE(AllClose(fc[0], first, tol::kFloat32));
+  EXPECT_TRUE(AllClose(fc[1], linear(at::relu(first), t.module(), "fc"), tol::kFloat32));
+  auto firsts = cap.first_values();
+  ASSERT_EQ(firsts.size(), 3u);  // fc, act, out
+  EXPECT_EQ(firsts[0].first, "fc");
+  EXPECT_TRUE(AllClose(firsts[0].second, fc[0], tol::kClosedForm64));
+}
+
+// ---- Captures never change afterwards --------------------------------------------------------
+
+TEST(CaptureInPlace, ModuleOutputRewrittenInForward) {
+  TappedModule t = TappedModule::load(fixture("inplace_scripted.pt"));
+  at::Tensor x = load_expected("inplace").inputs[0].toTensor();
+  Capture cap = t.run({x});
+  // forward doubles fc's output in place, and the in-place ReLU rewrites bn's output.
+  EXPECT_TRUE(AllClose(cap.values("fc")[0], linear(x, t.module(), "fc"), tol::kFloat32));
+  EXPECT_TRUE((cap.values("bn")[0] < 0).any().item<bool>());
+}
+
+TEST(CaptureInPlace, CallerWritesToOutputAndInput) {
+  TappedModule seq = TappedModule::load(fixture("seq_scripted.pt"));
+  at::Tensor x = load_expected("seq").inputs[0].toTensor().clone();
+  Capture cap = seq.run({x});
+  at::Tensor last = cap.values("3")[0].clone();
+  cap.output.toTensor().add_(100.0);  // the last layer's output is forward's output
+  EXPECT_TRUE(AllClose(cap.values("3")[0], last, tol::kClosedForm64));
+
+  TappedModule nested = TappedModule::load(fixture("nested_scripted.pt"));
+  at::Tensor y = load_expected("nested").inputs[0].toTensor().clone();
+  Capture cap2 = nested.run({y});
+  at::Tensor ident = cap2.values("ident")[0].clone();  // Identity returns the input itself
+  y.mul_(-3.0);
+  EXPECT_TRUE(AllClose(cap2.values("ident")[0], ident, tol::kClosedForm64));
+}
+
+TEST(CaptureInPlace, OptimizerStepsDoNotChangeCaptures) {
+  TappedModule seq = TappedModule::load(fixture("seq_scripted.pt"));
+  at::Tensor x = load_expected("seq").inputs[0].toTensor();
+  Capture cap = seq.run({x});
+  std::vector<at::Tensor> before;
+  for (const auto& r : cap.records) before.push_back(r.value.clone());
+  {
+    at::NoGradGuard g;
+    for (const auto& p : seq.module().parameters()) p.add_(1.0);
+  }
+  for (size_t i = 0; i < before.size(); ++i) {
+    EXPECT_TRUE(AllClose(cap.records[i].value, before[i], tol::kClosedForm64)) << cap.records[i].name;
+  }
+}
+
+// ---- Autograd ----------------------------------------------------------------------------------
+
+TEST(CaptureAutograd, DetachedByDefault) {
+  TappedModule t = TappedModule::load(fixture("nested_scripted.pt"));
+  Capture cap = t.run({load_expected("nested").inputs[0]});
+  for (const auto& r : cap.records) EXPECT_FALSE(r.value.requires_grad()) << r.name;
+}
+
+TEST(CaptureAutograd, KeptRecordsBackPropagate) {
+  TappedModule t = TappedModule::load(fixture("nested_scripted.pt"));
+  at::Tensor x = load_expected("nested").inputs[0].toTensor();
+  CaptureOptions keep;
+  keep.detach = false;
+  Capture cap = t.run({x}, {"features.1"}, keep);
+  ASSERT_EQ(cap.records.size(), 1u);
+  ASSERT_TRUE(cap.records[0].value.requires_grad());
+  cap.records[0].value.pow(2).sum().backward();
+  // Independently: the same loss on features.1's output, computed with ATen from the parameters.
+  const auto& m = t.module();
+  at::Tensor w0 = param(m, "features.0.0", "weight").detach().clone().requires_grad_(true);
+  at::Tensor h = at::tanh(at::linear(x, w0, param(m, "features.0.0", "bias").detach()));
+  at::Tensor out = at::linear(h, param(m, "features.1", "weight").detach(),
+                              param(m, "features.1", "bias").detach());
+  out.pow(2).sum().backward();
+  EXPECT_TRUE(AllClose(param(m, "features.0.0", "weight").grad(), w0.grad(), tol::kFloat32));
+  EXPECT_FALSE(param(m, "head", "weight").grad().defined());  // head is after the capture
+}
+
+TEST(CaptureAutograd, TrainingStepsMatchForward) {
+  TappedModule a = TappedModule::load(fixture("resnet_scripted.pt"));
+  torch::jit::Module b = torch::jit::load(fixture("resnet_scripted.pt"));
+  a.module().train();
+  b.train();
+  at::manual_seed(0);
+  at::Tensor x = at::randn({4, 1, 5, 5});
+  at::Tensor target = at::randn({4, 3});
+  auto step = [&](torch::jit::Module& m, const std::string& method) {
+    at::Tensor out = m.get_method(method)({x}).toTensor();
+    (out - target).pow(2).mean().backward();
+    at::NoGradGuard g;
+    for (const auto& p : m.parameters()) {
+      p.sub_(0.1 * p.grad());
+      p.mutable_grad().zero_();
+    }
+  };
+  for (int i = 0; i < 3; ++i) {
+    a.run({x});  // a capture in between must not disturb training
+    b.forward({x});
+    step(a.module(), "forward_tapped");
+    step(b, "forward");
+  }
+  auto pa = a.module().named_parameters();
+  auto pb = b.named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (auto ia = pa.begin(), ib = pb.begin(); ia != pa.end(); ++ia, ++ib) {
+    EXPECT_EQ((*ia).name, (*ib).name);
+    EXPECT_TRUE(AllClose((*ia).value, (*ib).value, tol::kFloat32)) << (*ia).name;
+  }
+  // The BatchNorm running statistics are updated the same way too.
+  EXPECT_TRUE(AllClose(param(a.module(), "layer2.0.bn1", "running_var"),
+                       param(b, "layer2.0.bn1", "running_var"), tol::kFloat32));
+}
+
+// ---- Selection ---------------------------------------------------------------------------------
+
+TEST(CaptureSelect, ExactGlobRegex) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  EXPECT_EQ(r.select({"fc"}), std::vector<std::string>{"fc"});
+  EXPECT_EQ(r.select({"layer2.?.conv1"}),
+            (std::vector<std::string>{"layer2.0.conv1", "layer2.1.conv1"}));
+  EXPECT_EQ(r.select({"layer1.*"}).size(), 12u);  // 2 blocks x (conv1 bn1 relu conv2 bn2) + 2
+  EXPECT_EQ(r.select({"re:layer\\d\\.1\\.bn[12]", "fc", "layer1.1.bn1"}),
+            (std::vector<std::string>{"layer1.1.bn1", "layer1.1.bn2", "layer2.1.bn1",
+                                      "layer2.1.bn2", "fc"}));
+  EXPECT_EQ(r.select({"layer2.0.downsample.[!1]"}),
+            std::vector<std::string>{"layer2.0.downsample.0"});
+  EXPECT_EQ(r.select({}), r.layer_names());
+}
+
+TEST(CaptureSelect, RunRecordsOnlySelectedLayers) {
+  TappedModule t = TappedModule::load(fixture("tuple_scripted.pt"));
+  Capture cap = t.run({load_expected("tuple").inputs[0]}, {"split"});
+  std::vector<std::string> names;
+  for (const auto& r : cap.records) names.push_back(r.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"split:0", "split:1:0", "split:1:1"}));
+  EXPECT_EQ(t.layer_type("split:1:0"), "Split");
+}
+
+TEST(CaptureSelect, UnknownNamesAreErrors) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  EXPECT_THROWS_WITH_TYPE(r.select({"layer1.0.conv"}), c10::ValueError,
+                          "closest existing names: 'layer1.0.conv1'");
+  EXPECT_THROWS_WITH(r.select({"layer9.*"}), "pattern must match at least one layer");
+  EXPECT_THROWS_WITH(r.select({"re:nothing"}), "but got 're:nothing'");
+  EXPECT_THROWS_WITH(r.select({"re:("}), "valid regular expression");
+  EXPECT_THROWS_WITH(r.run({at::randn({1, 1, 5, 5})}, {"conv"}), "closest existing names");
+  EXPECT_THROWS_WITH(r.layer_type("nope"), "layer_type: name must be a layer");
+}
+
+// ---- Listing -----------------------------------------------------------------------------------
+
+TEST(CaptureList, NamesTypesShapesCalls) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  r.module().train();
+  at::Tensor mean = param(r.module(), "bn1", "running_mean").clone();
+  Expected e = load_expected("resnet");
+  std::vector<LayerInfo> infos = r.list_layers(e.inputs);
+  EXPECT_EQ(infos.size(), r.layer_names().size());
+  for (const auto& info : infos) {
+    auto it = std::find(e.names.begin(), e.names.end(), info.name);
+    ASSERT_NE(it, e.names.end()) << info.name;
+    const size_t i = it - e.names.begin();
+    EXPECT_EQ(info.type, e.types[i]);
+    EXPECT_EQ(info.shape, e.values[i].sizes().vec()) << info.name;
+    EXPECT_EQ(info.dtype, "Float");
+    EXPECT_EQ(info.calls, std::count(e.names.begin(), e.names.end(), info.name)) << info.name;
+  }
+  // Listing ran in eval mode: no running-statistics update; the training flags are restored.
+  EXPECT_TRUE(AllClose(param(r.module(), "bn1", "running_mean"), mean, tol::kClosedForm64));
+  EXPECT_TRUE(r.module().is_training());
+  EXPECT_TRUE(r.module().attr("layer1").toModule().is_training());
+}
+
+// ---- Save / load and threads -------------------------------------------------------------------
+
+TEST(CaptureSave, SavedTappedModuleRunsAgain) {
+  TappedModule t = TappedModule::load(fixture("twice_traced.pt"));
+  const std::string path = temp_path("twice_tapped.pt");
+  t.save(path);
+  torch::jit::Module loaded = torch::jit::load(path);
+  std::remove(path.c_str());
+  // Without a recording the taps do nothing.
+  at::Tensor x = load_expected("twice").inputs[0].toTensor();
+  at::Tensor out = loaded.get_method("forward_tapped")({x}).toTensor();
+  EXPECT_TRUE(AllClose(out, t.module().forward({x}).toTensor(), tol::kClosedForm64));
+  TappedModule again(loaded);  // reuses the saved method
+  EXPECT_EQ(again.layer_names(), t.layer_names());
+  Capture a = again.run({x}), b = t.run({x});
+  ASSERT_EQ(a.records.size(), b.records.size());
+  for (size_t i = 0; i < a.records.size(); ++i) {
+    EXPECT_EQ(a.records[i].name, b.records[i].name);
+    EXPECT_TRUE(AllClose(a.records[i].value, b.records[i].value, tol::kClosedForm64));
+  }
+}
+
+TEST(CaptureThreads, EachThreadHasItsOwnRecording) {
+  TappedModule t = TappedModule::load(fixture("seq_scripted.pt"));
+  at::Tensor x = load_expected("seq").inputs[0].toTensor();
+  std::vector<Capture> caps(2);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      caps[i] = t.run({x * (i + 1.0)}, {i == 0 ? "0" : "3"});
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(caps[0].records.size(), 1u);
+  ASSERT_EQ(caps[1].records.size(), 1u);
+  EXPECT_EQ(caps[0].records[0].name, "0");
+  EXPECT_EQ(caps[1].records[0].name, "3");
+}
+
+// ---- Errors ------------------------------------------------------------------------------------
+
+TEST(CaptureErrors, NotATorchScriptModel) {
+  EXPECT_THROWS_WITH_TYPE(TappedModule::load(temp_path("missing.pt")), c10::ValueError,
+                          "path must name a readable file");
+  const std::string text = temp_path("text.pt");
+  std::ofstream(text) << "not a model\n";
+  EXPECT_THROWS_WITH_TYPE(TappedModule::load(text), c10::ValueError,
+                          "path must be a TorchScript archive");
+  std::remove(text.c_str());
+}
+
+TEST(CaptureErrors, FrozenModelIsReportedAsSuch) {
+  EXPECT_THROWS_WITH_TYPE(TappedModule::load(fixture("frozen_scripted.pt")), c10::ValueError,
+                          "module boundaries");
+}
+
+TEST(CaptureErrors, RejectedInputShowsShapeAndModelError) {
+  TappedModule seq = TappedModule::load(fixture("seq_scripted.pt"));
+  EXPECT_THROWS_WITH(seq.run({at::randn({2, 1, 5, 5})}), "[2, 1, 5, 5]");
+  EXPECT_THROWS_WITH(seq.run({at::randn({2, 1, 5, 5})}), "cannot be multiplied");
+  // The recording ended: the next run works.
+  EXPECT_EQ(seq.run({at::randn({2, 1, 6, 6})}).records.size(), 4u);
+  EXPECT_THROWS_WITH(seq.list_layers({at::randn({2, 2, 6, 6})}), "list_layers: inputs must");
+}
+
+TEST(CaptureErrors, BadMethodNames) {
+  torch::jit::Module m = torch::jit::load(fixture("seq_scripted.pt"));
+  EXPECT_THROWS_WITH(TappedModule(m, "forward"), "must not name an existing method");
+  EXPECT_THROWS_WITH(TappedModule(m, "not valid"), "method_name must be a Python identifier");
+}
+
+TEST(CaptureErrors, RecordingIsNotReentrant) {
+  detail::begin_recording({}, true);
+  EXPECT_THROWS_WITH(detail::begin_recording({}, true), "no recording must be active");
+  detail::end_recording();
+  EXPECT_THROWS_WITH(detail::end_recording(), "a recording must be active");
+}
+
+}  // namespace
+}  // namespace svcca
