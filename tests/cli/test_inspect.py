@@ -1,0 +1,502 @@
+"""svcca-inspect end to end: runs the built executable on the bundled models and fixtures, parses
+what it writes (JSON, CSV, SVG as XML, PNG header), and checks every bad input for its one-line
+message and exit code.
+
+CTest sets SVCCA_INSPECT (the executable) and PYTHONPATH (the staged svcca package, for the
+tapped-model round trip). A missing executable is a failure, never a skip.
+"""
+import csv
+import json
+import os
+import struct
+import subprocess
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(_HERE, "..", ".."))
+DIGITS = os.path.join(ROOT, "models", "digits")
+FIXTURES = os.path.join(ROOT, "models", "fixtures")
+DATA = os.path.join(ROOT, "data")
+PROBE = os.path.join(DIGITS, "probe.pt")
+EPOCHS = [os.path.join(DIGITS, "cnn_epoch%d.pt" % e) for e in (0, 1, 2, 4, 8)]
+FINAL = EPOCHS[-1]
+DIGITS_LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
+
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 1, 2, 3, 4
+
+
+@pytest.fixture(scope="session")
+def exe():
+    path = os.environ.get("SVCCA_INSPECT")
+    if not path or not os.access(path, os.X_OK):
+        pytest.fail("SVCCA_INSPECT must name the built svcca-inspect executable, got %r" % path)
+    return path
+
+
+@pytest.fixture
+def run(exe):
+    def run_(*args):
+        return subprocess.run([exe] + [str(a) for a in args], capture_output=True, text=True,
+                              timeout=300)
+    return run_
+
+
+@pytest.fixture
+def ok(run):
+    """Runs and requires success with nothing on stderr (stderr is no terminal: no progress)."""
+    def ok_(*args):
+        r = run(*args)
+        assert r.returncode == 0, "exit %d, stderr: %s" % (r.returncode, r.stderr)
+        assert r.stderr == ""
+        return r
+    return ok_
+
+
+@pytest.fixture
+def ok_json(ok):
+    return lambda *args: json.loads(ok(*args, "--json").stdout)
+
+
+@pytest.fixture
+def fails(run):
+    """Runs and requires exit `code` with exactly one stderr line holding every fragment."""
+    def fails_(code, args, *fragments):
+        r = run(*args)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == code, "exit %d (want %d), stderr: %s" % (r.returncode, code, r.stderr)
+        assert len(lines) == 1, "want one line on stderr, got: %r" % r.stderr
+        for f in fragments:
+            assert f in lines[0], "%r not in %r" % (f, lines[0])
+        assert "Exception raised from" not in lines[0] and "Traceback" not in lines[0]
+        assert r.stdout == ""
+        return lines[0]
+    return fails_
+
+
+def linear_cka(x, y):
+    """Linear CKA (Kornblith et al. 2019) of [n, p] arrays, the obvious float64 way."""
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    xy = np.linalg.norm(x.T @ y) ** 2
+    return xy / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+def read_png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(33)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    length, kind = struct.unpack(">I4s", head[8:16])
+    assert kind == b"IHDR" and length == 13
+    width, height, depth, color = struct.unpack(">IIBB", head[16:26])
+    return width, height, depth, color
+
+
+def check_grid_files(folder, stem, grid):
+    """The four files exist; JSON equals the reported grid; CSV, SVG and PNG are well formed."""
+    names = sorted(os.listdir(folder))
+    assert names == sorted(stem + ext for ext in (".csv", ".json", ".png", ".svg")), names
+    with open(os.path.join(folder, stem + ".json")) as f:
+        on_disk = json.load(f)
+    assert on_disk["rows"] == grid["rows"] and on_disk["cols"] == grid["cols"]
+    np.testing.assert_allclose(np.array(on_disk["values"], dtype=float),
+                               np.array(grid["values"], dtype=float), rtol=0, atol=0)
+    with open(os.path.join(folder, stem + ".csv"), newline="") as f:
+        table = list(csv.reader(f))
+    assert len(table) == len(grid["rows"]) + 1
+    assert table[0][1:] == grid["cols"]
+    assert [row[0] for row in table[1:]] == grid["rows"]
+    np.testing.assert_allclose(np.array([row[1:] for row in table[1:]], dtype=float),
+                               np.array(grid["values"], dtype=float), rtol=1e-15, atol=0)
+    svg = ET.parse(os.path.join(folder, stem + ".svg")).getroot()
+    assert svg.tag.endswith("svg")
+    text = " ".join(t.text or "" for t in svg.iter() if t.tag.endswith("text"))
+    for name in grid["rows"] + grid["cols"]:
+        assert name in text, "SVG lacks the label %r" % name
+    measure = grid["measure"].replace("-to-final", "")  # dynamics: "cka of each layer to ..."
+    assert measure in text, "SVG title lacks the measure"
+    width, height, depth, color = read_png_size(os.path.join(folder, stem + ".png"))
+    assert (depth, color) == (8, 2)  # RGB8
+    # The cells must be distinguishable: at least a few pixels per cell along each axis.
+    assert width >= 4 * len(grid["cols"]) and height >= 4 * len(grid["rows"])
+    assert os.path.getsize(os.path.join(folder, stem + ".png")) > 60
+
+
+# ---- help ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sub", [[], ["layers"], ["grid"], ["compare"], ["dynamics"], ["tap"]])
+def test_help_exits_zero(run, sub):
+    r = run(*sub, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "Usage" in r.stdout or "usage" in r.stdout
+    if not sub:
+        for command in ("layers", "grid", "compare", "dynamics", "tap"):
+            assert command in r.stdout
+        assert "Exit codes" in r.stdout
+
+
+def test_no_subcommand_is_a_usage_error(fails):
+    fails(EXIT_USAGE, [], "subcommand")
+
+
+# ---- layers ----------------------------------------------------------------------------------
+def test_layers_of_the_digits_cnn(ok_json):
+    report = ok_json("layers", FINAL, "--input-shape", "2,1,8,8")
+    layers = report["layers"]
+    assert [l["name"] for l in layers] == DIGITS_LAYERS
+    shapes = {l["name"]: l["shape"] for l in layers}
+    assert shapes == {"conv1": [2, 8, 8, 8], "conv2": [2, 16, 8, 8], "conv3": [2, 32, 4, 4],
+                      "fc1": [2, 32], "fc2": [2, 10]}
+    types = {l["name"]: l["type"] for l in layers}
+    assert types["conv1"] == "Conv2d" and types["fc2"] == "Linear"
+    assert all(l["dtype"] == "float32" and l["calls"] == 1 for l in layers)
+
+
+def test_layers_without_input_lists_names_and_types(ok_json, ok):
+    report = ok_json("layers", FINAL)
+    assert [l["name"] for l in report["layers"]] == DIGITS_LAYERS
+    assert all(l["shape"] is None for l in report["layers"])
+    text = ok("layers", FINAL).stdout
+    assert "conv3" in text and "Conv2d" in text
+
+
+@pytest.mark.parametrize("name", ["seq", "nested", "resnet", "twice"])
+def test_layers_match_python_forward_hooks(ok_json, tmp_path, name):
+    expected = torch.jit.load(os.path.join(FIXTURES, name + "_expected.pt"))
+    x = expected.inputs[0]
+    torch.save(x, tmp_path / "x.pt")
+    report = ok_json("layers", os.path.join(FIXTURES, name + "_scripted.pt"), "--input",
+                     tmp_path / "x.pt")
+    hook_names = list(dict.fromkeys(expected.names))  # first call of each name, in order
+    assert [l["name"] for l in report["layers"]] == hook_names
+    first = {}
+    for n, v in zip(expected.names, expected.values):
+        first.setdefault(n, list(v.shape))
+    assert {l["name"]: l["shape"] for l in report["layers"]} == first
+    calls = {n: expected.names.count(n) for n in hook_names}
+    assert {l["name"]: l["calls"] for l in report["layers"]} == calls
+
+
+# ---- grid ------------------------------------------------------------------------------------
+def test_grid_of_one_model(ok, tmp_path):
+    out = tmp_path / "out"
+    report = json.loads(ok("grid", FINAL, "--input", PROBE, "--measure", "cka", "--out", out,
+                           "--json").stdout)
+    grid = report["grid"]
+    assert grid["rows"] == DIGITS_LAYERS and grid["cols"] == DIGITS_LAYERS
+    assert grid["measure"] == "cka" and grid["examples"] == 359 and report["examples"] == 359
+    assert "svcca" in grid["versions"] and "torch" in grid["versions"]
+    v = np.array(grid["values"], dtype=float)
+    assert v.shape == (5, 5)
+    np.testing.assert_allclose(np.diag(v), 1.0, atol=1e-9)
+    np.testing.assert_allclose(v, v.T, atol=1e-9)
+    assert ((v > 0) & (v <= 1 + 1e-9)).all()
+    assert sorted(os.path.basename(f) for f in report["files"]) == [
+        "grid.csv", "grid.json", "grid.png", "grid.svg"]
+    check_grid_files(out, "grid", grid)
+
+
+def test_grid_text_output_is_a_heatmap_with_names(ok, tmp_path):
+    text = ok("grid", FINAL, "--input", PROBE, "--out", tmp_path / "o").stdout
+    for name in DIGITS_LAYERS:
+        assert name in text
+    assert "\x1b[" not in text  # stdout is no terminal: no colours
+
+
+@pytest.mark.parametrize("name", ["seq", "nested", "resnet"])
+def test_grid_equals_numpy_linear_cka_on_fixtures(ok, tmp_path, name):
+    expected = torch.jit.load(os.path.join(FIXTURES, name + "_expected.pt"))
+    x = expected.inputs[0]
+    torch.save(x, tmp_path / "x.pt")
+    report = json.loads(ok("grid", os.path.join(FIXTURES, name + "_scripted.pt"), "--input",
+                           tmp_path / "x.pt", "--measure", "cka", "--conv", "flatten", "--out",
+                           tmp_path / "o", "--json").stdout)
+    grid = report["grid"]
+    first = {}
+    for n, v in zip(expected.names, expected.values):
+        first.setdefault(n, v.double().reshape(v.shape[0], -1).numpy())
+    values = np.array(grid["values"], dtype=float)
+    for i, a in enumerate(grid["rows"]):
+        for j, b in enumerate(grid["cols"]):
+            np.testing.assert_allclose(values[i, j], linear_cka(first[a], first[b]),
+                                       rtol=1e-5, atol=1e-6, err_msg="%s x %s" % (a, b))
+
+
+def test_grid_of_two_checkpoints_streams_exactly(ok_json, tmp_path):
+    common = ["grid", EPOCHS[3], FINAL, "--input", PROBE, "--measure", "cca", "--layers",
+              "conv3,fc*"]
+    whole = ok_json(*common, "--out", tmp_path / "a")["grid"]
+    batched = ok_json(*common, "--batch-size", "50", "--out", tmp_path / "b")["grid"]
+    assert whole["rows"] == ["conv3", "fc1", "fc2"] and whole["cols"] == ["conv3", "fc1", "fc2"]
+    assert "cnn_epoch4" in whole["row_label"] and "cnn_epoch8" in whole["col_label"]
+    np.testing.assert_allclose(np.array(batched["values"], dtype=float),
+                               np.array(whole["values"], dtype=float), rtol=1e-8, atol=1e-10)
+    assert batched["options"]["batch_size"] == "50"
+
+
+def test_random_input_is_seeded_and_independent_of_batch_size(ok_json, tmp_path):
+    common = ["grid", FINAL, "--input-shape", "300,1,8,8", "--measure", "cka"]
+    a = ok_json(*common, "--seed", "7", "--out", tmp_path / "a")["grid"]
+    b = ok_json(*common, "--seed", "7", "--batch-size", "64", "--out", tmp_path / "b")["grid"]
+    c = ok_json(*common, "--seed", "8", "--out", tmp_path / "c")["grid"]
+    va, vb, vc = (np.array(g["values"], dtype=float) for g in (a, b, c))
+    np.testing.assert_allclose(vb, va, rtol=1e-8, atol=1e-10)
+    assert not np.allclose(va, vc, rtol=0, atol=1e-12)
+    assert a["examples"] == 300
+
+
+def test_grid_reads_npy_inputs(ok_json, tmp_path):
+    x = torch.load(PROBE).numpy()
+    np.save(tmp_path / "probe64.npy", x.astype(np.float64))  # float64 into a float32 model
+    np.save(tmp_path / "probe_f.npy", np.asfortranarray(x))
+    from_pt = ok_json("grid", FINAL, "--input", PROBE, "--out", tmp_path / "a")["grid"]
+    for f in ("probe64.npy", "probe_f.npy"):
+        g = ok_json("grid", FINAL, "--input", tmp_path / f, "--out", tmp_path / f.replace(".", "_"))
+        np.testing.assert_allclose(np.array(g["grid"]["values"], dtype=float),
+                                   np.array(from_pt["values"], dtype=float), rtol=1e-6, atol=1e-7)
+
+
+# ---- compare ---------------------------------------------------------------------------------
+def test_compare_activation_dicts(ok_json, tmp_path):
+    report = ok_json("compare", os.path.join(DATA, "net_a.pt"), os.path.join(DATA, "net_b.pt"),
+                     "--measure", "svcca", "--out", tmp_path / "o")
+    grid = report["grid"]
+    assert grid["rows"] == ["fc1", "fc2", "fc3", "logits"] and grid["cols"] == grid["rows"]
+    assert grid["measure"] == "svcca" and grid["examples"] == 400
+    v = np.array(grid["values"], dtype=float)
+    assert ((v > 0) & (v <= 1 + 1e-9)).all()
+    check_grid_files(tmp_path / "o", "compare", grid)
+
+
+def test_compare_npy_pt_and_layouts_agree(ok_json, tmp_path):
+    a = torch.load(os.path.join(DATA, "net_a.pt"))["fc2"]
+    b = torch.load(os.path.join(DATA, "net_b.pt"))["fc2"]
+    torch.save(a, tmp_path / "a.pt")
+    np.save(tmp_path / "b.npy", b.numpy())
+    np.save(tmp_path / "a_t.npy", a.numpy().T.copy())  # google/svcca's [neurons, datapoints]
+    np.save(tmp_path / "b_t.npy", b.numpy().T.copy())
+    x = np.random.RandomState(0).randn(400, 7)
+    ref = linear_cka(a.double().numpy(), b.double().numpy())
+    one = ok_json("compare", tmp_path / "a.pt", tmp_path / "b.npy")["grid"]
+    assert np.array(one["values"]).shape == (1, 1)
+    np.testing.assert_allclose(one["values"][0][0], ref, rtol=1e-6)
+    t = ok_json("compare", tmp_path / "a_t.npy", tmp_path / "b_t.npy", "--layout",
+                "neurons-first")["grid"]
+    np.testing.assert_allclose(t["values"][0][0], ref, rtol=1e-6)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "x_int.npy", (x * 100).astype(np.int32))
+    ints = ok_json("compare", tmp_path / "x.npy", tmp_path / "x_int.npy")["grid"]
+    assert ints["values"][0][0] > 0.999
+
+
+def test_compare_reads_python_and_cpp_style_archives(ok_json, tmp_path):
+    """torch.save (pickle in a zip), a list of tensors, and torch::save's format (a TorchScript
+    archive of tensor attributes, as C++'s torch::save writes)."""
+    d = torch.load(os.path.join(DATA, "net_a.pt"))
+    torch.save([d["fc1"], d["fc2"]], tmp_path / "list.pt")
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("fc1", d["fc1"].clone())
+            self.register_buffer("fc2", d["fc2"].clone())
+
+    torch.jit.script(Holder()).save(str(tmp_path / "archive.pt"))
+    grid = ok_json("compare", tmp_path / "list.pt", tmp_path / "archive.pt")["grid"]
+    assert grid["rows"] == ["0", "1"] and sorted(grid["cols"]) == ["fc1", "fc2"]
+    v = np.array(grid["values"], dtype=float)
+    j = {name: k for k, name in enumerate(grid["cols"])}
+    np.testing.assert_allclose([v[0, j["fc1"]], v[1, j["fc2"]]], 1.0, atol=1e-9)
+
+
+# ---- dynamics --------------------------------------------------------------------------------
+def test_dynamics_over_checkpoints(ok, tmp_path):
+    r = ok("dynamics", *EPOCHS, "--input", PROBE, "--measure", "cka", "--out", tmp_path / "o",
+           "--json")
+    grid = json.loads(r.stdout)["grid"]
+    assert grid["rows"] == DIGITS_LAYERS
+    assert grid["cols"] == ["cnn_epoch0", "cnn_epoch1", "cnn_epoch2", "cnn_epoch4", "cnn_epoch8"]
+    v = np.array(grid["values"], dtype=float)
+    assert v.shape == (5, 5)
+    np.testing.assert_allclose(v[:, -1], 1.0, atol=1e-9)  # the final checkpoint against itself
+    assert ((v > 0) & (v <= 1 + 1e-9)).all()
+    # Training moves the logits most: the untrained fc2 is further from the final one than the
+    # epoch-4 fc2 is.
+    assert v[4, 0] < v[4, 3]
+    check_grid_files(tmp_path / "o", "dynamics", grid)
+    text = ok("dynamics", *EPOCHS, "--input", PROBE, "--out", tmp_path / "t").stdout
+    assert "cnn_epoch0" in text and "fc2" in text
+
+
+def test_dynamics_batched_equals_whole(ok_json, tmp_path):
+    common = ["dynamics", EPOCHS[0], EPOCHS[2], FINAL, "--input", PROBE, "--measure", "svcca",
+              "--layers", "fc*"]
+    whole = ok_json(*common, "--out", tmp_path / "a")["grid"]
+    batched = ok_json(*common, "--batch-size", "100", "--out", tmp_path / "b")["grid"]
+    np.testing.assert_allclose(np.array(batched["values"], dtype=float),
+                               np.array(whole["values"], dtype=float), rtol=1e-7, atol=1e-9)
+
+
+# ---- tap -------------------------------------------------------------------------------------
+def test_tap_writes_a_model_python_can_capture_from(ok_json, tmp_path):
+    out = tmp_path / "tapped.pt"
+    report = ok_json("tap", FINAL, "-o", out)
+    assert report["tapped"]["method"] == "forward_tapped"
+    assert [l["name"] for l in report["layers"]] == DIGITS_LAYERS
+    import svcca  # noqa: F401  (loads the op library the tap op lives in)
+    m = torch.jit.load(str(out))
+    x = torch.load(PROBE)[:3]
+    output, captures = svcca.capture(m, x)
+    assert list(captures) == DIGITS_LAYERS
+    torch.testing.assert_close(output, m(x))
+    assert list(captures["conv3"][0].shape) == [3, 32, 4, 4]
+    assert sorted(os.listdir(tmp_path)) == ["tapped.pt"]  # no temporary file left
+
+
+# ---- bad input -------------------------------------------------------------------------------
+def test_missing_model(fails, tmp_path):
+    fails(EXIT_INPUT, ["layers", tmp_path / "nope.pt"], "nope.pt")
+    fails(EXIT_INPUT, ["grid", tmp_path / "nope.pt", "--input", PROBE, "--out", tmp_path / "o"],
+          "nope.pt")
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_files_that_are_not_torchscript_models(fails, tmp_path):
+    state_dict = tmp_path / "state_dict.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), state_dict)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    truncated = tmp_path / "truncated.pt"
+    with open(FINAL, "rb") as f:
+        truncated.write_bytes(f.read()[:20000])
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    for path in (state_dict, text, truncated, empty):
+        fails(EXIT_INPUT, ["layers", path, "--input-shape", "1,1,8,8"], os.path.basename(path))
+        fails(EXIT_INPUT, ["tap", path, "-o", tmp_path / "t.pt"], os.path.basename(path))
+    fails(EXIT_INPUT, ["layers", tmp_path], str(tmp_path))  # a folder
+    assert not os.path.exists(tmp_path / "t.pt")
+
+
+def test_frozen_model_is_reported(fails, tmp_path):
+    fails(EXIT_INPUT, ["layers", os.path.join(FIXTURES, "frozen_scripted.pt")], "frozen")
+
+
+def test_input_of_the_wrong_shape_or_dtype(fails, tmp_path):
+    torch.save(torch.randn(4, 3, 8, 8), tmp_path / "rgb.pt")
+    torch.save(torch.zeros(4, 1, 8, 8, dtype=torch.int64), tmp_path / "ints.pt")
+    torch.save(torch.zeros(4, 1, 8, 8, dtype=torch.complex64), tmp_path / "complex.pt")
+    torch.save({"a": torch.zeros(4, 1, 8, 8), "b": torch.zeros(4, 1, 8, 8)}, tmp_path / "two.pt")
+    out = ["--out", tmp_path / "o"]
+    fails(EXIT_INPUT, ["grid", FINAL, "--input", tmp_path / "rgb.pt"] + out, "[4, 3, 8, 8]")
+    fails(EXIT_INPUT, ["grid", FINAL, "--input", tmp_path / "ints.pt"] + out, "ints.pt")
+    fails(EXIT_INPUT, ["grid", FINAL, "--input", tmp_path / "complex.pt"] + out, "complex.pt")
+    fails(EXIT_INPUT, ["grid", FINAL, "--input", tmp_path / "two.pt"] + out, "one tensor")
+    fails(EXIT_INPUT, ["layers", FINAL, "--input-shape", "2,3,8,8"], "[2, 3, 8, 8]")
+    fails(EXIT_INPUT, ["grid", FINAL, "--input", tmp_path / "missing.npy"] + out, "missing.npy")
+    assert not os.path.exists(tmp_path / "o")
+
+
+def _npy_header(descr, shape, fortran=False, version=1):
+    header = "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }" % (
+        descr, "True" if fortran else "False", repr(tuple(shape)))
+    header += " " * ((64 - (len(header) + 11) % 64) % 64) + "\n"
+    if version == 1:
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+    return b"\x93NUMPY" + bytes([version, 0]) + struct.pack("<I", len(header)) + header.encode()
+
+
+def test_npy_reader_reads_versions_and_byte_orders(ok_json, tmp_path):
+    x = np.random.RandomState(1).randn(50, 4)
+    y = x @ np.random.RandomState(2).randn(4, 4)
+    (tmp_path / "v2.npy").write_bytes(_npy_header("<f8", x.shape, version=2) + x.tobytes())
+    (tmp_path / "v3be.npy").write_bytes(_npy_header(">f4", y.shape, version=3)
+                                        + y.astype(">f4").tobytes())
+    g = ok_json("compare", tmp_path / "v2.npy", tmp_path / "v3be.npy", "--measure", "cca")["grid"]
+    np.testing.assert_allclose(g["values"][0][0], 1.0, atol=1e-5)  # y = x A: every correlation 1
+
+
+def test_bad_npy_files(fails, tmp_path):
+    good = np.arange(24, dtype=np.float32).reshape(6, 4)
+    np.save(tmp_path / "good.npy", good)
+    raw = (tmp_path / "good.npy").read_bytes()
+    cases = {
+        "truncated.npy": (raw[:-10], "truncated"),
+        "magic.npy": (b"\x93NUMPX" + raw[6:], "magic"),
+        "header.npy": (raw[:10] + raw[10:40].replace(b"descr", b"dscr!") + raw[40:], "header"),
+        "version.npy": (raw[:6] + b"\x07" + raw[7:], "version"),
+        "longer.npy": (raw + b"\0\0\0\0", "more than"),
+        "objects.npy": (_npy_header("|O", (2,)) + b"\0" * 16, "objects"),
+        "strings.npy": (_npy_header("<U3", (2,)) + b"\0" * 24, "strings"),
+        "complex.npy": (_npy_header("<c16", (2, 2)) + b"\0" * 64, "complex"),
+    }
+    for name, (data, fragment) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        fails(EXIT_INPUT, ["compare", tmp_path / name, tmp_path / "good.npy"], name, fragment)
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    fails(EXIT_INPUT, ["compare", tmp_path / "pickled.npy", tmp_path / "good.npy"], "objects")
+    fails(EXIT_INPUT, ["grid", FINAL, "--input", tmp_path / "truncated.npy", "--out",
+                       tmp_path / "o"], "truncated")
+
+
+def test_compare_bad_activation_files(fails, tmp_path):
+    torch.save(torch.randn(30, 4), tmp_path / "a.pt")
+    torch.save(torch.randn(20, 4), tmp_path / "b.pt")
+    torch.save({"only": torch.randn(30, 4)}, tmp_path / "one_entry.pt")
+    torch.save(torch.randn(30), tmp_path / "flat.pt")
+    fails(EXIT_INPUT, ["compare", tmp_path / "a.pt", tmp_path / "b.pt"], "examples")
+    fails(EXIT_INPUT, ["compare", tmp_path / "a.pt", tmp_path / "one_entry.pt"], "single entry")
+    fails(EXIT_INPUT, ["compare", tmp_path / "a.pt", tmp_path / "flat.pt"], "[30]")
+    fails(EXIT_INPUT, ["compare", tmp_path / "a.pt", FINAL], "TorchScript model")
+
+
+def test_unknown_measure_conv_layers_and_options(fails, tmp_path):
+    out = ["--out", tmp_path / "o"]
+    line = fails(EXIT_USAGE, ["grid", FINAL, "--input", PROBE, "--measure", "bogus"] + out,
+                 "bogus")
+    assert "cka" in line  # the message lists the measures
+    fails(EXIT_USAGE, ["grid", FINAL, "--input", PROBE, "--conv", "smear"] + out, "smear")
+    fails(EXIT_USAGE, ["grid", FINAL, "--input", PROBE, "--layers", "nothing*"] + out, "nothing*")
+    fails(EXIT_USAGE, ["grid", FINAL, "--input", PROBE, "--layers", "conv9"] + out, "conv9")
+    fails(EXIT_USAGE, ["grid", FINAL, "--input-shape", "8,x,8"] + out, "--input-shape")
+    fails(EXIT_USAGE, ["grid", FINAL, "--input", PROBE, "--input-shape", "2,1,8,8"] + out)
+    fails(EXIT_USAGE, ["grid", FINAL] + out, "--input")
+    fails(EXIT_USAGE, ["grid", FINAL, "--input", PROBE, "--bogus-flag"] + out, "bogus-flag")
+    fails(EXIT_USAGE, ["grid", FINAL, "--input", PROBE], "--out")
+    fails(EXIT_USAGE, ["dynamics", FINAL, "--input", PROBE] + out, "two or more")
+    fails(EXIT_USAGE, ["compare", PROBE, PROBE, "--layers", "zz*"], "zz*")
+    fails(EXIT_USAGE, ["compare", PROBE, PROBE, "--layout", "sideways"], "sideways")
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_batching_a_measure_that_needs_all_examples(run, tmp_path):
+    r = run("grid", FINAL, "--input", PROBE, "--measure", "rbf-cka", "--batch-size", "100",
+            "--out", tmp_path / "o")
+    if r.returncode == 0:  # the grid part streams it exactly: then it must equal one batch
+        return
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == EXIT_USAGE and len(lines) == 1 and "batch" in lines[0], r.stderr
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_computation_failure_is_one_line(fails, tmp_path):
+    # CCA of fc1 (32 features) needs n >= 34 examples; 10 are given.
+    fails(EXIT_RUNTIME, ["grid", FINAL, "--input-shape", "10,1,8,8", "--measure", "cca",
+                         "--layers", "fc1", "--out", tmp_path / "o"])
+
+
+def test_output_folder_that_cannot_be_written(fails, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = ["grid", FINAL, "--input", PROBE, "--layers", "fc*"]
+    fails(EXIT_OUTPUT, args + ["--out", blocker], "file")              # a file, not a folder
+    fails(EXIT_OUTPUT, args + ["--out", blocker / "sub"], "file")      # under a file
+    fails(EXIT_OUTPUT, ["tap", FINAL, "-o", blocker / "t.pt"], "t.pt")
+    assert sorted(os.listdir(tmp_path)) == ["file"] and blocker.read_text() == "x"
+    if os.geteuid() != 0:  # root writes through permissions
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        fails(EXIT_OUTPUT, args + ["--out", locked], "locked")
+        assert os.listdir(locked) == []

@@ -1,0 +1,94 @@
+// svcca-inspect's work, one function per command: each turns a request into an InspectionReport
+// (layers, a grid, or a tapped file) that the reporters render. No numerics here: capture/,
+// grid/ and report/ compute and draw (conventions, layering rule 5).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "svcca/grid/grid.h"
+
+namespace svcca::inspect {
+
+// Where a model's examples come from: a tensor file (.pt or .npy), else random normal values
+// of `shape` (dim 0 is the number of examples) from `seed`.
+struct InputSpec {
+  std::string file;
+  std::vector<int64_t> shape;
+  uint64_t seed = 0;
+};
+
+// One capturable layer of a model (`layers`).
+struct LayerRow {
+  std::string name;            // module path, e.g. "layer1.0.conv1" ("<path>:<i>": tuple item)
+  std::string type;            // module class, e.g. "Conv2d"
+  std::vector<int64_t> shape;  // output shape for the given input; empty when no input given
+  std::string dtype;           // e.g. "float32"; empty when no input given
+  int64_t calls = 0;           // times the module ran in one forward (0: no input given)
+};
+
+// What a command found; rendered by reporters.h (text, JSON, files).
+struct InspectionReport {
+  std::string command;              // "layers" | "grid" | "compare" | "dynamics" | "tap"
+  std::vector<std::string> models;  // model, checkpoint or activation files, in order
+  std::string input;                // what the examples were, e.g. "models/digits/probe.pt"
+  int64_t examples = 0;             // how many examples
+  std::vector<LayerRow> layers;     // `layers`
+  bool has_grid = false;            // `grid`, `compare`, `dynamics`
+  Grid grid;
+  std::string tapped_path;          // `tap`: the file written
+  std::string tapped_method;        // `tap`: the method that yields the captures
+  std::vector<std::string> files;   // files written (reporters.h: write_files)
+};
+
+// Called with a short status line during long work (may be empty: no progress wanted).
+using Progress = std::function<void(const std::string&)>;
+
+struct LayersRequest {
+  std::string model;
+  bool has_input = false;  // false: names and types only (no forward run)
+  InputSpec input;
+};
+
+struct GridRequest {
+  std::vector<std::string> models;  // one model (L x L) or two (A layers x B layers)
+  InputSpec input;
+  std::string measure = "cka";
+  std::string conv = "auto";
+  std::vector<std::string> layers;  // patterns (capture.h: TappedModule::select); empty: all
+  int64_t batch_size = 0;           // 0: all examples in one batch
+};
+
+struct CompareRequest {
+  std::string a, b;  // activation files (.pt or .npy): one tensor, or several named ones
+  std::string measure = "cka";
+  std::string conv = "auto";
+  std::vector<std::string> layers;  // glob patterns on the tensors' names; empty: all
+  bool neurons_first = false;       // arrays are [neurons, examples] (google/svcca's layout)
+};
+
+struct DynamicsRequest {
+  std::vector<std::string> checkpoints;  // in training order; the last one is the reference
+  InputSpec input;
+  std::string measure = "cka";
+  std::string conv = "auto";
+  std::vector<std::string> layers;
+  int64_t batch_size = 0;
+};
+
+struct TapRequest {
+  std::string model;
+  std::string output;
+};
+
+// Each throws UsageError, InputError or OutputError (errors.h) for what the user can fix, and
+// c10::Error when a computation fails (e.g. a measure needs more examples than given).
+InspectionReport inspect_layers(const LayersRequest& request);
+InspectionReport inspect_grid(const GridRequest& request, const Progress& progress = {});
+InspectionReport inspect_compare(const CompareRequest& request);
+InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress& progress = {});
+InspectionReport inspect_tap(const TapRequest& request);
+
+}  // namespace svcca::inspect

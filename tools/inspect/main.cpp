@@ -1,0 +1,231 @@
+// svcca-inspect: layer similarity of TorchScript models from the command line (parsing, reporter
+// choice and exit codes only; the work is in inspector.cpp, the rendering in reporters.cpp).
+#include <c10/util/Exception.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "inputs.h"
+#include "inspector.h"
+#include "reporters.h"
+
+namespace {
+
+using namespace svcca::inspect;
+
+constexpr const char* kMeasures = "cka|debiased-cka|rbf-cka|cca|svcca|pwcca";
+constexpr const char* kConvs = "auto|flatten|pool|fold|fourier";
+
+constexpr const char* kFooter = R"(
+Examples are dim 0 of every input and activation (a [N, 1, 8, 8] input is N images).
+Inputs: --input FILE (a .pt tensor saved by torch.save in Python or torch::save/pickle_save in
+C++, or a .npy; float inputs take the model's dtype), or --input-shape N,... for random normal
+values from --seed. --batch-size B feeds B examples at a time through the streaming
+accumulators (exact for cka, cca, svcca and pwcca).
+Measures: cka (linear CKA), debiased-cka, rbf-cka, cca (mean canonical correlation), svcca,
+pwcca. --conv says how layers of more than 2 dims become [examples, features]: auto (flatten for
+the CKA family, pool for the CCA family), flatten, pool (global average), fold (positions become
+examples), fourier (CCA family: mean over spatial frequencies).
+
+Exit codes:
+  0  success
+  1  a computation failed (e.g. a measure needs more examples than given)
+  2  usage error: bad option or argument, unknown measure, conv or layer pattern
+  3  input error: a model or input file is missing, not a TorchScript model or tensor file,
+     corrupt, or of the wrong shape or dtype for the model
+  4  output error: an output folder or file cannot be written (nothing half-written is left)
+Errors are one line on stderr. Progress goes to stderr when it is a terminal, unless --quiet.)";
+
+std::string first_line(const std::string& s) {
+  std::string line = s.substr(0, s.find('\n'));
+  while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.pop_back();
+  return line;
+}
+
+// Adds --input / --input-shape / --seed to `sub`; the shape text is parsed after CLI11 is done.
+void add_input_options(CLI::App* sub, InputSpec& input, std::string& shape_text) {
+  auto* file = sub->add_option("--input", input.file,
+                               "examples: a tensor file (.pt or .npy), dim 0 = examples");
+  auto* shape = sub->add_option("--input-shape", shape_text,
+                                "random normal examples of this shape, e.g. 64,1,8,8");
+  file->excludes(shape);
+  shape->excludes(file);
+  sub->add_option("--seed", input.seed, "seed of the random examples")->capture_default_str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"svcca-inspect: which layers of a TorchScript model (or two) compute similar "
+               "things, by CKA, CCA, SVCCA or PWCCA.",
+               "svcca-inspect"};
+  app.footer(kFooter);
+  app.require_subcommand(1);
+  bool quiet = false, no_color = false, json = false;
+  std::string format = "text";
+  app.add_flag("-q,--quiet", quiet, "no progress on stderr");
+  app.add_flag("--no-color", no_color, "no ANSI colours in the terminal heatmap (also: NO_COLOR)");
+  app.add_flag("--json", json, "print JSON on stdout instead of text (same as --format json)");
+  app.add_option("--format", format, "stdout format")->check(CLI::IsMember({"text", "json"}));
+  app.fallthrough();
+
+  // layers
+  LayersRequest layers_req;
+  std::string layers_shape;
+  auto* layers = app.add_subcommand("layers", "the layers that can be captured: module type and "
+                                              "output shape (with an input)");
+  layers->add_option("MODEL", layers_req.model, "TorchScript model (.pt)")->required();
+  add_input_options(layers, layers_req.input, layers_shape);
+
+  // grid
+  GridRequest grid_req;
+  std::string grid_shape, grid_out;
+  auto* grid = app.add_subcommand(
+      "grid", "similarity of every pair of a model's layers, or of two models' layers (e.g. two "
+              "checkpoints); writes grid.json, grid.csv, grid.svg and grid.png to --out");
+  grid->add_option("MODEL", grid_req.models, "one model, or two models (rows, columns)")
+      ->required()
+      ->expected(1, 2);
+  add_input_options(grid, grid_req.input, grid_shape);
+  grid->add_option("--measure", grid_req.measure, kMeasures)->capture_default_str();
+  grid->add_option("--conv", grid_req.conv, kConvs)->capture_default_str();
+  grid->add_option("--layers", grid_req.layers,
+                   "layer names, globs (conv*, layer1.*) or re:REGEX; repeat or comma-separate; "
+                   "default all")
+      ->delimiter(',');
+  grid->add_option("--batch-size", grid_req.batch_size, "examples per batch (default: all at once)");
+  grid->add_option("--out", grid_out, "folder for the grid files (created if missing)")->required();
+
+  // compare
+  CompareRequest compare_req;
+  std::string compare_out, layout = "examples-first";
+  auto* compare = app.add_subcommand(
+      "compare", "similarity of two saved activation sets (no model): one tensor each, or named "
+                 "tensors (then a grid of A's against B's)");
+  compare->add_option("A", compare_req.a, ".pt (torch.save of a tensor or a dict/list of them) or .npy")
+      ->required();
+  compare->add_option("B", compare_req.b, "the same kind, over the same examples")->required();
+  compare->add_option("--measure", compare_req.measure, kMeasures)->capture_default_str();
+  compare->add_option("--conv", compare_req.conv, kConvs)->capture_default_str();
+  compare->add_option("--layers", compare_req.layers, "glob patterns on the tensor names")
+      ->delimiter(',');
+  compare->add_option("--layout", layout,
+                      "examples-first: [examples, features...]; neurons-first: google/svcca's "
+                      "[neurons, datapoints]")
+      ->check(CLI::IsMember({"examples-first", "neurons-first"}))
+      ->capture_default_str();
+  compare->add_option("--out", compare_out, "also write compare.json/.csv/.svg/.png here");
+
+  // dynamics
+  DynamicsRequest dyn_req;
+  std::string dyn_shape, dyn_out;
+  auto* dynamics = app.add_subcommand(
+      "dynamics", "each layer's similarity to the same layer of the final checkpoint, over "
+                  "training; writes dynamics.json/.csv/.svg/.png to --out");
+  dynamics->add_option("CHECKPOINTS", dyn_req.checkpoints,
+                       "two or more checkpoints of one model, in training order (last: final)")
+      ->required();
+  add_input_options(dynamics, dyn_req.input, dyn_shape);
+  dynamics->add_option("--measure", dyn_req.measure, kMeasures)->capture_default_str();
+  dynamics->add_option("--conv", dyn_req.conv, kConvs)->capture_default_str();
+  dynamics->add_option("--layers", dyn_req.layers, "layer names, globs or re:REGEX; default all")
+      ->delimiter(',');
+  dynamics->add_option("--batch-size", dyn_req.batch_size, "examples per batch (default: all)");
+  dynamics->add_option("--out", dyn_out, "folder for the files (created if missing)")->required();
+
+  // tap
+  TapRequest tap_req;
+  auto* tap = app.add_subcommand(
+      "tap", "write a copy of MODEL with a method forward_tapped that also records every layer's "
+             "output (for Python: load libsvcca_ops.so first)");
+  tap->add_option("MODEL", tap_req.model, "TorchScript model (.pt)")->required();
+  tap->add_option("-o,--output", tap_req.output, "the tapped model to write")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "svcca-inspect: " << first_line(e.what()) << " (see svcca-inspect --help)\n";
+    return kExitUsage;
+  }
+
+  const bool progress_on = !quiet && ::isatty(STDERR_FILENO);
+  bool progress_shown = false;
+  const Progress progress = [&](const std::string& line) {
+    if (!progress_on) return;
+    std::cerr << "\r" << line << "\033[K" << std::flush;
+    progress_shown = true;
+  };
+  const auto end_progress = [&] {
+    if (progress_shown) std::cerr << "\r\033[K" << std::flush;
+    progress_shown = false;
+  };
+
+  try {
+    InspectionReport report;
+    std::string out_dir;
+    if (*layers) {
+      layers_req.has_input = !layers_req.input.file.empty() || !layers_shape.empty();
+      if (!layers_shape.empty()) layers_req.input.shape = parse_shape("--input-shape", layers_shape);
+      report = inspect_layers(layers_req);
+    } else if (*grid) {
+      if (!grid_shape.empty()) grid_req.input.shape = parse_shape("--input-shape", grid_shape);
+      report = inspect_grid(grid_req, progress);
+      out_dir = grid_out;
+    } else if (*compare) {
+      compare_req.neurons_first = layout == "neurons-first";
+      report = inspect_compare(compare_req);
+      out_dir = compare_out;
+    } else if (*dynamics) {
+      if (!dyn_shape.empty()) dyn_req.input.shape = parse_shape("--input-shape", dyn_shape);
+      report = inspect_dynamics(dyn_req, progress);
+      out_dir = dyn_out;
+    } else if (*tap) {
+      report = inspect_tap(tap_req);
+    }
+    end_progress();
+    if (!out_dir.empty()) write_files(report, out_dir);
+    if (json || format == "json") {
+      std::cout << render_json(report).dump(2) << "\n";
+    } else {
+      const bool color = !no_color && std::getenv("NO_COLOR") == nullptr && ::isatty(STDOUT_FILENO);
+      std::cout << render_text(report, color);
+    }
+    std::cout << std::flush;
+    if (!std::cout) {
+      std::cerr << "svcca-inspect: cannot write to stdout\n";
+      return kExitOutput;
+    }
+    return kExitOk;
+  } catch (const Error& e) {
+    end_progress();
+    std::cerr << "svcca-inspect: " << first_line(e.what()) << "\n";
+    return e.code;
+  } catch (const c10::Error& e) {
+    end_progress();
+    std::cerr << "svcca-inspect: " << first_line(e.what_without_backtrace()) << "\n";
+    return kExitRuntime;
+  } catch (const std::bad_alloc&) {
+    end_progress();
+    std::cerr << "svcca-inspect: out of memory\n";
+    return kExitRuntime;
+  } catch (const std::exception& e) {
+    end_progress();
+    std::cerr << "svcca-inspect: " << first_line(e.what()) << "\n";
+    return kExitRuntime;
+  } catch (...) {
+    end_progress();
+    std::cerr << "svcca-inspect: unknown error\n";
+    return kExitRuntime;
+  }
+}
