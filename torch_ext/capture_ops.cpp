@@ -16,8 +16,8 @@ void tap_op(const c10::IValue& value, c10::string_view name, bool copy) {
   detail::record_tap(value, std::string(name), copy);
 }
 
-void capture_begin_op(std::vector<std::string> layers, bool detach) {
-  detail::begin_recording(layers, detach);
+void capture_begin_op(std::vector<std::string> layers, bool detach, bool shapes_only) {
+  detail::begin_recording(layers, detach, shapes_only);
 }
 
 std::tuple<std::vector<std::string>, std::vector<at::Tensor>> capture_end_op() {

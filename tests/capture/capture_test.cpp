@@ -340,7 +340,7 @@ TEST(CaptureList, NamesTypesShapesCalls) {
     const size_t i = it - e.names.begin();
     EXPECT_EQ(info.type, e.types[i]);
     EXPECT_EQ(info.shape, e.values[i].sizes().vec()) << info.name;
-    EXPECT_EQ(info.dtype, "Float");
+    EXPECT_EQ(info.dtype, "float32");
     EXPECT_EQ(info.calls, std::count(e.names.begin(), e.names.end(), info.name)) << info.name;
   }
   // Listing ran in eval mode: no running-statistics update; the training flags are restored.

@@ -3,7 +3,10 @@
 
 #include <ATen/core/interned_strings.h>
 #include <c10/util/Exception.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/core/stack.h>
+#include <ATen/ops/empty.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/alias_analysis.h>
 #include <torch/csrc/jit/ir/ir.h>
@@ -313,31 +316,18 @@ struct Recording {
   bool all = true;
   std::unordered_set<std::string> layers;
   bool detach = true;
-  bool shapes_only = false;
+  bool shapes_only = false;  // records hold meta tensors: shape and dtype, no memory
   std::vector<CaptureRecord> records;
-  std::vector<LayerInfo> infos;  // shapes_only
-  std::unordered_map<std::string, size_t> info_index;
 };
 
 thread_local std::unique_ptr<Recording> active_recording;
 
 void store(Recording& r, const at::Tensor& t, const std::string& name, bool copy) {
+  if (!t.defined()) return;
   if (r.shapes_only) {
-    auto it = r.info_index.find(name);
-    if (it != r.info_index.end()) {
-      ++r.infos[it->second].calls;
-      return;
-    }
-    LayerInfo info;
-    info.name = name;
-    info.shape = t.defined() ? t.sizes().vec() : std::vector<int64_t>{};
-    info.dtype = t.defined() ? std::string(c10::toString(t.scalar_type())) : "undefined";
-    info.calls = 1;
-    r.info_index.emplace(name, r.infos.size());
-    r.infos.push_back(std::move(info));
+    r.records.push_back({name, at::empty(t.sizes(), t.options().device(at::kMeta))});
     return;
   }
-  if (!t.defined()) return;
   at::Tensor v = r.detach ? t.detach() : t;
   // clone() is differentiable: with detach=false the copy stays in the autograd graph.
   if (copy) v = v.clone();
@@ -361,13 +351,65 @@ void record_value(Recording& r, const c10::IValue& value, const std::string& nam
   // Other values (None, numbers, strings, dicts) are not activations: skipped.
 }
 
-// Ends the calling thread's recording when run() leaves, also by an exception.
+// TappedModule begins and ends its recordings through the ops svcca::_capture_begin/_end, not
+// by calling detail:: directly: the recording must be the one that the svcca::tap kernel writes
+// to, and that kernel lives in libsvcca_ops, which holds its own copy of svcca_core when a
+// program links svcca_core statically and loads the op library with dlopen.
+c10::OperatorHandle capture_op(const char* name) {
+  auto op = c10::Dispatcher::singleton().findSchema({name, ""});
+  TORCH_CHECK(op.has_value(), "TappedModule: the op ", name,
+              " must be registered, but got no such op: link svcca::ops with "
+              "LINKER:--no-as-needed (or load libsvcca_ops.so) in this program");
+  return *op;
+}
+
+void begin_through_ops(const std::vector<std::string>& layers, bool detach, bool shapes_only) {
+  torch::jit::Stack stack{c10::IValue(c10::List<std::string>(layers)), c10::IValue(detach),
+                          c10::IValue(shapes_only)};
+  capture_op("svcca::_capture_begin").callBoxed(&stack);
+}
+
+std::vector<CaptureRecord> end_through_ops() {
+  torch::jit::Stack stack;
+  capture_op("svcca::_capture_end").callBoxed(&stack);
+  TORCH_INTERNAL_ASSERT(stack.size() == 2, "_capture_end returns (names, values)");
+  const auto names = stack[0].toListRef();
+  const auto values = stack[1].toTensorList();
+  std::vector<CaptureRecord> out;
+  out.reserve(names.size());
+  for (size_t i = 0; i < names.size(); ++i) out.push_back({names[i].toStringRef(), values[i]});
+  return out;
+}
+
+// Ends the recording when run() or list_layers() leaves by an exception.
 struct RecordingGuard {
   ~RecordingGuard() {
-    if (active) active_recording.reset();
+    if (!active) return;
+    try {
+      end_through_ops();
+    } catch (...) {  // destructors must not throw; the original error propagates
+    }
   }
   bool active = true;
 };
+
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    case at::kComplexFloat: return "complex64";
+    case at::kComplexDouble: return "complex128";
+    default: return c10::toString(t);
+  }
+}
 
 }  // namespace
 
@@ -530,7 +572,7 @@ Capture TappedModule::run(const std::vector<c10::IValue>& inputs,
                           const std::vector<std::string>& layers,
                           const CaptureOptions& options) const {
   const std::vector<std::string> selected = layers.empty() ? layers : select(layers);
-  detail::begin_recording(selected, options.detach);
+  begin_through_ops(selected, options.detach, false);
   RecordingGuard guard;
   Capture capture;
   try {
@@ -539,14 +581,12 @@ Capture TappedModule::run(const std::vector<c10::IValue>& inputs,
     TORCH_CHECK(false, "TappedModule::run: inputs must be accepted by the model's forward, but got ",
                 describe_inputs(inputs), "; the model raised: ", error_text(e));
   }
-  capture.records = detail::end_recording();
   guard.active = false;
+  capture.records = end_through_ops();
   return capture;
 }
 
 std::vector<LayerInfo> TappedModule::list_layers(const std::vector<c10::IValue>& inputs) const {
-  TORCH_CHECK(!active_recording, "list_layers: no recording must be active on this thread, but ",
-              "got one (list_layers is not re-entrant)");
   // Eval mode for the one forward, so that listing does not update BatchNorm running statistics;
   // every module's own flag is restored afterwards.
   std::vector<std::pair<jit::Module, bool>> modes;
@@ -564,8 +604,7 @@ std::vector<LayerInfo> TappedModule::list_layers(const std::vector<c10::IValue>&
   }
 
   at::NoGradGuard no_grad;
-  active_recording = std::make_unique<Recording>();
-  active_recording->shapes_only = true;
+  begin_through_ops({}, true, /*shapes_only=*/true);
   RecordingGuard guard;
   try {
     module_.get_method(method_name_)(inputs);
@@ -573,8 +612,19 @@ std::vector<LayerInfo> TappedModule::list_layers(const std::vector<c10::IValue>&
     TORCH_CHECK(false, "list_layers: inputs must be accepted by the model's forward, but got ",
                 describe_inputs(inputs), "; the model raised: ", error_text(e));
   }
-  std::vector<LayerInfo> infos = std::move(active_recording->infos);
-  for (auto& info : infos) info.type = layer_type(info.name);
+  guard.active = false;
+  std::vector<LayerInfo> infos;
+  std::unordered_map<std::string, size_t> index;
+  for (const auto& r : end_through_ops()) {
+    auto it = index.find(r.name);
+    if (it != index.end()) {
+      ++infos[it->second].calls;
+      continue;
+    }
+    index.emplace(r.name, infos.size());
+    infos.push_back({r.name, layer_type(r.name), r.value.sizes().vec(),
+                     dtype_name(r.value.scalar_type()), 1});
+  }
   return infos;
 }
 
@@ -604,7 +654,7 @@ void record_tap(const c10::IValue& value, const std::string& name, bool copy) {
   record_value(*r, value, name, copy);
 }
 
-void begin_recording(const std::vector<std::string>& layers, bool detach) {
+void begin_recording(const std::vector<std::string>& layers, bool detach, bool shapes_only) {
   TORCH_CHECK(!active_recording,
               "begin_recording: no recording must be active on this thread, but got one "
               "(a capture is not re-entrant; end the previous one first)");
@@ -612,6 +662,7 @@ void begin_recording(const std::vector<std::string>& layers, bool detach) {
   r->all = layers.empty();
   r->layers.insert(layers.begin(), layers.end());
   r->detach = detach;
+  r->shapes_only = shapes_only;
   active_recording = std::move(r);
 }
 

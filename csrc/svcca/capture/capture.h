@@ -43,7 +43,7 @@ struct LayerInfo {
   std::string name;            // module path (or "<path>:<i>" for tuple elements)
   std::string type;            // the module's class name, e.g. "Conv2d", "BasicBlock"
   std::vector<int64_t> shape;  // output shape of the first call
-  std::string dtype;           // e.g. "float32"
+  std::string dtype;           // "float32", "float64", "int64", ... (torch's names)
   int64_t calls = 0;           // how many times the module ran in this forward
 };
 
@@ -113,9 +113,12 @@ namespace detail {
 // nothing writes to the value afterwards (and it aliases no input, output or module attribute);
 // tuple and list elements are always cloned.
 void record_tap(const c10::IValue& value, const std::string& name, bool copy = true);
-// Begin/end a recording on this thread; used by TappedModule::run and the Python ops
-// svcca::_capture_begin / svcca::_capture_end.
-void begin_recording(const std::vector<std::string>& layers, bool detach);
+// Begin/end a recording on this thread: the bodies of the ops svcca::_capture_begin and
+// svcca::_capture_end, through which TappedModule::run and Python record. `layers`: module paths
+// to record (empty: all). `shapes_only`: records hold meta tensors (shape and dtype, no data).
+// Throws when a recording is already active (begin) or none is (end).
+void begin_recording(const std::vector<std::string>& layers, bool detach,
+                     bool shapes_only = false);
 std::vector<CaptureRecord> end_recording();
 }  // namespace detail
 
