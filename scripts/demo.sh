@@ -1,9 +1,28 @@
 #!/usr/bin/env bash
-# Quick start, command 1: install Debian packages, build, and compare the bundled activation sets
-# (data/net_a.pt, data/net_b.pt); the numbers are also written to out/demo/similarity.json.
+# Quick start, command 1: install Debian packages, build (tests and benchmarks off), and run
+# svcca-inspect on the bundled digits CNN (models/digits) and activation sets (data/). The JSON,
+# CSV and heatmaps (SVG, PNG) go to out/demo/ (or the folder given as the first argument).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 svcca_install_deps
 svcca_build "$SVCCA_ROOT/build" -DSVCCA_BUILD_TESTS=OFF -DSVCCA_BUILD_BENCHMARKS=OFF
-mkdir -p "$SVCCA_ROOT/out/demo"
-"$SVCCA_ROOT/build/examples/svcca-compare" --json "$SVCCA_ROOT/out/demo/similarity.json"
-echo "svcca: wrote $SVCCA_ROOT/out/demo/similarity.json"
+
+inspect="$SVCCA_ROOT/build/tools/svcca-inspect"
+digits="$SVCCA_ROOT/models/digits"
+probe="$digits/probe.pt"
+out=${1:-"$SVCCA_ROOT/out/demo"}
+step() { printf '\n\033[1m$ svcca-inspect %s\033[0m\n' "$*"; "$inspect" "$@"; }
+
+# The layers of the trained CNN, their module types and output shapes for one 8x8 image.
+step layers "$digits/cnn_epoch8.pt" --input-shape 1,1,8,8
+# Linear CKA between every pair of its layers, over the 359 probe images.
+step grid "$digits/cnn_epoch8.pt" --input "$probe" --measure cka --out "$out/grid"
+# The same layers after 4 and after 8 epochs of training: SVCCA, fed 64 images at a time.
+step grid "$digits/cnn_epoch4.pt" "$digits/cnn_epoch8.pt" --input "$probe" --measure svcca \
+  --batch-size 64 --out "$out/epoch4_vs_epoch8"
+# How far each layer is from its final form over training (layers x checkpoints).
+step dynamics "$digits"/cnn_epoch{0,1,2,4,8}.pt --input "$probe" --measure cka --out "$out/dynamics"
+# Two saved activation sets, no model: two MLPs trained from different seeds (data/README.md).
+step compare "$SVCCA_ROOT/data/net_a.pt" "$SVCCA_ROOT/data/net_b.pt" --measure svcca \
+  --out "$out/compare"
+echo
+echo "svcca: wrote JSON, CSV, SVG and PNG heatmaps to $out/{grid,epoch4_vs_epoch8,dynamics,compare}"
