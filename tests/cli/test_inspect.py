@@ -258,6 +258,46 @@ def test_grid_reads_npy_inputs(ok_json, tmp_path):
                                    np.array(from_pt["values"], dtype=float), rtol=1e-6, atol=1e-7)
 
 
+def test_npy_input_in_batches(ok_json, tmp_path):
+    np.save(tmp_path / "probe.npy", torch.load(PROBE).numpy())  # memory-mapped, sliced per batch
+    args = ["grid", FINAL, EPOCHS[2], "--input", tmp_path / "probe.npy", "--measure", "pwcca",
+            "--layers", "fc*"]
+    whole = ok_json(*args, "--out", tmp_path / "a")["grid"]
+    batched = ok_json(*args, "--batch-size", "37", "--out", tmp_path / "b")["grid"]
+    np.testing.assert_allclose(np.array(batched["values"], dtype=float),
+                               np.array(whole["values"], dtype=float), rtol=1e-7, atol=1e-9)
+
+
+def _run_with_terminal_stderr(exe, args):
+    """(exit code, stdout, what a terminal on stderr saw)."""
+    import pty
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([exe] + [str(a) for a in args], stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    out = proc.stdout.read()
+    proc.wait(timeout=300)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the pty is closed once the child has exited
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    return proc.returncode, out, seen.decode(errors="replace")
+
+
+def test_progress_only_on_a_terminal_and_not_with_quiet(exe, tmp_path):
+    args = ["grid", FINAL, "--input", PROBE, "--batch-size", "100", "--layers", "fc*", "--json"]
+    code, out, seen = _run_with_terminal_stderr(exe, args + ["--out", tmp_path / "a"])
+    assert code == 0 and json.loads(out)["grid"]["rows"] == ["fc1", "fc2"]
+    assert "examples 101-200 of 359" in seen
+    code, out, seen = _run_with_terminal_stderr(exe, args + ["--out", tmp_path / "b", "--quiet"])
+    assert code == 0 and seen == ""
+
+
 # ---- compare ---------------------------------------------------------------------------------
 def test_compare_activation_dicts(ok_json, tmp_path):
     report = ok_json("compare", os.path.join(DATA, "net_a.pt"), os.path.join(DATA, "net_b.pt"),

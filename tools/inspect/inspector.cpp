@@ -224,13 +224,15 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
   std::unique_ptr<GridAccumulator> acc;
   for (int64_t start = 0; start < n; start += b) {
     const int64_t count = std::min(b, n - start);
-    if (progress && b < n) progress("grid: " + batch_text(start, count, n));
+    if (progress) progress("grid: running the model" + std::string(models.size() > 1 ? "s" : "") +
+                           " on " + batch_text(start, count, n));
     const at::Tensor x = input.batch(start, count);
     std::vector<NamedActivations> acts;
     for (size_t m = 0; m < models.size(); ++m) {
       acts.push_back(capture(models[m], request.models[m], layers[m], x, input));
     }
     if (b >= n) {
+      if (progress) progress("grid: computing " + to_string(options.measure));
       grid = acts.size() == 1 ? similarity_grid(acts[0], options)
                               : similarity_grid(acts[0], acts[1], options);
       break;
@@ -242,7 +244,10 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
     }
     acts.size() == 1 ? acc->update(acts[0]) : acc->update(acts[0], acts[1]);
   }
-  if (acc) grid = acc->result();
+  if (acc) {
+    if (progress) progress("grid: computing " + to_string(options.measure));
+    grid = acc->result();
+  }
 
   if (models.size() == 2) {
     const bool same = stem(request.models[0]) == stem(request.models[1]);
