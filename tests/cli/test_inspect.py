@@ -351,6 +351,24 @@ def test_compare_reads_python_and_cpp_style_archives(ok_json, tmp_path):
     np.testing.assert_allclose([v[0, j["fc1"]], v[1, j["fc2"]]], 1.0, atol=1e-9)
 
 
+def test_compare_reads_files_written_by_cpp(ok_json, tmp_path):
+    """torch::save(tensor), torch::save(vector) and torch::pickle_save, from a C++ program."""
+    writer = os.environ.get("SVCCA_WRITE_TENSORS")
+    if not writer or not os.access(writer, os.X_OK):
+        pytest.fail("SVCCA_WRITE_TENSORS must name the built svcca_cli_write_tensors, got %r"
+                    % writer)
+    subprocess.run([writer, str(tmp_path)], check=True, timeout=120)
+    one = ok_json("compare", tmp_path / "cpp_save.pt", tmp_path / "cpp_pickle.pt", "--measure",
+                  "cca")["grid"]
+    assert one["rows"] == ["cpp_save"] and one["cols"] == ["cpp_pickle"]
+    np.testing.assert_allclose(one["values"][0][0], 1.0, atol=1e-6)  # y = x A
+    pair = ok_json("compare", tmp_path / "cpp_save_vector.pt", tmp_path / "cpp_save.pt",
+                   "--measure", "cka")["grid"]
+    assert pair["rows"] == ["0", "1"]
+    np.testing.assert_allclose(pair["values"][0][0], 1.0, atol=1e-9)  # the same tensor
+    assert pair["values"][1][0] < 1 - 1e-6
+
+
 # ---- dynamics --------------------------------------------------------------------------------
 def test_dynamics_over_checkpoints(ok, tmp_path):
     r = ok("dynamics", *EPOCHS, "--input", PROBE, "--measure", "cka", "--out", tmp_path / "o",
