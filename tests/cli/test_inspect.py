@@ -553,6 +553,9 @@ def test_output_folder_that_cannot_be_written(fails, tmp_path):
     fails(EXIT_OUTPUT, args + ["--out", blocker / "sub"], "file")      # under a file
     fails(EXIT_OUTPUT, ["tap", FINAL, "-o", blocker / "t.pt"], "t.pt")
     assert sorted(os.listdir(tmp_path)) == ["file"] and blocker.read_text() == "x"
+    # Folders nobody can create or write, root included.
+    fails(EXIT_OUTPUT, args + ["--out", "/proc/svcca-inspect-out"], "/proc/svcca-inspect-out")
+    fails(EXIT_OUTPUT, args + ["--out", "/proc/self"], "/proc/self")
     if os.geteuid() != 0:  # root writes through permissions
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)
