@@ -171,7 +171,26 @@ class InPlace(nn.Module):
         return self.fc2(z) + z
 
 
-# (name, constructor, input shape, traced too, extra cases: suffix -> input transform)
+class LoopWrite(nn.Module):
+    """In-place ops write what modules returned: in a loop, early in the body, the output of the
+    previous iteration (program order alone would call that capture safe), and on the first
+    iteration the output of a module called before the loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(4, 4)
+        self.act = nn.Tanh()
+        self.steps: int = 3
+
+    def forward(self, x):
+        h = self.pre(x)
+        for _ in range(self.steps):
+            h.add_(1.0)
+            h = self.act(h)
+        return h * 2.0
+
+
+# (name, constructor, input shape, traced too)
 MODELS = [
     ("seq", lambda: nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(),
                                   nn.Linear(3 * 4 * 4, 5)), (2, 1, 6, 6), True),
@@ -181,6 +200,7 @@ MODELS = [
     ("tuple", TupleNet, (3, 4), True),
     ("flow", Flow, (3, 4), False),
     ("inplace", InPlace, (3, 4), True),
+    ("loopwrite", LoopWrite, (3, 4), True),
 ]
 
 

@@ -35,8 +35,7 @@ std::tuple<std::vector<std::string>, std::vector<at::Tensor>> capture_end_op() {
 
 std::vector<std::string> tap_model_op(c10::string_view path, c10::string_view output_path,
                                       c10::string_view method_name) {
-  TappedModule tapped =
-      TappedModule::load(std::string(path), c10::kCPU, std::string(method_name));
+  TappedModule tapped = TappedModule::load(std::string(path), c10::kCPU, std::string(method_name));
   tapped.save(std::string(output_path));
   return tapped.layer_names();
 }

@@ -121,9 +121,11 @@ INSTANTIATE_TEST_SUITE_P(Capture, HookFixtures,
                                            "nested_traced", "resnet_scripted", "resnet_traced",
                                            "twice_scripted", "twice_traced", "tuple_scripted",
                                            "tuple_traced", "flow_scripted", "inplace_scripted",
-                                           "inplace_traced"));
+                                           "inplace_traced", "loopwrite_scripted",
+                                           "loopwrite_traced"));
 
-// ---- Names, types, control flow ------------------------------------------------------------------
+// ---- Names, types, control flow
+// ------------------------------------------------------------------
 
 TEST(CaptureNames, SequentialAndNested) {
   EXPECT_EQ(TappedModule::load(fixture("seq_scripted.pt")).layer_names(),
@@ -140,8 +142,8 @@ TEST(CaptureNames, SequentialAndNested) {
 TEST(CaptureNames, SharedBlockClassGetsPerInstanceNames) {
   TappedModule r = TappedModule::load(fixture("resnet_traced.pt"));
   const auto& names = r.layer_names();
-  for (const char* n : {"layer1.0.conv1", "layer1.1.conv1", "layer2.0.downsample.0",
-                        "layer2.1.bn2", "layer2.1", "fc"}) {
+  for (const char* n : {"layer1.0.conv1", "layer1.1.conv1", "layer2.0.downsample.0", "layer2.1.bn2",
+                        "layer2.1", "fc"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   }
   EXPECT_EQ(r.layer_type("layer2.0"), "BasicBlock");
@@ -222,7 +224,8 @@ TEST(CaptureInPlace, OptimizerStepsDoNotChangeCaptures) {
     for (const auto& p : seq.module().parameters()) p.add_(1.0);
   }
   for (size_t i = 0; i < before.size(); ++i) {
-    EXPECT_TRUE(AllClose(cap.records[i].value, before[i], tol::kClosedForm64)) << cap.records[i].name;
+    EXPECT_TRUE(AllClose(cap.records[i].value, before[i], tol::kClosedForm64))
+        << cap.records[i].name;
   }
 }
 
@@ -377,9 +380,7 @@ TEST(CaptureThreads, EachThreadHasItsOwnRecording) {
   std::vector<Capture> caps(2);
   std::vector<std::thread> threads;
   for (int i = 0; i < 2; ++i) {
-    threads.emplace_back([&, i] {
-      caps[i] = t.run({x * (i + 1.0)}, {i == 0 ? "0" : "3"});
-    });
+    threads.emplace_back([&, i] { caps[i] = t.run({x * (i + 1.0)}, {i == 0 ? "0" : "3"}); });
   }
   for (auto& th : threads) th.join();
   ASSERT_EQ(caps[0].records.size(), 1u);

@@ -1,12 +1,12 @@
 // TappedModule: inlines forward, taps every submodule call with svcca::tap, and records taps.
 #include "svcca/capture/capture.h"
 
-#include <ATen/core/interned_strings.h>
-#include <c10/util/Exception.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/core/interned_strings.h>
 #include <ATen/core/stack.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/alias_analysis.h>
 #include <torch/csrc/jit/ir/ir.h>
@@ -40,7 +40,9 @@ c10::Symbol tap_symbol() {
   return s;
 }
 
-bool tap_op_registered() { return !jit::getAllOperatorsFor(tap_symbol()).empty(); }
+bool tap_op_registered() {
+  return !jit::getAllOperatorsFor(tap_symbol()).empty();
+}
 
 // "Conv2d" from "__torch__.torch.nn.modules.conv.___torch_mangle_3.Conv2d".
 std::string class_name(const c10::ClassTypePtr& type) {
@@ -55,7 +57,8 @@ std::string join_path(const std::string& parent, const std::string& child) {
 // The message of an error raised while running a model: c10::Error without its C++ backtrace;
 // the interpreter's own errors (JITException, std::runtime_error) as they are.
 std::string error_text(const std::exception& e) {
-  if (auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
+  if (auto* c10_error = dynamic_cast<const c10::Error*>(&e))
+    return c10_error->what_without_backtrace();
   return e.what();
 }
 
@@ -91,10 +94,11 @@ bool is_forward(const std::string& method) {
 
 // Inlines every method call on self and on its submodules, recursively (If/Loop blocks too), and
 // after each call of a submodule's `forward` inserts svcca::tap(output, path, copy=True).
-// Only `forward` calls (and traced modules' forward1, forward2, ...) are layer outputs (that is what
-// a Python forward hook sees: hooks fire on module(x), which is forward); calls of other methods (self.helper(x), self.block.extra(x)) are
-// inlined without a tap of their own, so the forward calls inside them are tapped.
-// Calls through interface types (no static class) cannot be inlined and are left untapped.
+// Only `forward` calls (and traced modules' forward1, forward2, ...) are layer outputs (that is
+// what a Python forward hook sees: hooks fire on module(x), which is forward); calls of other
+// methods (self.helper(x), self.block.extra(x)) are inlined without a tap of their own, so the
+// forward calls inside them are tapped. Calls through interface types (no static class) cannot be
+// inlined and are left untapped.
 class Tapper {
  public:
   Tapper(jit::Graph& graph, std::map<std::string, std::string>& types)
@@ -183,11 +187,28 @@ void collect_tensor_attrs(jit::Block* block, std::vector<jit::Value*>& out) {
   }
 }
 
-// Clears the copy flag of taps whose value provably never changes after the tap: a tensor that
-// no node of the graph writes to (in place or through a view) and that aliases neither an input,
-// an output (the caller may write to those) nor a module attribute (the optimizer writes to
-// parameters). The alias analysis runs on a copy of the graph without the taps, because a tap
-// (CONSERVATIVE) counts as a writer of its input. Everything else keeps copy=True.
+void collect_all_nodes(jit::Block* block, std::vector<jit::Node*>& out) {
+  for (jit::Node* n : block->nodes()) {
+    out.push_back(n);
+    for (jit::Block* b : n->blocks()) collect_all_nodes(b, out);
+  }
+}
+
+std::unordered_set<const jit::Node*> enclosing_loops(const jit::Node* n) {
+  std::unordered_set<const jit::Node*> loops;
+  for (const jit::Node* p = n->owningBlock()->owningNode(); p; p = p->owningBlock()->owningNode()) {
+    if (p->kind() == c10::prim::Loop) loops.insert(p);
+  }
+  return loops;
+}
+
+// Clears the copy flag of taps whose value provably never changes after the tap: a tensor that no
+// node after the tap writes to (in place or through a view), and that aliases neither
+// an input, an output (the caller may write to those) nor a module attribute (the optimizer and
+// BatchNorm write to those). The alias analysis runs on a copy of the graph in which each tap is
+// replaced by an inert marker, because a tap (CONSERVATIVE) counts as a writer of its input.
+// Everything else keeps copy=True. In resnet18 this leaves copies only where an in-place op
+// follows (a BatchNorm output before ReLU(inplace=True) or `out += identity`) and for the output.
 void elide_safe_copies(jit::Graph& graph) {
   std::shared_ptr<jit::Graph> plain = graph.copy();
   std::vector<jit::Node*> taps, plain_taps;
@@ -195,20 +216,37 @@ void elide_safe_copies(jit::Graph& graph) {
   collect_nodes(plain->block(), tap_symbol(), plain_taps);
   TORCH_INTERNAL_ASSERT(taps.size() == plain_taps.size(), "Graph::copy keeps every node");
   std::vector<jit::Value*> plain_values;
-  plain_values.reserve(plain_taps.size());
+  std::vector<jit::Node*> markers;
   for (jit::Node* t : plain_taps) {
     plain_values.push_back(t->input(0));
+    jit::WithInsertPoint guard(t);
+    markers.push_back(plain->insertConstant(int64_t{0})->node());
     t->destroy();
   }
   std::vector<jit::Value*> attrs;
   collect_tensor_attrs(plain->block(), attrs);
+  std::vector<jit::Node*> nodes;
+  collect_all_nodes(plain->block(), nodes);
   jit::AliasDb db(plain);
   for (size_t i = 0; i < taps.size(); ++i) {
     jit::Value* v = plain_values[i];
     if (!v->type()->cast<c10::TensorType>()) continue;
-    if (db.hasWriters(v)) continue;
     if (db.mayContainAlias(v, plain->inputs()) || db.mayContainAlias(v, plain->outputs())) continue;
     if (!attrs.empty() && db.mayContainAlias(v, attrs)) continue;
+    // AliasDb does not relate a loop body's outputs to its inputs in the next iteration, so it
+    // misses a write early in the body to what the previous iteration tapped: taps inside a loop
+    // always copy.
+    if (!enclosing_loops(markers[i]).empty()) continue;
+    const jit::ValueSet vs{v};
+    bool written_later = false;
+    for (jit::Node* n : nodes) {
+      if (!n->blocks().empty()) continue;  // their inner nodes are visited themselves
+      if (n->isAfter(markers[i]) && db.writesToAlias(n, vs)) {
+        written_later = true;
+        break;
+      }
+    }
+    if (written_later) continue;
     jit::WithInsertPoint guard(taps[i]);
     taps[i]->replaceInput(2, graph.insertConstant(false));
   }
@@ -295,7 +333,8 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 std::string quoted_list(const std::vector<std::string>& names, size_t limit) {
   std::ostringstream os;
-  for (size_t i = 0; i < names.size() && i < limit; ++i) os << (i ? ", " : "") << "'" << names[i] << "'";
+  for (size_t i = 0; i < names.size() && i < limit; ++i)
+    os << (i ? ", " : "") << "'" << names[i] << "'";
   if (names.size() > limit) os << ", ... (" << names.size() << " in all)";
   return os.str();
 }
@@ -395,19 +434,32 @@ struct RecordingGuard {
 
 std::string dtype_name(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kLong: return "int64";
-    case at::kInt: return "int32";
-    case at::kShort: return "int16";
-    case at::kChar: return "int8";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    case at::kComplexFloat: return "complex64";
-    case at::kComplexDouble: return "complex128";
-    default: return c10::toString(t);
+    case at::kFloat:
+      return "float32";
+    case at::kDouble:
+      return "float64";
+    case at::kHalf:
+      return "float16";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kLong:
+      return "int64";
+    case at::kInt:
+      return "int32";
+    case at::kShort:
+      return "int16";
+    case at::kChar:
+      return "int8";
+    case at::kByte:
+      return "uint8";
+    case at::kBool:
+      return "bool";
+    case at::kComplexFloat:
+      return "complex64";
+    case at::kComplexDouble:
+      return "complex128";
+    default:
+      return c10::toString(t);
   }
 }
 
@@ -467,8 +519,10 @@ TappedModule::TappedModule(torch::jit::Module module, std::string method_name)
                       class_name(type),
                       ") without submodules: a frozen module (torch.jit.freeze) has its module "
                       "boundaries gone; tap the model before freezing it");
-    TORCH_CHECK_VALUE(false, "TappedModule: module's forward must call its submodules, but got "
-                             "none of its ", children,
+    TORCH_CHECK_VALUE(false,
+                      "TappedModule: module's forward must call its submodules, but got "
+                      "none of its ",
+                      children,
                       " submodules called from forward (frozen, or called through interfaces): "
                       "module boundaries are gone; tap the model before freezing it");
   }
@@ -489,7 +543,8 @@ TappedModule::TappedModule(torch::jit::Module module, std::string method_name)
   }
   std::vector<std::string> type_list;
   for (const auto& n : names_) type_list.push_back(types_.at(n));
-  module_.register_attribute(kLayersAttr, c10::ListType::ofStrings(), c10::List<std::string>(names_));
+  module_.register_attribute(kLayersAttr, c10::ListType::ofStrings(),
+                             c10::List<std::string>(names_));
   module_.register_attribute(kTypesAttr, c10::ListType::ofStrings(),
                              c10::List<std::string>(type_list));
 }
@@ -507,8 +562,9 @@ TappedModule TappedModule::load(const std::string& path, const c10::Device& devi
   } catch (const c10::Error& e) {
     std::string reason = e.what_without_backtrace();
     if (reason.size() > 300) reason = reason.substr(0, 300) + "...";
-    TORCH_CHECK_VALUE(false, "TappedModule::load: path must be a TorchScript archive "
-                             "(torch.jit.save of a scripted or traced module), but got '",
+    TORCH_CHECK_VALUE(false,
+                      "TappedModule::load: path must be a TorchScript archive "
+                      "(torch.jit.save of a scripted or traced module), but got '",
                       path,
                       "', which torch::jit::load rejects (a state_dict or model saved with "
                       "torch.save is not TorchScript): ",
@@ -555,9 +611,9 @@ std::vector<std::string> TappedModule::select(const std::vector<std::string>& pa
                         "', which matches none of ", quoted_list(names_, 8));
     } else {
       auto it = std::find(names_.begin(), names_.end(), pattern);
-      TORCH_CHECK_VALUE(it != names_.end(), "select: layer name must exist in the module, but got '",
-                        pattern, "'; closest existing names: ",
-                        quoted_list(closest(pattern, names_, 3), 3));
+      TORCH_CHECK_VALUE(it != names_.end(),
+                        "select: layer name must exist in the module, but got '", pattern,
+                        "'; closest existing names: ", quoted_list(closest(pattern, names_, 3), 3));
       chosen[it - names_.begin()] = true;
     }
   }
@@ -578,7 +634,8 @@ Capture TappedModule::run(const std::vector<c10::IValue>& inputs,
   try {
     capture.output = module_.get_method(method_name_)(inputs);
   } catch (const std::exception& e) {
-    TORCH_CHECK(false, "TappedModule::run: inputs must be accepted by the model's forward, but got ",
+    TORCH_CHECK(false,
+                "TappedModule::run: inputs must be accepted by the model's forward, but got ",
                 describe_inputs(inputs), "; the model raised: ", error_text(e));
   }
   guard.active = false;
@@ -600,7 +657,8 @@ std::vector<LayerInfo> TappedModule::list_layers(const std::vector<c10::IValue>&
     }
   } restore{modes};
   for (auto& mode : modes) {
-    if (mode.first.type()->hasAttribute("training")) mode.first._ivalue()->setAttr("training", false);
+    if (mode.first.type()->hasAttribute("training"))
+      mode.first._ivalue()->setAttr("training", false);
   }
 
   at::NoGradGuard no_grad;
@@ -622,8 +680,8 @@ std::vector<LayerInfo> TappedModule::list_layers(const std::vector<c10::IValue>&
       continue;
     }
     index.emplace(r.name, infos.size());
-    infos.push_back({r.name, layer_type(r.name), r.value.sizes().vec(),
-                     dtype_name(r.value.scalar_type()), 1});
+    infos.push_back(
+        {r.name, layer_type(r.name), r.value.sizes().vec(), dtype_name(r.value.scalar_type()), 1});
   }
   return infos;
 }

@@ -117,8 +117,7 @@ void record_tap(const c10::IValue& value, const std::string& name, bool copy = t
 // svcca::_capture_end, through which TappedModule::run and Python record. `layers`: module paths
 // to record (empty: all). `shapes_only`: records hold meta tensors (shape and dtype, no data).
 // Throws when a recording is already active (begin) or none is (end).
-void begin_recording(const std::vector<std::string>& layers, bool detach,
-                     bool shapes_only = false);
+void begin_recording(const std::vector<std::string>& layers, bool detach, bool shapes_only = false);
 std::vector<CaptureRecord> end_recording();
 }  // namespace detail
 

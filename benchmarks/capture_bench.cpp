@@ -1,0 +1,165 @@
+// Google Benchmark of capture overhead: a scripted torchvision resnet18 (random weights, eval mode,
+// no grad) at batch 64 x 3 x 224 x 224, forward against the tapped method:
+//   capture/forward          module.forward (no taps),
+//   capture/tapped_all       TappedModule::run recording every layer (69 records, detached),
+//   capture/tapped_one       TappedModule::run recording only "layer4" (every other tap is a
+//                            hash lookup),
+//   capture/tapped_no_record forward_tapped without a recording (taps are no-ops).
+// The summary prints each variant's time over forward's (goal for tapped_all: within 1.15x),
+// from Google Benchmark's means and from an interleaved pass (forward and tapped_all alternating,
+// ratio of medians), which is steadier on a shared machine.
+// The model is written into the build directory on the first run by benchmarks/make_resnet18.py
+// (Debian's python3-torchvision). Env SVCCA_CAPTURE_BENCH_BATCH overrides the batch (64).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+#include <torch/csrc/jit/serialization/import.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "svcca/capture/capture.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t batch() {
+  const char* env = std::getenv("SVCCA_CAPTURE_BENCH_BATCH");
+  return env ? std::atoll(env) : 64;
+}
+
+struct Setup {
+  svcca::TappedModule tapped;
+  at::Tensor x;
+};
+
+// The scripted resnet18, made by benchmarks/make_resnet18.py on first use.
+std::string model_path() {
+  const std::string path = SVCCA_CAPTURE_BENCH_MODEL;
+  if (!std::ifstream(path).good()) {
+    const std::string cmd = std::string(SVCCA_MAKE_RESNET18) + " '" + path + "'";
+    std::printf("making %s: %s\n", path.c_str(), cmd.c_str());
+    if (std::system(cmd.c_str()) != 0) {
+      std::fprintf(stderr, "capture_bench: making the model failed (needs python3-torchvision)\n");
+      std::exit(2);
+    }
+  }
+  return path;
+}
+
+Setup& setup() {
+  static Setup s = [] {
+    torch::jit::Module m = torch::jit::load(model_path());
+    m.eval();
+    at::manual_seed(0);
+    Setup out{svcca::TappedModule(m), at::randn({batch(), 3, 224, 224})};
+    // The profiling executor specializes each method over its first runs: warm both up.
+    at::NoGradGuard g;
+    for (int i = 0; i < 2; ++i) {
+      out.tapped.module().forward({out.x});
+      out.tapped.run({out.x});
+    }
+    return out;
+  }();
+  return s;
+}
+
+std::map<std::string, double>& seconds() {
+  static std::map<std::string, double> m;
+  return m;
+}
+
+enum class Variant { kForward, kTappedAll, kTappedOne, kTappedNoRecord };
+
+double run_once(Variant v) {
+  Setup& s = setup();
+  at::NoGradGuard g;
+  const auto t0 = Clock::now();
+  switch (v) {
+    case Variant::kForward:
+      benchmark::DoNotOptimize(s.tapped.module().forward({s.x}));
+      break;
+    case Variant::kTappedAll: {
+      svcca::Capture c = s.tapped.run({s.x});
+      benchmark::DoNotOptimize(c.records.data());
+      break;
+    }
+    case Variant::kTappedOne: {
+      svcca::Capture c = s.tapped.run({s.x}, {"layer4"});
+      benchmark::DoNotOptimize(c.records.data());
+      break;
+    }
+    case Variant::kTappedNoRecord:
+      benchmark::DoNotOptimize(s.tapped.module().get_method("forward_tapped")({s.x}));
+      break;
+  }
+  // Captures are freed inside the timed region: holding and releasing them is part of the cost.
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void BM_capture(benchmark::State& state, Variant v, const char* name) {
+  setup();
+  double total = 0;
+  for (auto _ : state) {
+    const double t = run_once(v);
+    state.SetIterationTime(t);
+    total += t;
+  }
+  seconds()[name] = total / static_cast<double>(state.iterations());
+  state.counters["batch"] = static_cast<double>(batch());
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+BENCHMARK_CAPTURE(BM_capture, forward, Variant::kForward, "forward")
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(5);
+BENCHMARK_CAPTURE(BM_capture, tapped_all, Variant::kTappedAll, "tapped_all")
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(5);
+BENCHMARK_CAPTURE(BM_capture, tapped_one, Variant::kTappedOne, "tapped_one")
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(5);
+BENCHMARK_CAPTURE(BM_capture, tapped_no_record, Variant::kTappedNoRecord, "tapped_no_record")
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(5);
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+
+  auto& s = seconds();
+  std::printf("\nresnet18, batch %lld, %d threads: capture overhead (time / forward's time)\n",
+              static_cast<long long>(batch()), at::get_num_threads());
+  if (s.count("forward")) {
+    for (const char* k : {"tapped_all", "tapped_one", "tapped_no_record"}) {
+      if (s.count(k)) std::printf("  %-18s %.3fx  (means)\n", k, s[k] / s["forward"]);
+    }
+  }
+  std::vector<double> fwd, all;
+  for (int i = 0; i < 5; ++i) {
+    fwd.push_back(run_once(Variant::kForward));
+    all.push_back(run_once(Variant::kTappedAll));
+  }
+  std::printf("  %-18s %.3fx  (interleaved, medians %.0f ms vs %.0f ms; goal <= 1.15x)\n",
+              "tapped_all", median(all) / median(fwd), 1e3 * median(all), 1e3 * median(fwd));
+  return 0;
+}
