@@ -167,3 +167,23 @@ def test_errors(tmp_path):
     plain = torch.jit.load(os.path.join(FIXTURES, "seq_scripted.pt"))
     with pytest.raises(ValueError, match="tapped method 'forward_tapped'"):
         svcca.capture(plain, torch.randn(2, 1, 6, 6))
+
+
+def test_list_layers_shapes_without_side_effects(tapped):
+    ts, names = tapped("resnet_scripted")
+    ts.train()
+    mean = ts.bn1.running_mean.clone()
+    x = mf.example_input("resnet", MODELS["resnet"][1])
+    layers = svcca.list_layers(ts, x)
+    _, records = mf.hook_captures(mf.build("resnet", MODELS["resnet"][0]), (x,))
+    first = {}
+    for name, typ, value in records:
+        first.setdefault(name, (typ, list(value.shape), 0))
+        typ0, shape0, calls = first[name]
+        first[name] = (typ0, shape0, calls + 1)
+    assert [l["name"] for l in layers] == list(first)
+    for l in layers:
+        assert (l["type"], l["shape"], l["calls"]) == first[l["name"]]
+        assert l["dtype"] == "float32"
+    torch.testing.assert_close(ts.bn1.running_mean, mean, rtol=0, atol=0)
+    assert ts.training and ts.layer1.training

@@ -42,6 +42,7 @@ __all__ = [
     "capture",
     "tap_model",
     "layer_names",
+    "list_layers",
 ]
 
 _LIB_NAME = "libsvcca_ops.so"
@@ -64,7 +65,7 @@ library_path = _find_library()
 torch.ops.load_library(library_path)
 _ops = torch.ops.svcca
 from svcca.distributed import all_reduce_state  # noqa: E402,F401  (torch.distributed helper)
-from svcca.capture import capture, layer_names, tap_model  # noqa: E402,F401  (TorchScript taps)
+from svcca.capture import capture, layer_names, list_layers, tap_model  # noqa: E402,F401
 
 
 def cca(x, y, epsilon=0.0, variance_cutoff=0.0, rank_rtol=None, precision="float64"):

@@ -10,9 +10,10 @@ import re
 
 import torch
 
-__all__ = ["capture", "tap_model", "layer_names"]
+__all__ = ["capture", "tap_model", "layer_names", "list_layers"]
 
 _LAYERS_ATTR = "svcca_layers"
+_TYPES_ATTR = "svcca_layer_types"
 
 
 def tap_model(path, output_path, method_name="forward_tapped"):
@@ -92,3 +93,40 @@ def capture(module, *inputs, layers=None, detach=True, method="forward_tapped"):
     for name, value in zip(record_names, values):
         captures.setdefault(name, []).append(value)
     return output, captures
+
+
+def list_layers(module, *inputs, method="forward_tapped"):
+    """Names, module types and output shapes of every record of one forward on ``inputs``.
+
+    Returns a list of dicts ``{"name", "type", "shape", "dtype", "calls"}`` in call order (the
+    shape of the first call; ``calls``: how many times the module ran). Runs the tapped method
+    once in eval mode (so BatchNorm statistics do not move; every module's flag is restored) under
+    ``torch.no_grad()``, recording shapes only: no activation is kept.
+    """
+    fn = getattr(module, method, None)
+    if fn is None:
+        raise ValueError("list_layers: module must have the tapped method %r (make it with "
+                         "svcca.tap_model), but got a %s without it" % (method, type(module).__name__))
+    types = dict(zip(getattr(module, _LAYERS_ATTR, []), getattr(module, _TYPES_ATTR, [])))
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            torch.ops.svcca._capture_begin([], True, True)
+            try:
+                fn(*inputs)
+            finally:
+                names, values = torch.ops.svcca._capture_end()
+    finally:
+        for m, training in modes:  # parents first: children then get their own flag back
+            m.train(training)
+    layers, index = [], {}
+    for name, value in zip(names, values):
+        if name in index:
+            layers[index[name]]["calls"] += 1
+            continue
+        index[name] = len(layers)
+        layers.append({"name": name, "type": types.get(name.split(":")[0], ""),
+                       "shape": list(value.shape), "dtype": str(value.dtype).replace("torch.", ""),
+                       "calls": 1})
+    return layers
