@@ -15,11 +15,9 @@ int main(int argc, char** argv) {
   const std::string dir = argv[1];
   // Deterministic values: y = x A, so that CCA between them is exactly 1.
   const torch::Tensor x = torch::arange(0, 200, torch::kDouble).reshape({50, 4}).sin();
-  const torch::Tensor a = torch::tensor({{2.0, 0.5, 0.0, 1.0},
-                                         {0.0, 1.0, 0.3, 0.0},
-                                         {1.0, 0.0, 1.0, 0.2},
-                                         {0.0, 0.7, 0.0, 1.5}},
-                                        torch::kDouble);
+  const torch::Tensor a = torch::tensor(
+      {{2.0, 0.5, 0.0, 1.0}, {0.0, 1.0, 0.3, 0.0}, {1.0, 0.0, 1.0, 0.2}, {0.0, 0.7, 0.0, 1.5}},
+      torch::kDouble);
   const torch::Tensor y = x.matmul(a).to(torch::kFloat);
   torch::save(x, dir + "/cpp_save.pt");
   torch::save(std::vector<torch::Tensor>{x, y}, dir + "/cpp_save_vector.pt");

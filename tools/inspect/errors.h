@@ -16,8 +16,7 @@ enum ExitCode : int {
 
 // An error with its exit code; main prints what() as one line.
 struct Error : std::runtime_error {
-  Error(int exit_code, const std::string& message)
-      : std::runtime_error(message), code(exit_code) {}
+  Error(int exit_code, const std::string& message) : std::runtime_error(message), code(exit_code) {}
   int code;
 };
 struct UsageError : Error {

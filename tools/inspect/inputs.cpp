@@ -26,7 +26,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string quoted(const std::string& path) { return "'" + path + "'"; }
+std::string quoted(const std::string& path) {
+  return "'" + path + "'";
+}
 
 // Missing files and folders get the same one-line message wherever a file is read.
 void check_readable_file(const std::string& path) {
@@ -48,7 +50,9 @@ std::vector<char> read_bytes(const std::string& path) {
   return bytes;
 }
 
-std::string file_stem(const std::string& path) { return fs::path(path).stem().string(); }
+std::string file_stem(const std::string& path) {
+  return fs::path(path).stem().string();
+}
 
 // ---- .npy -----------------------------------------------------------------------------------
 
@@ -175,20 +179,28 @@ std::string descr_problem(const std::string& descr) {
   if (descr.size() < 2) return "dtype '" + descr + "' is not understood";
   const char kind = descr[1];
   switch (kind) {
-    case 'O': return "holds Python objects (dtype '" + descr + "'), not numbers";
+    case 'O':
+      return "holds Python objects (dtype '" + descr + "'), not numbers";
     case 'U':
     case 'S':
-    case 'a': return "holds strings (dtype '" + descr + "'), not numbers";
-    case 'V': return "holds raw bytes or records (dtype '" + descr + "'), not numbers";
-    case 'c': return "holds complex numbers (dtype '" + descr + "'); only real numbers are supported";
-    case 'b': return "holds booleans (dtype '" + descr + "'), not numbers";
+    case 'a':
+      return "holds strings (dtype '" + descr + "'), not numbers";
+    case 'V':
+      return "holds raw bytes or records (dtype '" + descr + "'), not numbers";
+    case 'c':
+      return "holds complex numbers (dtype '" + descr + "'); only real numbers are supported";
+    case 'b':
+      return "holds booleans (dtype '" + descr + "'), not numbers";
     case 'M':
-    case 'm': return "holds dates or times (dtype '" + descr + "'), not numbers";
-    default: return "";
+    case 'm':
+      return "holds dates or times (dtype '" + descr + "'), not numbers";
+    default:
+      return "";
   }
 }
 
-NpyHeader parse_npy_header(const std::string& path, const std::vector<char>& head, int64_t file_size) {
+NpyHeader parse_npy_header(const std::string& path, const std::vector<char>& head,
+                           int64_t file_size) {
   const std::string bad = quoted(path) + " is not a valid .npy file: ";
   if (head.size() < 10 || std::memcmp(head.data(), kNpyMagic, kNpyMagicLen) != 0) {
     throw InputError(bad + "it does not start with the .npy magic string");
@@ -202,7 +214,8 @@ NpyHeader parse_npy_header(const std::string& path, const std::vector<char>& hea
   } else if (major == 2 || major == 3) {
     if (head.size() < 12) throw InputError(bad + "the file is truncated inside its header");
     header_len = 0;
-    for (int b = 3; b >= 0; --b) header_len = (header_len << 8) | static_cast<unsigned char>(head[8 + b]);
+    for (int b = 3; b >= 0; --b)
+      header_len = (header_len << 8) | static_cast<unsigned char>(head[8 + b]);
     prefix = 12;
   } else {
     throw InputError(bad + "format version " + std::to_string(major) +
@@ -230,7 +243,8 @@ NpyHeader parse_npy_header(const std::string& path, const std::vector<char>& hea
     throw InputError(quoted(path) + " holds a structured array (record dtype), not numbers");
   }
   if (descr->kind != PyValue::kStr) throw InputError(bad + "'descr' is not a string");
-  if (fortran->kind != PyValue::kBool) throw InputError(bad + "'fortran_order' is not True or False");
+  if (fortran->kind != PyValue::kBool)
+    throw InputError(bad + "'fortran_order' is not True or False");
   if (shape->kind != PyValue::kTuple) throw InputError(bad + "'shape' is not a tuple");
 
   NpyHeader h;
@@ -240,7 +254,8 @@ NpyHeader parse_npy_header(const std::string& path, const std::vector<char>& hea
   }
   if (d.size() < 3 || std::string("<>|=").find(d[0]) == std::string::npos ||
       std::string("fiu").find(d[1]) == std::string::npos ||
-      !std::all_of(d.begin() + 2, d.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
+      !std::all_of(d.begin() + 2, d.end(),
+                   [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
     throw InputError(bad + "dtype '" + d + "' is not understood");
   }
   h.byte_order = d[0] == '=' ? '<' : d[0];  // '=' is native: x86 and arm64 are little-endian
@@ -253,18 +268,21 @@ NpyHeader parse_npy_header(const std::string& path, const std::vector<char>& hea
   h.fortran_order = fortran->boolean;
   int64_t count = 1;
   for (const PyValue& s : shape->items) {
-    if (s.kind != PyValue::kInt || s.integer < 0) throw InputError(bad + "'shape' has a negative or non-integer size");
+    if (s.kind != PyValue::kInt || s.integer < 0)
+      throw InputError(bad + "'shape' has a negative or non-integer size");
     h.shape.push_back(s.integer);
-    if (__builtin_mul_overflow(count, s.integer, &count)) throw InputError(bad + "'shape' is too large");
+    if (__builtin_mul_overflow(count, s.integer, &count))
+      throw InputError(bad + "'shape' is too large");
   }
   h.data_offset = prefix + header_len;
   int64_t need = 0;
-  if (__builtin_mul_overflow(count, h.item_size, &need)) throw InputError(bad + "'shape' is too large");
+  if (__builtin_mul_overflow(count, h.item_size, &need))
+    throw InputError(bad + "'shape' is too large");
   const int64_t have = file_size - h.data_offset;
   if (have < need) {
-    throw InputError(quoted(path) + " is truncated: shape " + shape_string(h.shape) + " of dtype '" +
-                     d + "' needs " + std::to_string(need) + " bytes of data, but the file has " +
-                     std::to_string(have));
+    throw InputError(quoted(path) + " is truncated: shape " + shape_string(h.shape) +
+                     " of dtype '" + d + "' needs " + std::to_string(need) +
+                     " bytes of data, but the file has " + std::to_string(have));
   }
   if (have > need) {
     throw InputError(quoted(path) + " is not a valid .npy file: it has " + std::to_string(have) +
@@ -276,7 +294,8 @@ NpyHeader parse_npy_header(const std::string& path, const std::vector<char>& hea
 
 // Reverses each item's bytes (big-endian data on a little-endian machine).
 void byteswap(char* data, int64_t count, int64_t item_size) {
-  for (int64_t i = 0; i < count; ++i) std::reverse(data + i * item_size, data + (i + 1) * item_size);
+  for (int64_t i = 0; i < count; ++i)
+    std::reverse(data + i * item_size, data + (i + 1) * item_size);
 }
 
 at::Tensor npy_to_tensor(const std::string& path, const NpyHeader& h, int fd, int64_t file_size) {
@@ -359,17 +378,21 @@ NamedTensors read_torch_save_archive(const std::string& path, const std::string&
   try {
     m = torch::jit::load(path);
   } catch (const std::exception&) {
-    throw InputError(quoted(path) + " is not a tensor file written by torch.save, torch::save or "
-                     "torch::pickle_save (" + pickle_error + ")");
+    throw InputError(quoted(path) +
+                     " is not a tensor file written by torch.save, torch::save or "
+                     "torch::pickle_save (" +
+                     pickle_error + ")");
   }
   if (m.find_method("forward")) {
-    throw InputError(quoted(path) + " is a TorchScript model, not a tensor file (expected "
+    throw InputError(quoted(path) +
+                     " is a TorchScript model, not a tensor file (expected "
                      "activations or inputs saved with torch.save, or a .npy)");
   }
   NamedTensors out;
   for (const auto& p : m.named_parameters(/*recurse=*/false)) out.emplace_back(p.name, p.value);
   for (const auto& b : m.named_buffers(/*recurse=*/false)) out.emplace_back(b.name, b.value);
-  if (out.empty()) throw InputError(quoted(path) + " is a TorchScript archive that holds no tensors");
+  if (out.empty())
+    throw InputError(quoted(path) + " is a TorchScript archive that holds no tensors");
   if (out.size() == 1) out[0].first = file_stem(path);
   return out;
 }
@@ -384,12 +407,15 @@ NamedTensors read_pickled(const std::string& path, const std::vector<char>& byte
                                    : e.what());
     // Python pickles a one-entry dict with SETITEM (0x73), which LibTorch 1.13 cannot read.
     if (why.find("0x73") != std::string::npos) {
-      throw InputError(quoted(path) + " holds a dict with a single entry, which LibTorch 1.13 "
+      throw InputError(quoted(path) +
+                       " holds a dict with a single entry, which LibTorch 1.13 "
                        "cannot read: save the tensor itself, or a dict of two or more tensors");
     }
     if (starts_with(bytes, "PK\x03\x04", 4)) return read_torch_save_archive(path, why);
-    throw InputError(quoted(path) + " is not a tensor file: neither .npy nor written by "
-                     "torch.save (" + why + ")");
+    throw InputError(quoted(path) +
+                     " is not a tensor file: neither .npy nor written by "
+                     "torch.save (" +
+                     why + ")");
   }
   NamedTensors out;
   if (root.isTensor()) {
@@ -426,7 +452,8 @@ at::Tensor read_npy_impl(const std::string& path) {
     ~Closer() { ::close(fd); }
   } closer{fd};
   struct stat st {};
-  if (::fstat(fd, &st) != 0) throw InputError(quoted(path) + ": cannot stat: " + std::strerror(errno));
+  if (::fstat(fd, &st) != 0)
+    throw InputError(quoted(path) + ": cannot stat: " + std::strerror(errno));
   const int64_t file_size = st.st_size;
   // The header is at most 12 bytes of prefix plus a 4-byte length; numpy caps it far lower.
   std::vector<char> head(static_cast<size_t>(std::min<int64_t>(file_size, 1 << 20)));
@@ -450,7 +477,9 @@ std::string shape_string(at::IntArrayRef shape) {
   return s + "]";
 }
 
-at::Tensor read_npy(const std::string& path) { return read_npy_impl(path); }
+at::Tensor read_npy(const std::string& path) {
+  return read_npy_impl(path);
+}
 
 NamedTensors read_tensors(const std::string& path) {
   check_readable_file(path);
@@ -481,8 +510,10 @@ std::vector<int64_t> parse_shape(const std::string& option, const std::string& t
   std::vector<int64_t> shape;
   std::string part;
   const auto bad = [&] {
-    return UsageError(option + " must be sizes separated by commas, each at least 1 (e.g. "
-                      "64,1,8,8), but got '" + text + "'");
+    return UsageError(option +
+                      " must be sizes separated by commas, each at least 1 (e.g. "
+                      "64,1,8,8), but got '" +
+                      text + "'");
   };
   for (size_t i = 0; i <= text.size(); ++i) {
     if (i == text.size() || text[i] == ',' || text[i] == 'x') {
@@ -504,8 +535,10 @@ InputSource InputSource::from_file(const std::string& path) {
   InputSource s;
   s.tensor_ = read_tensor(path);
   if (s.tensor_.dim() < 1 || s.tensor_.size(0) < 1) {
-    throw InputError(quoted(path) + " must hold a tensor with examples along dim 0, but holds one "
-                     "of shape " + shape_string(s.tensor_.sizes()));
+    throw InputError(quoted(path) +
+                     " must hold a tensor with examples along dim 0, but holds one "
+                     "of shape " +
+                     shape_string(s.tensor_.sizes()));
   }
   if (s.tensor_.is_complex() || s.tensor_.scalar_type() == at::kBool) {
     throw InputError(quoted(path) + " must hold real numbers, but holds dtype " +

@@ -21,7 +21,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string quoted(const std::string& s) { return "'" + s + "'"; }
+std::string quoted(const std::string& s) {
+  return "'" + s + "'";
+}
 
 std::string message_of(const std::exception& e) {
   if (const auto* c10e = dynamic_cast<const c10::Error*>(&e)) {
@@ -56,7 +58,9 @@ std::string dtype_name(const std::string& name) {
   return it == kNames.end() ? name : it->second;
 }
 
-std::string stem(const std::string& path) { return fs::path(path).stem().string(); }
+std::string stem(const std::string& path) {
+  return fs::path(path).stem().string();
+}
 
 std::string join(const std::vector<std::string>& items, const std::string& sep) {
   std::string s;
@@ -67,7 +71,8 @@ std::string join(const std::vector<std::string>& items, const std::string& sep) 
 TappedModule load_model(const std::string& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw InputError(quoted(path) + ": no such file");
-  if (fs::is_directory(path, ec)) throw InputError(quoted(path) + ": is a folder, not a model file");
+  if (fs::is_directory(path, ec))
+    throw InputError(quoted(path) + ": is a folder, not a model file");
   try {
     return TappedModule::load(path);
   } catch (const std::exception& e) {
@@ -100,7 +105,8 @@ GridOptions grid_options(const char* fn, const std::string& measure, const std::
 InputSource make_input(const char* fn, const InputSpec& spec) {
   if (!spec.file.empty()) return InputSource::from_file(spec.file);
   if (spec.shape.empty()) {
-    throw UsageError(std::string(fn) + ": the examples must be given with --input FILE or "
+    throw UsageError(std::string(fn) +
+                     ": the examples must be given with --input FILE or "
                      "--input-shape N,...");
   }
   return InputSource::random(spec.shape, spec.seed);
@@ -111,7 +117,8 @@ InputSource make_input(const char* fn, const InputSpec& spec) {
 at::Tensor to_model_dtype(const TappedModule& model, at::Tensor x) {
   if (!x.is_floating_point()) return x;
   for (const at::Tensor& p : model.module().parameters()) {
-    if (p.is_floating_point()) return p.scalar_type() == x.scalar_type() ? x : x.to(p.scalar_type());
+    if (p.is_floating_point())
+      return p.scalar_type() == x.scalar_type() ? x : x.to(p.scalar_type());
   }
   return x;
 }
@@ -126,16 +133,20 @@ NamedActivations capture(const TappedModule& model, const std::string& path,
   try {
     cap = model.run({x}, layers);
   } catch (const std::exception& e) {
-    throw InputError(quoted(path) + " rejected the input (" + input.description() + ": a batch of "
-                     "shape " + shape_string(x.sizes()) + ", dtype " +
+    throw InputError(quoted(path) + " rejected the input (" + input.description() +
+                     ": a batch of "
+                     "shape " +
+                     shape_string(x.sizes()) + ", dtype " +
                      dtype_name(c10::toString(x.scalar_type())) + "): " + model_error(e));
   }
   NamedActivations out;
   for (auto& [name, value] : cap.first_values()) {
-    if (value.defined() && value.is_floating_point() && value.dim() >= 1) out.emplace_back(name, value);
+    if (value.defined() && value.is_floating_point() && value.dim() >= 1)
+      out.emplace_back(name, value);
   }
   if (out.empty()) {
-    throw InputError(quoted(path) + ": none of the selected layers produced a floating-point "
+    throw InputError(quoted(path) +
+                     ": none of the selected layers produced a floating-point "
                      "tensor for this input");
   }
   return out;
@@ -224,8 +235,9 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
   std::unique_ptr<GridAccumulator> acc;
   for (int64_t start = 0; start < n; start += b) {
     const int64_t count = std::min(b, n - start);
-    if (progress) progress("grid: running the model" + std::string(models.size() > 1 ? "s" : "") +
-                           " on " + batch_text(start, count, n));
+    if (progress)
+      progress("grid: running the model" + std::string(models.size() > 1 ? "s" : "") + " on " +
+               batch_text(start, count, n));
     const at::Tensor x = input.batch(start, count);
     std::vector<NamedActivations> acts;
     for (size_t m = 0; m < models.size(); ++m) {
@@ -279,15 +291,18 @@ InspectionReport inspect_compare(const CompareRequest& request) {
     for (const std::string& pattern : request.layers) {
       bool any = false;
       for (const auto& set : sets) {
-        for (const auto& [name, t] : set) any = any || fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
+        for (const auto& [name, t] : set)
+          any = any || fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
       }
       if (!any) {
         std::vector<std::string> names;
         for (const auto& set : sets) {
           for (const auto& [name, t] : set) names.push_back(name);
         }
-        throw UsageError("compare: --layers pattern '" + pattern + "' matches no tensor; the files "
-                         "hold " + join(names, ", "));
+        throw UsageError("compare: --layers pattern '" + pattern +
+                         "' matches no tensor; the files "
+                         "hold " +
+                         join(names, ", "));
       }
     }
     for (int s = 0; s < 2; ++s) {
@@ -321,23 +336,29 @@ InspectionReport inspect_compare(const CompareRequest& request) {
       if (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble) t = t.to(at::kFloat);
       if (request.neurons_first) {
         if (t.dim() != 2) {
-          throw InputError(where + " must be 2-D [neurons, examples] with --layout neurons-first, "
-                           "but has shape " + shape_string(t.sizes()));
+          throw InputError(where +
+                           " must be 2-D [neurons, examples] with --layout neurons-first, "
+                           "but has shape " +
+                           shape_string(t.sizes()));
         }
         t = t.t().contiguous();
       }
       if (t.dim() < 2) {
-        throw InputError(where + " must have examples along dim 0 and features after it "
-                         "([n, p] or [n, c, h, w]), but has shape " + shape_string(t.sizes()));
+        throw InputError(where +
+                         " must have examples along dim 0 and features after it "
+                         "([n, p] or [n, c, h, w]), but has shape " +
+                         shape_string(t.sizes()));
       }
       if (n < 0) {
         n = t.size(0), n_from = where;
       } else if (t.size(0) != n) {
         throw InputError(where + " has " + std::to_string(t.size(0)) + " examples (shape " +
-                         shape_string(t.sizes()) + "), but " + n_from + " has " + std::to_string(n) +
-                         (request.neurons_first ? "" : " (arrays are [examples, features]; "
-                                                       "google/svcca's [neurons, datapoints] "
-                                                       "needs --layout neurons-first)"));
+                         shape_string(t.sizes()) + "), but " + n_from + " has " +
+                         std::to_string(n) +
+                         (request.neurons_first ? ""
+                                                : " (arrays are [examples, features]; "
+                                                  "google/svcca's [neurons, datapoints] "
+                                                  "needs --layout neurons-first)"));
       }
       acts[s].emplace_back(name, t);
     }
@@ -399,7 +420,8 @@ InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress
   for (int64_t start = 0; start < n; start += b) {
     const int64_t count = std::min(b, n - start);
     const at::Tensor x = input.batch(start, count);
-    if (progress) progress("dynamics: " + final_path + (b < n ? ", " + batch_text(start, count, n) : ""));
+    if (progress)
+      progress("dynamics: " + final_path + (b < n ? ", " + batch_text(start, count, n) : ""));
     const NamedActivations final_acts = capture(models.back(), final_path, names, x, input);
     if (layer_names.empty()) {
       layer_names = names_of(final_acts);
@@ -411,11 +433,12 @@ InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress
                  (b < n ? ", " + batch_text(start, count, n) : ""));
       }
       const NamedActivations acts =
-          t + 1 == t_count ? final_acts : capture(models[t], request.checkpoints[t], names, x, input);
+          t + 1 == t_count ? final_acts
+                           : capture(models[t], request.checkpoints[t], names, x, input);
       for (size_t l = 0; l < layer_names.size(); ++l) {
         const std::string& name = layer_names[l];
-        const auto it = std::find_if(acts.begin(), acts.end(),
-                                     [&](const auto& a) { return a.first == name; });
+        const auto it =
+            std::find_if(acts.begin(), acts.end(), [&](const auto& a) { return a.first == name; });
         if (it == acts.end()) {
           throw InputError(quoted(request.checkpoints[t]) + ": layer '" + name +
                            "' produced no floating-point tensor for this input");
@@ -485,7 +508,8 @@ InspectionReport inspect_tap(const TapRequest& request) {
     model.save(request.output);
   } catch (const std::exception& e) {
     std::string m = message_of(e);
-    if (m.find(request.output) == std::string::npos) m = "cannot write " + quoted(request.output) + ": " + m;
+    if (m.find(request.output) == std::string::npos)
+      m = "cannot write " + quoted(request.output) + ": " + m;
     throw OutputError(m);
   }
   InspectionReport report;

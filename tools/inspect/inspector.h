@@ -38,9 +38,9 @@ struct InspectionReport {
   std::vector<LayerRow> layers;     // `layers`
   bool has_grid = false;            // `grid`, `compare`, `dynamics`
   Grid grid;
-  std::string tapped_path;          // `tap`: the file written
-  std::string tapped_method;        // `tap`: the method that yields the captures
-  std::vector<std::string> files;   // files written (reporters.h: write_files)
+  std::string tapped_path;         // `tap`: the file written
+  std::string tapped_method;       // `tap`: the method that yields the captures
+  std::vector<std::string> files;  // files written (reporters.h: write_files)
 };
 
 // Called with a short status line during long work (may be empty: no progress wanted).

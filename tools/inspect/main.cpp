@@ -63,9 +63,10 @@ void add_input_options(CLI::App* sub, InputSpec& input, std::string& shape_text)
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"svcca-inspect: which layers of a TorchScript model (or two) compute similar "
-               "things, by CKA, CCA, SVCCA or PWCCA.",
-               "svcca-inspect"};
+  CLI::App app{
+      "svcca-inspect: which layers of a TorchScript model (or two) compute similar "
+      "things, by CKA, CCA, SVCCA or PWCCA.",
+      "svcca-inspect"};
   app.footer(kFooter);
   app.require_subcommand(1);
   bool quiet = false, no_color = false, json = false;
@@ -79,8 +80,9 @@ int main(int argc, char** argv) {
   // layers
   LayersRequest layers_req;
   std::string layers_shape;
-  auto* layers = app.add_subcommand("layers", "the layers that can be captured: module type and "
-                                              "output shape (with an input)");
+  auto* layers = app.add_subcommand("layers",
+                                    "the layers that can be captured: module type and "
+                                    "output shape (with an input)");
   layers->add_option("MODEL", layers_req.model, "TorchScript model (.pt)")->required();
   add_input_options(layers, layers_req.input, layers_shape);
 
@@ -88,8 +90,9 @@ int main(int argc, char** argv) {
   GridRequest grid_req;
   std::string grid_shape, grid_out;
   auto* grid = app.add_subcommand(
-      "grid", "similarity of every pair of a model's layers, or of two models' layers (e.g. two "
-              "checkpoints); writes grid.json, grid.csv, grid.svg and grid.png to --out");
+      "grid",
+      "similarity of every pair of a model's layers, or of two models' layers (e.g. two "
+      "checkpoints); writes grid.json, grid.csv, grid.svg and grid.png to --out");
   grid->add_option("MODEL", grid_req.models, "one model, or two models (rows, columns)")
       ->required()
       ->expected(1, 2);
@@ -100,25 +103,30 @@ int main(int argc, char** argv) {
                    "layer names, globs (conv*, layer1.*) or re:REGEX; repeat or comma-separate; "
                    "default all")
       ->delimiter(',');
-  grid->add_option("--batch-size", grid_req.batch_size, "examples per batch (default: all at once)");
+  grid->add_option("--batch-size", grid_req.batch_size,
+                   "examples per batch (default: all at once)");
   grid->add_option("--out", grid_out, "folder for the grid files (created if missing)")->required();
 
   // compare
   CompareRequest compare_req;
   std::string compare_out, layout = "examples-first";
   auto* compare = app.add_subcommand(
-      "compare", "similarity of two saved activation sets (no model): one tensor each, or named "
-                 "tensors (then a grid of A's against B's)");
-  compare->add_option("A", compare_req.a, ".pt (torch.save of a tensor or a dict/list of them) or .npy")
+      "compare",
+      "similarity of two saved activation sets (no model): one tensor each, or named "
+      "tensors (then a grid of A's against B's)");
+  compare
+      ->add_option("A", compare_req.a,
+                   ".pt (torch.save of a tensor or a dict/list of them) or .npy")
       ->required();
   compare->add_option("B", compare_req.b, "the same kind, over the same examples")->required();
   compare->add_option("--measure", compare_req.measure, kMeasures)->capture_default_str();
   compare->add_option("--conv", compare_req.conv, kConvs)->capture_default_str();
   compare->add_option("--layers", compare_req.layers, "glob patterns on the tensor names")
       ->delimiter(',');
-  compare->add_option("--layout", layout,
-                      "examples-first: [examples, features...]; neurons-first: google/svcca's "
-                      "[neurons, datapoints]")
+  compare
+      ->add_option("--layout", layout,
+                   "examples-first: [examples, features...]; neurons-first: google/svcca's "
+                   "[neurons, datapoints]")
       ->check(CLI::IsMember({"examples-first", "neurons-first"}))
       ->capture_default_str();
   compare->add_option("--out", compare_out, "also write compare.json/.csv/.svg/.png here");
@@ -126,11 +134,13 @@ int main(int argc, char** argv) {
   // dynamics
   DynamicsRequest dyn_req;
   std::string dyn_shape, dyn_out;
-  auto* dynamics = app.add_subcommand(
-      "dynamics", "each layer's similarity to the same layer of the final checkpoint, over "
-                  "training; writes dynamics.json/.csv/.svg/.png to --out");
-  dynamics->add_option("CHECKPOINTS", dyn_req.checkpoints,
-                       "two or more checkpoints of one model, in training order (last: final)")
+  auto* dynamics =
+      app.add_subcommand("dynamics",
+                         "each layer's similarity to the same layer of the final checkpoint, over "
+                         "training; writes dynamics.json/.csv/.svg/.png to --out");
+  dynamics
+      ->add_option("CHECKPOINTS", dyn_req.checkpoints,
+                   "two or more checkpoints of one model, in training order (last: final)")
       ->required();
   add_input_options(dynamics, dyn_req.input, dyn_shape);
   dynamics->add_option("--measure", dyn_req.measure, kMeasures)->capture_default_str();
@@ -143,8 +153,9 @@ int main(int argc, char** argv) {
   // tap
   TapRequest tap_req;
   auto* tap = app.add_subcommand(
-      "tap", "write a copy of MODEL with a method forward_tapped that also records every layer's "
-             "output (for Python: load libsvcca_ops.so first)");
+      "tap",
+      "write a copy of MODEL with a method forward_tapped that also records every layer's "
+      "output (for Python: load libsvcca_ops.so first)");
   tap->add_option("MODEL", tap_req.model, "TorchScript model (.pt)")->required();
   tap->add_option("-o,--output", tap_req.output, "the tapped model to write")->required();
 
@@ -176,7 +187,8 @@ int main(int argc, char** argv) {
     std::string out_dir;
     if (*layers) {
       layers_req.has_input = !layers_req.input.file.empty() || !layers_shape.empty();
-      if (!layers_shape.empty()) layers_req.input.shape = parse_shape("--input-shape", layers_shape);
+      if (!layers_shape.empty())
+        layers_req.input.shape = parse_shape("--input-shape", layers_shape);
       report = inspect_layers(layers_req);
     } else if (*grid) {
       if (!grid_shape.empty()) grid_req.input.shape = parse_shape("--input-shape", grid_shape);

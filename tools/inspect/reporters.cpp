@@ -34,7 +34,8 @@ std::string layer_table(const InspectionReport& report) {
     }
   } else {
     out += fmt::format("  {:<{}}  {}\n", "layer", w_name, "type");
-    for (const LayerRow& r : report.layers) out += fmt::format("  {:<{}}  {}\n", r.name, w_name, r.type);
+    for (const LayerRow& r : report.layers)
+      out += fmt::format("  {:<{}}  {}\n", r.name, w_name, r.type);
   }
   return out;
 }
@@ -46,7 +47,8 @@ std::string number_table(const Grid& grid) {
   std::vector<size_t> w_col;
   for (const std::string& c : grid.cols) w_col.push_back(std::max<size_t>(7, c.size()));
   std::string out = fmt::format("  {:<{}}", grid.row_label, w_row);
-  for (size_t j = 0; j < grid.cols.size(); ++j) out += fmt::format("  {:>{}}", grid.cols[j], w_col[j]);
+  for (size_t j = 0; j < grid.cols.size(); ++j)
+    out += fmt::format("  {:>{}}", grid.cols[j], w_col[j]);
   out += "\n";
   const at::Tensor v = grid.values.to(at::kDouble).contiguous();
   const auto a = v.accessor<double, 2>();
@@ -100,8 +102,8 @@ std::string render_text(const InspectionReport& report, bool color) {
                          report.models.size(), report.models.back(), g.examples, report.input);
     } else {
       out += fmt::format("{}: {}{}, {} examples of {}\n", g.measure, model,
-                         report.models.size() > 1 ? " against " + report.models[1] : "",
-                         g.examples, report.input);
+                         report.models.size() > 1 ? " against " + report.models[1] : "", g.examples,
+                         report.input);
     }
     if (g.rows.size() == 1 && g.cols.size() == 1) {
       out += fmt::format("  {} {} / {}: {:.6f}\n", g.measure, g.rows[0], g.cols[0],
