@@ -508,6 +508,14 @@ def test_compare_bad_activation_files(fails, tmp_path):
     fails(EXIT_INPUT, ["compare", tmp_path / "a.pt", tmp_path / "one_entry.pt"], "single entry")
     fails(EXIT_INPUT, ["compare", tmp_path / "a.pt", tmp_path / "flat.pt"], "[30]")
     fails(EXIT_INPUT, ["compare", tmp_path / "a.pt", FINAL], "TorchScript model")
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "state_dict.pt")
+    torch.save(torch.randn(30, 4), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    torch.save({"a": torch.randn(30, 4), "b": "text"}, tmp_path / "mixed.pt")
+    (tmp_path / "notes.txt").write_text("0.1 0.2\n")
+    fails(EXIT_INPUT, ["compare", tmp_path / "a.pt", tmp_path / "state_dict.pt"], "state_dict")
+    fails(EXIT_INPUT, ["compare", tmp_path / "legacy.pt", tmp_path / "a.pt"], "legacy")
+    fails(EXIT_INPUT, ["compare", tmp_path / "mixed.pt", tmp_path / "a.pt"], "'b'")
+    fails(EXIT_INPUT, ["compare", tmp_path / "notes.txt", tmp_path / "a.pt"], "notes.txt")
 
 
 def test_unknown_measure_conv_layers_and_options(fails, tmp_path):

@@ -378,10 +378,14 @@ NamedTensors read_torch_save_archive(const std::string& path, const std::string&
   try {
     m = torch::jit::load(path);
   } catch (const std::exception&) {
-    throw InputError(quoted(path) +
-                     " is not a tensor file written by torch.save, torch::save or "
-                     "torch::pickle_save (" +
-                     pickle_error + ")");
+    // LibTorch's unpickler reports Python-only content (a state_dict's OrderedDict, other
+    // classes) as an internal assert; that text helps nobody, the likely cause does.
+    const bool internal = pickle_error.find("INTERNAL ASSERT") != std::string::npos;
+    throw InputError(quoted(path) + " is a torch.save archive whose content LibTorch cannot read" +
+                     (internal ? std::string(" (a state_dict, an OrderedDict or other Python "
+                                             "objects?)")
+                               : " (" + pickle_error + ")") +
+                     ": save a tensor, a list of tensors or a dict of str to tensor");
   }
   if (m.find_method("forward")) {
     throw InputError(quoted(path) +
@@ -412,10 +416,15 @@ NamedTensors read_pickled(const std::string& path, const std::vector<char>& byte
                        "cannot read: save the tensor itself, or a dict of two or more tensors");
     }
     if (starts_with(bytes, "PK\x03\x04", 4)) return read_torch_save_archive(path, why);
+    // 0x80 is a pickle protocol header: torch.save's legacy (pre-1.6, non-zip) format.
+    if (!bytes.empty() && static_cast<unsigned char>(bytes[0]) == 0x80) {
+      throw InputError(quoted(path) +
+                       " looks like torch.save's legacy format "
+                       "(_use_new_zipfile_serialization=False), which LibTorch cannot read: save "
+                       "it again with the default format");
+    }
     throw InputError(quoted(path) +
-                     " is not a tensor file: neither .npy nor written by "
-                     "torch.save (" +
-                     why + ")");
+                     " is not a tensor file: neither .npy nor written by torch.save (" + why + ")");
   }
   NamedTensors out;
   if (root.isTensor()) {
