@@ -65,9 +65,8 @@ void timed(benchmark::State& state, const std::string& name, F&& f) {
 }
 
 void BM_CkaGrid(benchmark::State& state) {
-  timed(state, "cka/grid", [] {
-    benchmark::DoNotOptimize(svcca::similarity_grid(layers()).values);
-  });
+  timed(state, "cka/grid",
+        [] { benchmark::DoNotOptimize(svcca::similarity_grid(layers()).values); });
 }
 
 void BM_CkaPairs(benchmark::State& state) {
@@ -84,9 +83,8 @@ void BM_CkaPairs(benchmark::State& state) {
 void BM_SvccaGrid(benchmark::State& state) {
   svcca::GridOptions o;
   o.measure = svcca::GridMeasure::kSvcca;
-  timed(state, "svcca/grid", [&] {
-    benchmark::DoNotOptimize(svcca::similarity_grid(layers(), o).values);
-  });
+  timed(state, "svcca/grid",
+        [&] { benchmark::DoNotOptimize(svcca::similarity_grid(layers(), o).values); });
 }
 
 void BM_SvccaPairs(benchmark::State& state) {

@@ -24,7 +24,8 @@ const std::vector<GridMeasure> kStreamable = {GridMeasure::kLinearCka, GridMeasu
                                               GridMeasure::kSvcca, GridMeasure::kPwcca};
 
 // The one-shot pair call a cell must equal, on [n, p] matrices; float64 0-d.
-double one_shot(GridMeasure m, const at::Tensor& x, const at::Tensor& y, const GridOptions& o = {}) {
+double one_shot(GridMeasure m, const at::Tensor& x, const at::Tensor& y,
+                const GridOptions& o = {}) {
   switch (m) {
     case GridMeasure::kLinearCka:
       return linear_cka(x, y).item<double>();
@@ -46,8 +47,8 @@ double one_shot(GridMeasure m, const at::Tensor& x, const at::Tensor& y, const G
 }
 
 // Layers that share a latent signal, so that cells differ from each other and from 0 and 1.
-NamedActivations make_layers(const std::vector<int64_t>& widths, int64_t n, const std::string& prefix,
-                             at::ScalarType dtype = at::kDouble) {
+NamedActivations make_layers(const std::vector<int64_t>& widths, int64_t n,
+                             const std::string& prefix, at::ScalarType dtype = at::kDouble) {
   auto o = at::TensorOptions().dtype(at::kDouble);
   at::Tensor z = at::randn({n, 4}, o);
   NamedActivations out;
@@ -188,7 +189,8 @@ TEST_F(GridTest, OptionsReachTheCells) {
               tol::kDecomp64);
 }
 
-// ---- 4-D layers and each GridConv ----------------------------------------------------------------
+// ---- 4-D layers and each GridConv
+// ----------------------------------------------------------------
 
 TEST_F(GridTest, FlattenAndPoolOfConvLayers) {
   auto conv = make_conv_layers({{{3, 4, 4}}, {{5, 2, 2}}}, 60, "c");
@@ -246,7 +248,9 @@ TEST_F(GridTest, FoldBringsLayersToTheLargestSize) {
     return fold_positions(resize_spatial(t, 4, 6, ResizeMode::kBilinear));
   };
   for (int64_t i = 0; i < 2; ++i) {
-    expect_cell(g, i, 0, one_shot(GridMeasure::kCca, folded(a[i].second), b[0].second.permute({0, 2, 3, 1}).reshape({-1, 4})),
+    expect_cell(g, i, 0,
+                one_shot(GridMeasure::kCca, folded(a[i].second),
+                         b[0].second.permute({0, 2, 3, 1}).reshape({-1, 4})),
                 tol::kDecomp64);
   }
   EXPECT_EQ(g.options.at("resize"), "bilinear");
@@ -264,8 +268,8 @@ TEST_F(GridTest, FourierEqualsFourierCca) {
 // ---- Streaming ---------------------------------------------------------------------------------
 
 // Feeds rows [start, start + b) of every layer in batches of the sizes in `sizes` (cycled).
-GridAccumulator stream(const NamedActivations& a, const NamedActivations& b,
-                       const GridOptions& o, const std::vector<int64_t>& sizes) {
+GridAccumulator stream(const NamedActivations& a, const NamedActivations& b, const GridOptions& o,
+                       const std::vector<int64_t>& sizes) {
   std::vector<std::string> rows, cols;
   for (const auto& l : a) rows.push_back(l.first);
   for (const auto& l : b) cols.push_back(l.first);
@@ -276,7 +280,8 @@ GridAccumulator stream(const NamedActivations& a, const NamedActivations& b,
     const int64_t size = std::min(sizes[k % sizes.size()], n - start);
     NamedActivations ba, bb;
     // Batches given in reverse name order: update matches by name.
-    for (auto it = a.rbegin(); it != a.rend(); ++it) ba.push_back({it->first, it->second.narrow(0, start, size)});
+    for (auto it = a.rbegin(); it != a.rend(); ++it)
+      ba.push_back({it->first, it->second.narrow(0, start, size)});
     for (const auto& l : b) bb.push_back({l.first, l.second.narrow(0, start, size)});
     acc.update(ba, bb);
     start += size;
@@ -339,7 +344,8 @@ TEST_F(GridTest, BadLayersAreRejected) {
   EXPECT_THROWS_WITH(similarity_grid(twice), "layer names must be unique, but \"l0\" is repeated");
   auto vec = make_layers({3}, 20, "l");
   vec.push_back({"v", at::randn({20}, at::kDouble)});
-  EXPECT_THROWS_WITH(similarity_grid(vec), "layer \"v\" must be a non-empty tensor with at least 2 dims");
+  EXPECT_THROWS_WITH(similarity_grid(vec),
+                     "layer \"v\" must be a non-empty tensor with at least 2 dims");
   auto nan = make_layers({3, 3}, 20, "l");
   nan[1].second[0][0] = std::nan("");
   EXPECT_THROWS_WITH(similarity_grid(nan), "layer \"l1\" must contain only finite values");
@@ -367,15 +373,17 @@ TEST_F(GridTest, OptionsThatDoNotApplyAreRejected) {
 
 TEST_F(GridTest, CellsThatCannotBeComputedNameTheLayer) {
   auto layers = make_layers({3, 40}, 30, "l");
-  EXPECT_THROWS_WITH(similarity_grid(layers, with(GridMeasure::kCca)),
-                     "similarity_grid: layer \"l1\" must have at least p + 2 = 42 examples for cca");
+  EXPECT_THROWS_WITH(
+      similarity_grid(layers, with(GridMeasure::kCca)),
+      "similarity_grid: layer \"l1\" must have at least p + 2 = 42 examples for cca");
   // svcca copes with p > n.
   Grid g = similarity_grid(layers, with(GridMeasure::kSvcca));
   expect_cell(g, 0, 1, one_shot(GridMeasure::kSvcca, layers[0].second, layers[1].second),
               tol::kDecomp64);
   auto constant = make_layers({3, 4}, 30, "l");
   constant[1].second.fill_(2.0);
-  EXPECT_THROWS_WITH(similarity_grid(constant), "layer \"l1\" must have at least one non-constant feature");
+  EXPECT_THROWS_WITH(similarity_grid(constant),
+                     "layer \"l1\" must have at least one non-constant feature");
   EXPECT_THROWS_WITH(similarity_grid(constant, with(GridMeasure::kCca)),
                      "layer \"l1\" must have at least one non-constant feature");
 }

@@ -108,3 +108,11 @@ def test_torchscript(ops):
 
     xs = layers([3, 5], 40, seed=8)
     assert_close(grid(xs), ops.similarity_grid(xs, measure="svcca"), tol(torch.float64, "closed_form"))
+
+
+def test_package_wrapper():
+    import svcca
+    xs = layers([3, 4], 30, seed=9)
+    ys = layers([2], 30, seed=10)
+    assert_close(svcca.similarity_grid(xs, ys, measure="cca"),
+                 torch.ops.svcca.similarity_grid(xs, ys, "cca", "auto"), tol(torch.float64, "closed_form"))

@@ -156,7 +156,8 @@ TEST(Report, SvgParsesAsXml) {
 }
 
 // Decodes PNG bytes with libspng to RGB8.
-std::vector<uint8_t> decode_png(const std::vector<uint8_t>& png, uint32_t* width, uint32_t* height) {
+std::vector<uint8_t> decode_png(const std::vector<uint8_t>& png, uint32_t* width,
+                                uint32_t* height) {
   spng_ctx* ctx = spng_ctx_new(0);
   EXPECT_EQ(spng_set_png_buffer(ctx, png.data(), png.size()), 0);
   spng_ihdr ihdr{};
@@ -198,7 +199,7 @@ TEST(Report, PngDecodesToTheLayoutAndColours) {
   EXPECT_EQ(center(0, 2), rgb(detail::colormap(1.0)));
   EXPECT_EQ(center(1, 0), rgb(detail::colormap(0.25)));
   EXPECT_EQ(center(1, 1), rgb(detail::kMissingColor));
-  EXPECT_EQ(at_px(0, 0), (std::vector<int>{255, 255, 255}));  // margin
+  EXPECT_EQ(at_px(0, 0), (std::vector<int>{255, 255, 255}));           // margin
   EXPECT_EQ(at_px(l.bar_x + 1, l.bar_y), rgb(detail::colormap(1.0)));  // bar: vmax on top
   EXPECT_EQ(at_px(l.bar_x + 1, l.bar_y + l.bar_h - 1), rgb(detail::colormap(0.0)));
   // Values clamp into [vmin, vmax].
@@ -231,8 +232,8 @@ TEST(Report, TerminalDigitsAndColours) {
   Grid g = small_grid();
   const std::string plain = heatmap_terminal(g, false);
   EXPECT_EQ(plain.find("\x1b["), std::string::npos);
-  EXPECT_NE(plain.find("\nconv1          059\n"), std::string::npos) << plain;  // 0, 0.5, 1
-  EXPECT_NE(plain.find("\nlayer<2> & \"x\" 2.1\n"), std::string::npos) << plain;                 // NaN, 0.12
+  EXPECT_NE(plain.find("\nconv1          059\n"), std::string::npos) << plain;    // 0, 0.5, 1
+  EXPECT_NE(plain.find("\nlayer<2> & \"x\" 2.1\n"), std::string::npos) << plain;  // NaN, 0.12
   EXPECT_NE(plain.find("columns: 0=a,b 1=fc 2=out"), std::string::npos);
   const std::string color = heatmap_terminal(g, true);
   EXPECT_EQ(count(color, "\x1b[48;5;"), 6u + 11u);  // cells + legend

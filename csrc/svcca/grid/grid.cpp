@@ -22,9 +22,9 @@ constexpr const char* kGridFn = "similarity_grid";
 
 const std::vector<std::pair<GridMeasure, const char*>>& measure_names() {
   static const std::vector<std::pair<GridMeasure, const char*>> names = {
-      {GridMeasure::kLinearCka, "cka"}, {GridMeasure::kDebiasedCka, "debiased-cka"},
+      {GridMeasure::kLinearCka, "cka"},  {GridMeasure::kDebiasedCka, "debiased-cka"},
       {GridMeasure::kRbfCka, "rbf-cka"}, {GridMeasure::kCca, "cca"},
-      {GridMeasure::kSvcca, "svcca"},   {GridMeasure::kPwcca, "pwcca"}};
+      {GridMeasure::kSvcca, "svcca"},    {GridMeasure::kPwcca, "pwcca"}};
   return names;
 }
 
@@ -190,7 +190,8 @@ std::string layer_label(const std::string& name, const char* side) {
 }
 
 void check_layer_tensor(const char* fn, const std::string& label, const at::Tensor& t) {
-  TORCH_CHECK_VALUE(t.defined(), fn, ": ", label, " must be a defined tensor, but got an undefined one");
+  TORCH_CHECK_VALUE(t.defined(), fn, ": ", label,
+                    " must be a defined tensor, but got an undefined one");
   TORCH_CHECK_VALUE(t.dim() >= 2 && t.numel() > 0, fn, ": ", label,
                     " must be a non-empty tensor with at least 2 dims ([n, features] or "
                     "[n, c, h, w]), but got shape ",
@@ -222,11 +223,10 @@ void check_same_examples_and_device(const char* fn, const std::vector<LayerRef>&
                                     bool two_models) {
   const LayerRef& first = layers.front();
   for (const auto& l : layers) {
-    TORCH_CHECK_VALUE(l.acts.size(0) == first.acts.size(0), fn, ": ",
-                      two_models ? "a and b" : "layers",
-                      " must have the same number of examples (dim 0), but got ", first.label,
-                      " with shape ", detail::shape_str(first.acts), " and ", l.label,
-                      " with shape ", detail::shape_str(l.acts));
+    TORCH_CHECK_VALUE(
+        l.acts.size(0) == first.acts.size(0), fn, ": ", two_models ? "a and b" : "layers",
+        " must have the same number of examples (dim 0), but got ", first.label, " with shape ",
+        detail::shape_str(first.acts), " and ", l.label, " with shape ", detail::shape_str(l.acts));
     TORCH_CHECK_VALUE(l.acts.device() == first.acts.device(), fn, ": ",
                       two_models ? "a and b" : "layers", " must be on the same device, but got ",
                       first.label, " on ", first.acts.device(), " and ", l.label, " on ",
@@ -307,14 +307,14 @@ std::vector<Cell> grid_cells(int64_t n_rows, int64_t n_cols, bool two_models, bo
     TORCH_CHECK_TYPE(false, fn, ": the cell of ", x, " (row) and ", y,
                      " (column) cannot be computed: ", msg);
   }
-  TORCH_CHECK(false, fn, ": the cell of ", x, " (row) and ", y, " (column) cannot be computed: ",
-              msg);
+  TORCH_CHECK(false, fn, ": the cell of ", x, " (row) and ", y,
+              " (column) cannot be computed: ", msg);
 }
 
 // Per-layer second-order statistics, from data or from an accumulator's state.
 struct LayerMoments {
   std::string label;
-  int64_t rows = 0;         // examples after the conv recipe
+  int64_t rows = 0;  // examples after the conv recipe
   int64_t features = 0;
   at::Tensor mean;          // [p], compute dtype
   at::Tensor cov;           // [p, p] unbiased covariance
@@ -382,7 +382,8 @@ std::vector<at::Tensor> moment_cells(const char* fn, const std::vector<LayerMome
     const bool debiased = o.measure == GridMeasure::kDebiasedCka;
     TORCH_CHECK_VALUE(rows >= 2, fn, ": layers must have at least 2 examples, but got ", rows);
     if (debiased) detail::check_debiased_examples(fn, rows);
-    for (int64_t l : used) detail::check_not_constant(fn, layers[l].label.c_str(), layers[l].non_constant);
+    for (int64_t l : used)
+      detail::check_not_constant(fn, layers[l].label.c_str(), layers[l].non_constant);
     for (const auto& c : cells) {
       guarded(c, [&] {
         return detail::linear_cka_from_moments(fn, pair_of(layers, cross, c.x, c.y), debiased);
@@ -677,14 +678,14 @@ std::vector<at::Tensor> by_name(const char* fn, const NamedActivations& batch,
                                 const std::vector<std::string>& names, const char* side) {
   std::map<std::string, at::Tensor> m;
   for (const auto& [name, t] : batch) {
-    TORCH_CHECK_VALUE(m.emplace(name, t).second, fn, ": ", side, " must name each layer once, but \"",
-                      name, "\" is repeated");
+    TORCH_CHECK_VALUE(m.emplace(name, t).second, fn, ": ", side,
+                      " must name each layer once, but \"", name, "\" is repeated");
   }
   std::vector<at::Tensor> out;
   for (const auto& n : names) {
     auto it = m.find(n);
-    TORCH_CHECK_VALUE(it != m.end(), fn, ": ", side, " must hold every layer given at construction, but \"",
-                      n, "\" is missing");
+    TORCH_CHECK_VALUE(it != m.end(), fn, ": ", side,
+                      " must hold every layer given at construction, but \"", n, "\" is missing");
     out.push_back(it->second);
   }
   TORCH_CHECK_VALUE(m.size() == names.size(), fn, ": ", side, " must hold only the ", names.size(),
@@ -725,8 +726,10 @@ void GridAccumulator::update(const NamedActivations& a, const NamedActivations& 
   constexpr const char* fn = "GridAccumulator::update";
   Impl& s = *impl_;
   if (!s.two_models) {
-    TORCH_CHECK_VALUE(b.empty(), fn, ": b must be empty for a one-model grid (constructed without "
-                      "cols), but got ", b.size(), " layers");
+    TORCH_CHECK_VALUE(b.empty(), fn,
+                      ": b must be empty for a one-model grid (constructed without "
+                      "cols), but got ",
+                      b.size(), " layers");
   }
   const char* side_a = s.two_models ? "a" : "layers";
   std::vector<LayerRef> refs;
@@ -736,13 +739,15 @@ void GridAccumulator::update(const NamedActivations& a, const NamedActivations& 
   }
   if (s.two_models) {
     auto tb = by_name(fn, b, s.cols, "b");
-    for (size_t j = 0; j < tb.size(); ++j) refs.push_back({s.cols[j], layer_label(s.cols[j], "b"), tb[j]});
+    for (size_t j = 0; j < tb.size(); ++j)
+      refs.push_back({s.cols[j], layer_label(s.cols[j], "b"), tb[j]});
   }
   for (const auto& r : refs) check_layer_tensor(fn, r.label, r.acts);
   check_same_examples_and_device(fn, refs, s.two_models);
 
   std::pair<int64_t, int64_t> hw{0, 0};
-  if (s.conv == GridConv::kFold) hw = s.fold_hw ? *s.fold_hw : fold_size(fn, refs, s.options.recipe);
+  if (s.conv == GridConv::kFold)
+    hw = s.fold_hw ? *s.fold_hw : fold_size(fn, refs, s.options.recipe);
   std::vector<at::Tensor> mats;
   for (const auto& r : refs) {
     if (s.conv == GridConv::kFold) {
@@ -764,7 +769,8 @@ int64_t GridAccumulator::n() const {
 Grid GridAccumulator::result() const {
   constexpr const char* fn = "GridAccumulator::result";
   const Impl& s = *impl_;
-  TORCH_CHECK_VALUE(s.examples > 0, fn, ": the accumulator must have seen at least one batch, but "
+  TORCH_CHECK_VALUE(s.examples > 0, fn,
+                    ": the accumulator must have seen at least one batch, but "
                     "it is empty");
   const int64_t rows = s.acc.n();
   TORCH_CHECK_VALUE(rows >= 2, fn, ": layers must have at least 2 examples, but got ", rows);

@@ -44,7 +44,8 @@ enum class GridConv {
   kPool,     // global average over the spatial axes: [n, c] (2-D layers pass unchanged)
   kFold,     // positions become examples, [n*h*w, c]; every layer of the grid must be 4-D;
              // layers are brought to the largest h x w of the grid with recipe.upsample
-  kFourier,  // CCA family only, every layer 4-D: the mean over frequencies of Fourier CCA
+  kFourier,  // measure kCca only, every layer 4-D: the mean over frequencies of fourier_cca
+             // (computed per pair: no per-layer reuse yet)
 };
 // "auto" | "flatten" | "pool" | "fold" | "fourier"; throws listing them otherwise.
 GridConv parse_grid_conv(const char* fn, const std::string& name, const std::string& value);
@@ -74,19 +75,29 @@ struct Grid {
   std::map<std::string, std::string> options;  // every option that affects the numbers
 };
 
-// L x L grid of one model's layers. Throws when fewer than one layer is given, names repeat,
-// layers disagree on the number of examples (names them and their shapes), an option does not
-// apply (kFourier with a CKA measure, kFold with a 2-D layer), or a cell cannot be computed (the
-// message names the pair, e.g. cca needs n >= p + 2).
+// L x L grid of one model's layers. Every cell equals the one-shot pair call on the layers after
+// the conv recipe (linear_cka, cca(...).correlations.mean(), svcca(...).score, pwcca(...).score
+// with the row layer as x, rbf_cka) up to rounding. Cost: each layer is centered (float64 by
+// default), its covariance and factors (eigh, whitening) computed once, then one cross-covariance
+// per pair; memory holds every layer's centered [rows, p] data and covariances. rbf-cka holds one
+// centered [n, n] kernel matrix per layer. Precision::kInput computes every pair in the dtype
+// promoted over all layers. Symmetric measures compute the upper triangle and mirror it.
+// Throws when fewer than one layer is given, names repeat, a layer is not a finite float tensor
+// with >= 2 dims, layers disagree on the number of examples or device (names them and their
+// shapes), an option does not apply (kFourier with a measure other than cca, kFold / kFourier
+// with a layer that is not 4-D), or a cell cannot be computed (the message names the layer, e.g.
+// cca and pwcca need rows >= p + 2, or the pair of layers).
 Grid similarity_grid(const NamedActivations& layers, const GridOptions& options = {});
 // La x Lb grid of model A's layers (rows) against model B's (cols), on the same examples.
 Grid similarity_grid(const NamedActivations& a, const NamedActivations& b,
                      const GridOptions& options = {});
 
-// Streams a grid over batches: exact for cka, cca, svcca and pwcca (moments through
-// CovarianceAccumulator, so the result equals similarity_grid on all rows to ~1e-10);
-// debiased-cka and rbf-cka need every example at once and throw at construction (or are exact
-// where the implementation documents it). Memory is O((sum of features)^2), independent of n.
+// Streams a grid over batches: exact for cka, cca, svcca and pwcca (float64 moments through
+// CovarianceAccumulator, so the result equals similarity_grid on all rows to ~1e-10, whatever
+// the batch sizes); debiased-cka, rbf-cka and conv kFourier need every example at once and throw
+// at construction. kFold's target size comes from the first batch. pwcca's reference weighting
+// has no QR fallback from moments (see pwcca.h). Memory is O((sum of features)^2), independent
+// of n.
 class GridAccumulator {
  public:
   // rows: layer names of model A; cols: of model B, or empty for a one-model grid.
@@ -96,9 +107,14 @@ class GridAccumulator {
   GridAccumulator(GridAccumulator&&) noexcept;
   GridAccumulator& operator=(GridAccumulator&&) noexcept;
 
-  // One batch of every layer, by name (same names as at construction; same batch size).
+  // One batch of every layer, by name (same names as at construction, any order; same batch
+  // size). Throws, leaving the accumulator unchanged, on missing / extra / repeated names, batch
+  // sizes that differ, or a layer whose feature count or dtype changed.
   void update(const NamedActivations& a, const NamedActivations& b = {});
+  // Examples seen (rows of each layer before folding).
   int64_t n() const;
+  // The grid over every example seen. Throws before the first batch or when a cell cannot be
+  // computed (as similarity_grid).
   Grid result() const;
 
  private:

@@ -32,7 +32,8 @@ namespace fs = std::filesystem;
 
 // values as a contiguous float64 CPU tensor after checking it matches the names.
 at::Tensor checked_values(const char* fn, const Grid& grid) {
-  TORCH_CHECK_VALUE(grid.values.defined(), fn, ": grid.values must be a defined tensor, but got an "
+  TORCH_CHECK_VALUE(grid.values.defined(), fn,
+                    ": grid.values must be a defined tensor, but got an "
                     "undefined one");
   const auto r = static_cast<int64_t>(grid.rows.size());
   const auto c = static_cast<int64_t>(grid.cols.size());
@@ -66,11 +67,21 @@ std::string xml_escape(const std::string& s) {
   out.reserve(s.size());
   for (char ch : s) {
     switch (ch) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
       default:
         // Control characters other than tab / newline are not allowed in XML 1.0.
         if (static_cast<unsigned char>(ch) < 0x20 && ch != '\t' && ch != '\n' && ch != '\r') {
@@ -102,10 +113,11 @@ std::string default_title(const Grid& grid, const HeatmapOptions& options) {
 }
 
 void check_range(const char* fn, const HeatmapOptions& options) {
-  TORCH_CHECK_VALUE(std::isfinite(options.vmin) && std::isfinite(options.vmax) &&
-                        options.vmin < options.vmax,
-                    fn, ": options.vmin and options.vmax must be finite with vmin < vmax, but got "
-                    "vmin = ", options.vmin, " and vmax = ", options.vmax);
+  TORCH_CHECK_VALUE(
+      std::isfinite(options.vmin) && std::isfinite(options.vmax) && options.vmin < options.vmax, fn,
+      ": options.vmin and options.vmax must be finite with vmin < vmax, but got "
+      "vmin = ",
+      options.vmin, " and vmax = ", options.vmax);
 }
 
 // Approximate width of a string in a sans-serif font of `size` px (SVG has no text metrics).
@@ -253,9 +265,11 @@ Grid grid_from_json(const nlohmann::json& json) {
   const auto r = static_cast<int64_t>(g.rows.size());
   const auto c = static_cast<int64_t>(g.cols.size());
   TORCH_CHECK_VALUE(values.is_array() && static_cast<int64_t>(values.size()) == r, fn,
-                    ": field \"values\" must be an array of ", r, " rows (one per name in \"rows\"), "
-                    "but got ", values.is_array() ? std::to_string(values.size()) + " rows"
-                                                  : std::string("a ") + values.type_name());
+                    ": field \"values\" must be an array of ", r,
+                    " rows (one per name in \"rows\"), "
+                    "but got ",
+                    values.is_array() ? std::to_string(values.size()) + " rows"
+                                      : std::string("a ") + values.type_name());
   g.values = at::empty({r, c}, at::kDouble);
   auto acc = g.values.accessor<double, 2>();
   for (int64_t i = 0; i < r; ++i) {
@@ -311,8 +325,8 @@ std::string heatmap_svg(const Grid& grid, const HeatmapOptions& options) {
   const double gw = cell * static_cast<double>(nc), gh = cell * static_cast<double>(nr);
   const double bar_x = left + gw + 20.0, bar_w = 16.0, bar_h = std::max(gh, 150.0);
   const double body_h = std::max(gh, bar_h);
-  const double width = std::max(bar_x + bar_w + 8.0 + 60.0 + margin,
-                                text_width(title, title_font) + 2.0 * margin);
+  const double width =
+      std::max(bar_x + bar_w + 8.0 + 60.0 + margin, text_width(title, title_font) + 2.0 * margin);
   const double height = top + body_h + 6.0 + col_h + 8.0 + axis_font + margin;
 
   std::ostringstream s;
@@ -414,14 +428,17 @@ std::vector<uint8_t> heatmap_png(const Grid& grid, const HeatmapOptions& options
   };
   for (int64_t i = 0; i < nr; ++i) {
     for (int64_t j = 0; j < nc; ++j) {
-      const detail::Rgb c = detail::colormap(detail::scaled(p[i * nc + j], options.vmin, options.vmax));
+      const detail::Rgb c =
+          detail::colormap(detail::scaled(p[i * nc + j], options.vmin, options.vmax));
       for (int64_t y = 0; y < l.cell; ++y) {
-        for (int64_t x = 0; x < l.cell; ++x) put(l.grid_x + j * l.cell + x, l.grid_y + i * l.cell + y, c);
+        for (int64_t x = 0; x < l.cell; ++x)
+          put(l.grid_x + j * l.cell + x, l.grid_y + i * l.cell + y, c);
       }
     }
   }
   for (int64_t y = 0; y < l.bar_h; ++y) {
-    const double t = 1.0 - static_cast<double>(y) / static_cast<double>(std::max<int64_t>(1, l.bar_h - 1));
+    const double t =
+        1.0 - static_cast<double>(y) / static_cast<double>(std::max<int64_t>(1, l.bar_h - 1));
     const detail::Rgb c = detail::colormap(t);
     for (int64_t x = 0; x < l.bar_w; ++x) put(l.bar_x + x, l.bar_y + y, c);
   }
@@ -442,7 +459,8 @@ std::vector<uint8_t> heatmap_png(const Grid& grid, const HeatmapOptions& options
      "encode the image");
   size_t size = 0;
   int err = 0;
-  std::unique_ptr<void, void (*)(void*)> buf(spng_get_png_buffer(ctx.get(), &size, &err), std::free);
+  std::unique_ptr<void, void (*)(void*)> buf(spng_get_png_buffer(ctx.get(), &size, &err),
+                                             std::free);
   ok(err, "return the encoded buffer");
   TORCH_CHECK(buf != nullptr, fn, ": libspng returned no buffer");
   const auto* bytes = static_cast<const uint8_t*>(buf.get());
@@ -481,7 +499,8 @@ std::string heatmap_terminal(const Grid& grid, bool color) {
       << grid.col_label << " (columns)\n";
   // Column numbers, last digit, one per cell.
   out << pad("") << ' ';
-  for (int64_t j = 0; j < nc; ++j) out << std::string(cw - 1, ' ') << static_cast<char>('0' + j % 10);
+  for (int64_t j = 0; j < nc; ++j)
+    out << std::string(cw - 1, ' ') << static_cast<char>('0' + j % 10);
   out << '\n';
   for (int64_t i = 0; i < nr; ++i) {
     out << pad(shorten(grid.rows[i])) << ' ';
@@ -508,11 +527,14 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   fs::path dir = target.parent_path();
   if (dir.empty()) dir = ".";
   std::error_code ec;
-  TORCH_CHECK(fs::is_directory(dir, ec), fn, ": path must be in an existing folder, but the folder "
-              "\"", dir.string(), "\" of \"", path, "\" does not exist");
+  TORCH_CHECK(fs::is_directory(dir, ec), fn,
+              ": path must be in an existing folder, but the folder "
+              "\"",
+              dir.string(), "\" of \"", path, "\" does not exist");
   std::string tmpl = (dir / ("." + target.filename().string() + ".tmp.XXXXXX")).string();
   const int fd = mkstemp(tmpl.data());
-  TORCH_CHECK(fd >= 0, fn, ": path must be in a writable folder, but creating a temporary file in \"",
+  TORCH_CHECK(fd >= 0, fn,
+              ": path must be in a writable folder, but creating a temporary file in \"",
               dir.string(), "\" failed: ", std::strerror(errno));
   // mkstemp creates the file 0600; give it the permissions a plain open() would (0666 & ~umask).
   const mode_t mask = umask(0);
@@ -541,8 +563,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
 }
 
 std::vector<std::string> write_grid_files(const Grid& grid, const std::string& dir,
-                                          const std::string& stem,
-                                          const HeatmapOptions& options) {
+                                          const std::string& stem, const HeatmapOptions& options) {
   constexpr const char* fn = "write_grid_files";
   TORCH_CHECK_VALUE(!stem.empty() && stem.find('/') == std::string::npos, fn,
                     ": stem must be a non-empty file name without '/', but got \"", stem, "\"");

@@ -39,6 +39,7 @@ __all__ = [
     "fold_positions",
     "global_avg_pool",
     "resize_spatial",
+    "similarity_grid",
     "capture",
     "tap_model",
     "layer_names",
@@ -252,3 +253,16 @@ def global_avg_pool(acts, layout="NCHW"):
 def resize_spatial(acts, size, mode="reference", layout="NCHW"):
     """Resize the spatial maps to ``size = (height, width)``; modes as in :func:`conv_features`."""
     return _ops.resize_spatial(acts, list(size), mode, layout)
+
+
+def similarity_grid(x, y=None, measure="cka", conv="auto"):
+    """Layer x layer grid ``[len(x), len(y or x)]`` (float64, CPU): cell ``[i, j]`` is ``measure``
+    of ``x[i]`` against ``y[j]`` (``x[j]`` for a one-model grid), each layer's own work done once.
+
+    ``measure``: ``"cka"``, ``"debiased-cka"``, ``"rbf-cka"``, ``"cca"``, ``"svcca"``,
+    ``"pwcca"`` (CCA family: the mean correlation; PWCCA is not symmetric). ``conv`` turns layers
+    with more than 2 dims into ``[n, p]``: ``"auto"`` (flatten for CKA, pool for CCA),
+    ``"flatten"``, ``"pool"``, ``"fold"``, ``"fourier"`` (cca only). Every layer needs the same
+    number of examples (dim 0).
+    """
+    return _ops.similarity_grid(list(x), None if y is None else list(y), measure, conv)
