@@ -18,10 +18,10 @@
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/optim/adam.h>
 
-#include <ctime>
 #include <dlfcn.h>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <exception>
 #include <fstream>
 #include <iostream>
@@ -80,18 +80,25 @@ Args parse(int argc, char** argv) {
       continue;
     }
     try {
-      if (flag == "--epochs") a.epochs = std::stoll(v);
-      else if (flag == "--every") a.every = std::stoll(v);
-      else if (flag == "--threshold") a.threshold = std::stod(v);
-      else if (flag == "--window") a.window = std::stoll(v);
-      else if (flag == "--threads") a.threads = std::stoi(v);
-      else throw std::runtime_error("unknown flag " + flag + "\n" + kUsage);
+      if (flag == "--epochs")
+        a.epochs = std::stoll(v);
+      else if (flag == "--every")
+        a.every = std::stoll(v);
+      else if (flag == "--threshold")
+        a.threshold = std::stod(v);
+      else if (flag == "--window")
+        a.window = std::stoll(v);
+      else if (flag == "--threads")
+        a.threads = std::stoi(v);
+      else
+        throw std::runtime_error("unknown flag " + flag + "\n" + kUsage);
     } catch (const std::logic_error&) {  // stoll/stod: invalid_argument, out_of_range
       throw std::invalid_argument(flag + " must be a number, but got " + v);
     }
   }
   if (!(a.threshold >= 0.0 && a.threshold <= 1.0)) {
-    throw std::invalid_argument("--threshold must be in [0, 1], but got " + std::to_string(a.threshold));
+    throw std::invalid_argument("--threshold must be in [0, 1], but got " +
+                                std::to_string(a.threshold));
   }
   if (a.epochs < 1 || a.every < 1 || a.window < 1 || a.threads < 1) {
     throw std::invalid_argument("--epochs, --every, --window and --threads must be >= 1");
@@ -124,9 +131,9 @@ void set_blas_threads(int threads) {
   }
 }
 
-// CPU time of this thread: with one intra-op and one BLAS thread, the forward, the backward (the autograd
-// engine runs CPU graphs on the calling thread) and the monitor all run here, so this measures
-// their work and not the other programs sharing the machine, as wall time would.
+// CPU time of this thread: with one intra-op and one BLAS thread, the forward, the backward (the
+// autograd engine runs CPU graphs on the calling thread) and the monitor all run here, so this
+// measures their work and not the other programs sharing the machine, as wall time would.
 double thread_seconds() {
   timespec ts{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -136,7 +143,8 @@ double thread_seconds() {
 double accuracy(torch::jit::Module& net, const at::Tensor& x, const at::Tensor& y) {
   at::NoGradGuard no_grad;
   net.eval();
-  const double acc = net.forward({x}).toTensor().argmax(1).eq(y).to(at::kDouble).mean().item<double>();
+  const double acc =
+      net.forward({x}).toTensor().argmax(1).eq(y).to(at::kDouble).mean().item<double>();
   net.train();
   return acc;
 }
@@ -157,8 +165,12 @@ RunResult train(const Args& args, const Data& data, bool freeze) {
   // The probe: the first kProbe training images (no test image takes part in any decision).
   svcca::MonitorOptions options;
   options.summary_dims = 32;
-  RunResult r{svcca::TrainingMonitor(tapped, data.train_x.narrow(0, 0, kProbe), options), 0.0, 0.0,
-              0.0, {}, 0};
+  RunResult r{svcca::TrainingMonitor(tapped, data.train_x.narrow(0, 0, kProbe), options),
+              0.0,
+              0.0,
+              0.0,
+              {},
+              0};
 
   std::vector<at::Tensor> params;
   std::map<std::string, std::vector<at::Tensor>> params_of;  // layer -> its parameters
@@ -248,12 +260,12 @@ int main(int argc, char** argv) {
                 static_cast<long long>(args.epochs), static_cast<long long>(args.every));
     RunResult full = train(args, data, /*freeze=*/false);
     const svcca::Grid d = full.monitor.dynamics();
-    std::printf("linear CKA of each layer's probe activations (top 32 principal components) to "
-                "its final state:\n");
+    std::printf(
+        "linear CKA of each layer's probe activations (top 32 principal components) to "
+        "its final state:\n");
     print_table(d);
     const auto files = svcca::write_grid_files(d, args.out, "dynamics");
-    svcca::write_grid_files(full.monitor.grid(full.monitor.steps().back()), args.out,
-                            "grid_final");
+    svcca::write_grid_files(full.monitor.grid(full.monitor.steps().back()), args.out, "grid_final");
     std::printf("saved %s (and .csv, .svg, .png; grid_final.* is the layer x layer grid)\n",
                 files.front().c_str());
 
@@ -267,16 +279,19 @@ int main(int argc, char** argv) {
       if (i > 0 && since[i] < since[i - 1]) ordered = false;
     }
     if (ordered) {
-      std::printf("=> lower layers converged first (no layer converged before a lower one), as "
-                  "Raghu et al. report.\n");
+      std::printf(
+          "=> lower layers converged first (no layer converged before a lower one), as "
+          "Raghu et al. report.\n");
     } else {
-      std::printf("=> NOT the paper's finding here: some layer converged before a layer below it "
-                  "(see the steps above).\n");
+      std::printf(
+          "=> NOT the paper's finding here: some layer converged before a layer below it "
+          "(see the steps above).\n");
     }
 
-    std::printf("\n== run 2: freeze the converged prefix below the output layer (threshold %.3g "
-                "over %lld records) ==\n",
-                args.threshold, static_cast<long long>(args.window));
+    std::printf(
+        "\n== run 2: freeze the converged prefix below the output layer (threshold %.3g "
+        "over %lld records) ==\n",
+        args.threshold, static_cast<long long>(args.window));
     RunResult frozen = train(args, data, /*freeze=*/true);
     if (frozen.frozen.empty()) std::printf("no layer met the freeze criterion\n");
     for (const auto& [name, step] : frozen.frozen) {

@@ -25,7 +25,9 @@ const std::vector<int> kEpochs = {0, 1, 2, 4, 8};
 std::string model_path(int epoch) {
   return std::string(SVCCA_MODELS_DIR) + "/digits/cnn_epoch" + std::to_string(epoch) + ".pt";
 }
-TappedModule load_cnn(int epoch) { return TappedModule::load(model_path(epoch)); }
+TappedModule load_cnn(int epoch) {
+  return TappedModule::load(model_path(epoch));
+}
 
 std::string temp_path(const std::string& name) {
   return ::testing::TempDir() + "svcca_monitor_" + std::to_string(::getpid()) + "_" + name;
@@ -335,8 +337,7 @@ TEST_F(MonitorTest, RejectsBadInput) {
   EXPECT_THROWS_WITH(TrainingMonitor(load_cnn(0), at::rand({20, 1, 8, 8}), cca),
                      "at least 34 examples for the measure cca (summary_dims + 2");
   EXPECT_THROWS_WITH(TrainingMonitor(load_cnn(0), at::Tensor()), "probe must be a defined");
-  EXPECT_THROWS_WITH(TrainingMonitor(load_cnn(0), at::rand({0, 1, 8, 8})),
-                     "at least one example");
+  EXPECT_THROWS_WITH(TrainingMonitor(load_cnn(0), at::rand({0, 1, 8, 8})), "at least one example");
   MonitorOptions bad;
   bad.summary_dims = 0;
   EXPECT_THROWS_WITH(TrainingMonitor(load_cnn(0), probe(50), bad), "summary_dims must be >= 1");
@@ -351,9 +352,11 @@ TEST_F(MonitorTest, RejectsBadInput) {
   EXPECT_THROWS_WITH(m.dynamics(), "at least one step must be recorded");
   EXPECT_THROWS_WITH(m.convergence_steps(0.9), "at least one step must be recorded");
   for (int64_t s : {0, 10, 20, 30, 40, 50, 60}) m.record(s);
-  EXPECT_THROWS_WITH(m.record(60), "step must be greater than the last recorded step 60, but got 60");
-  EXPECT_THROWS_WITH(m.grid(15), "step must be a recorded step (7 recorded: 0, 10, 20, ..., 50, 60), "
-                                 "but got 15");
+  EXPECT_THROWS_WITH(m.record(60),
+                     "step must be greater than the last recorded step 60, but got 60");
+  EXPECT_THROWS_WITH(m.grid(15),
+                     "step must be a recorded step (7 recorded: 0, 10, 20, ..., 50, 60), "
+                     "but got 15");
   EXPECT_THROWS_WITH(m.summary("conv1", 15), "but got 15");
   EXPECT_THROWS_WITH(m.summary("conv7", 0), "layer must be a monitored layer, but got conv7");
   EXPECT_THROWS_WITH(m.converged(1.5, 2), "threshold");

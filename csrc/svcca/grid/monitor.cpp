@@ -2,9 +2,9 @@
 #include "svcca/grid/monitor.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
-#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -129,7 +129,7 @@ Capture run_probe(const char* fn, const TappedModule& model, const at::Tensor& p
     }
   }
   TORCH_CHECK_VALUE(false, fn, ": the model must accept the probe, but it rejected probe of shape ",
-              detail::shape_str(probe), when, ": ", error);
+                    detail::shape_str(probe), when, ": ", error);
 }
 
 }  // namespace
@@ -141,30 +141,32 @@ TrainingMonitor::TrainingMonitor(torch::jit::Module module, at::Tensor probe,
 TrainingMonitor::TrainingMonitor(TappedModule model, at::Tensor probe, MonitorOptions options)
     : model_(std::move(model)), probe_(std::move(probe)), options_(std::move(options)) {
   constexpr const char* fn = "TrainingMonitor";
-  TORCH_CHECK_VALUE(options_.summary_dims >= 1, fn,
-                    ": options.summary_dims must be >= 1, but got ", options_.summary_dims);
+  TORCH_CHECK_VALUE(options_.summary_dims >= 1, fn, ": options.summary_dims must be >= 1, but got ",
+                    options_.summary_dims);
   const GridConv conv = options_.grid.conv;
-  TORCH_CHECK_VALUE(conv == GridConv::kAuto || conv == GridConv::kFlatten ||
-                        conv == GridConv::kPool,
-                    fn, ": options.grid.conv must be auto, flatten or pool (fold and fourier "
-                    "change the examples a summary is over), but got ", to_string(conv));
-  TORCH_CHECK_VALUE(probe_.defined(), fn, ": probe must be a defined tensor, but got an "
+  TORCH_CHECK_VALUE(
+      conv == GridConv::kAuto || conv == GridConv::kFlatten || conv == GridConv::kPool, fn,
+      ": options.grid.conv must be auto, flatten or pool (fold and fourier "
+      "change the examples a summary is over), but got ",
+      to_string(conv));
+  TORCH_CHECK_VALUE(probe_.defined(), fn,
+                    ": probe must be a defined tensor, but got an "
                     "undefined one");
   TORCH_CHECK_VALUE(probe_.dim() >= 1 && probe_.size(0) >= 1, fn,
                     ": probe must have at least one example along dim 0, but got shape ",
                     detail::shape_str(probe_));
   examples_ = probe_.size(0);
   const int64_t needed = min_examples(options_.grid.measure, options_.summary_dims);
-  TORCH_CHECK_VALUE(examples_ >= needed, fn, ": probe must have at least ", needed,
-                    " examples for the measure ", to_string(options_.grid.measure),
-                    is_cca_family(options_.grid.measure)
-                        ? " (summary_dims + 2: CCA needs n >= p + 2)"
-                        : "",
-                    ", but got ", examples_, " (probe shape ", detail::shape_str(probe_), ")");
+  TORCH_CHECK_VALUE(
+      examples_ >= needed, fn, ": probe must have at least ", needed, " examples for the measure ",
+      to_string(options_.grid.measure),
+      is_cca_family(options_.grid.measure) ? " (summary_dims + 2: CCA needs n >= p + 2)" : "",
+      ", but got ", examples_, " (probe shape ", detail::shape_str(probe_), ")");
   cell_options_ = options_.grid;
   cell_options_.conv = GridConv::kFlatten;
   layers_ = model_.select(options_.layers);
-  TORCH_CHECK_VALUE(!layers_.empty(), fn, ": the model must have at least one layer to record "
+  TORCH_CHECK_VALUE(!layers_.empty(), fn,
+                    ": the model must have at least one layer to record "
                     "(a module whose forward calls submodules), but got none");
 
   // A dry run validates the probe against the model and every layer's output now, rather than
@@ -172,7 +174,8 @@ TrainingMonitor::TrainingMonitor(TappedModule model, at::Tensor probe, MonitorOp
   const Capture cap = run_probe(fn, model_, probe_, layers_, "");
   for (const auto& name : layers_) {
     const auto values = cap.values(name);
-    TORCH_CHECK_VALUE(!values.empty(), fn, ": layer ", name, " must produce an output for the "
+    TORCH_CHECK_VALUE(!values.empty(), fn, ": layer ", name,
+                      " must produce an output for the "
                       "probe, but it did not run (a branch forward did not take?)");
     const at::Tensor& v = values.front();
     TORCH_CHECK_VALUE(v.dim() >= 1 && v.size(0) == examples_, fn, ": layer ", name,
@@ -215,7 +218,8 @@ void TrainingMonitor::record_from(const char* fn, int64_t step, const TappedModu
     // A diverged model (NaN/Inf) is reported here, not as NaN similarities later.
     TORCH_CHECK_VALUE(at::isfinite(x).all().item<bool>(), fn, ": layer ", name,
                       " must have finite activations on the probe, but got non-finite values at "
-                      "step ", step, " (did training diverge?)");
+                      "step ",
+                      step, " (did training diverge?)");
     rec.summaries.push_back(reduce(x, options_.summary_dims).cpu());
   }
   records_.push_back(std::move(rec));
@@ -262,13 +266,14 @@ double TrainingMonitor::to_latest(size_t layer, size_t r) const {
 }
 
 Grid TrainingMonitor::dynamics() const {
-  TORCH_CHECK_VALUE(!records_.empty(), "TrainingMonitor::dynamics: at least one step must be "
+  TORCH_CHECK_VALUE(!records_.empty(),
+                    "TrainingMonitor::dynamics: at least one step must be "
                     "recorded, but got none (call record(step) first)");
   Grid g;
   g.rows = layers_;
   for (const auto& r : records_) g.cols.push_back(std::to_string(r.step));
-  g.values = at::empty({static_cast<int64_t>(layers_.size()), static_cast<int64_t>(records_.size())},
-                       at::kDouble);
+  g.values = at::empty(
+      {static_cast<int64_t>(layers_.size()), static_cast<int64_t>(records_.size())}, at::kDouble);
   auto v = g.values.accessor<double, 2>();
   for (size_t i = 0; i < layers_.size(); ++i) {
     for (size_t r = 0; r < records_.size(); ++r) {
@@ -357,8 +362,10 @@ void TrainingMonitor::load(const std::string& path) {
   }
   TORCH_CHECK_VALUE(layers == layers_, fn, ": the file's layers must equal the monitor's (",
                     c10::Join(", ", layers_), "), but ", path, " has ", c10::Join(", ", layers));
-  TORCH_CHECK_VALUE(examples_iv.toInt() == examples_, fn, ": the file's probe examples must equal "
-                    "the monitor's (", examples_, "), but ", path, " has ", examples_iv.toInt());
+  TORCH_CHECK_VALUE(examples_iv.toInt() == examples_, fn,
+                    ": the file's probe examples must equal "
+                    "the monitor's (",
+                    examples_, "), but ", path, " has ", examples_iv.toInt());
   auto state = detail::get_state(fn, path, payload, at::kCPU);
   const auto steps_it = state.find("steps");
   if (steps_it == state.end() || steps_it->second.dim() != 1 ||
