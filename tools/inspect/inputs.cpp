@@ -347,7 +347,8 @@ at::Tensor npy_to_tensor(const std::string& path, const NpyHeader& h, int fd, in
       std::memcpy(&v, data.data() + i * h.item_size, h.item_size);  // little-endian after swap
       wide[i] = static_cast<double>(v);
     }
-    t = at::from_blob(wide.data(), storage_shape, at::TensorOptions().dtype(at::kDouble)).clone();
+    t = at::from_blob(wide.data(), storage_shape, at::TensorOptions().dtype(at::kDouble))
+            .to(at::kFloat);
   }
   if (h.fortran_order) {
     std::vector<int64_t> reversed(t.dim());

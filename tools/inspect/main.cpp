@@ -159,6 +159,13 @@ int main(int argc, char** argv) {
   tap->add_option("MODEL", tap_req.model, "TorchScript model (.pt)")->required();
   tap->add_option("-o,--output", tap_req.output, "the tapped model to write")->required();
 
+  for (CLI::App* sub : {layers, grid, compare, dynamics, tap}) {
+    sub->footer(
+        "\nAlso anywhere on the line: --json (or --format json), -q/--quiet, --no-color.\n"
+        "Exit codes: 0 success, 1 computation failed, 2 usage error, 3 input error, 4 output "
+        "error\n(svcca-inspect --help explains inputs, measures and exit codes).");
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
