@@ -252,6 +252,22 @@ void elide_safe_copies(jit::Graph& graph) {
   }
 }
 
+// The tap names of a graph in graph order, which is the order the taps run in (inner modules
+// before the containers that call them, as Python's hooks fire); each name once.
+std::vector<std::string> tap_names(jit::Graph& graph) {
+  std::vector<jit::Node*> taps;
+  collect_nodes(graph.block(), tap_symbol(), taps);
+  std::vector<std::string> names;
+  std::unordered_set<std::string> seen;
+  for (jit::Node* t : taps) {
+    c10::optional<c10::IValue> name = jit::toIValue(t->input(1));
+    if (name && name->isString() && seen.insert(name->toStringRef()).second) {
+      names.push_back(name->toStringRef());
+    }
+  }
+  return names;
+}
+
 bool has_taps(const jit::Function& fn) {
   if (!fn.isGraphFunction()) return false;
   std::vector<jit::Node*> taps;
@@ -504,14 +520,7 @@ TappedModule::TappedModule(torch::jit::Module module, std::string method_name)
   std::shared_ptr<jit::Graph> graph = jit::toGraphFunction(*forward).graph()->copy();
   Tapper tapper(*graph, types_);
   tapper.run();
-  // Names in graph order, which is the order the taps run in (inner modules before the
-  // containers that call them, as Python's hooks fire).
-  std::vector<jit::Node*> taps;
-  collect_nodes(graph->block(), tap_symbol(), taps);
-  for (jit::Node* t : taps) {
-    std::string name = jit::toIValue(t->input(1))->toStringRef();
-    if (std::find(names_.begin(), names_.end(), name) == names_.end()) names_.push_back(name);
-  }
+  names_ = tap_names(*graph);
   if (names_.empty()) {
     const size_t children = module_.children().size();
     TORCH_CHECK_VALUE(children != 0,
@@ -532,9 +541,12 @@ TappedModule::TappedModule(torch::jit::Module module, std::string method_name)
   elide_safe_copies(*graph);
 
   if (jit::Function* existing = type->findMethod(method_name_)) {
-    // A module tapped before (e.g. loaded from a saved tapped model): use its method.
+    // A module tapped before (e.g. loaded from a saved tapped model): use its method, and the
+    // names its taps carry.
     TORCH_CHECK_VALUE(has_taps(*existing), "TappedModule: method_name must not name an existing ",
                       "method of the module, but got '", method_name_, "'");
+    names_ = tap_names(*jit::toGraphFunction(*existing).graph());
+    for (const auto& n : names_) types_.emplace(n, "<unknown>");
   } else {
     auto cu = module_._ivalue()->compilation_unit();
     c10::QualifiedName qualname(*type->name(), method_name_);

@@ -52,6 +52,22 @@ struct LayerInfo {
 // links svcca::ops with LINKER:--no-as-needed (or loads the library); the constructor throws
 // with that advice when the op is missing.
 //
+// What is tapped: the tapped method is forward's graph with every method call on self and its
+// submodules inlined (recursively, inside If and Loop blocks too), and a tap after each call of
+// a submodule's `forward` (and of the forward1, forward2, ... that torch.jit.trace makes for a
+// module called more than once), named by module path: what a Python forward hook on that module
+// sees, in the order hooks fire (inner modules before their containers). Calls of other methods
+// (self.helper(x), self.block.extra(x)) are inlined without a record of their own, so the module
+// calls inside them are recorded; a hook would not fire for them either. Calls through module
+// interfaces cannot be inlined and are not tapped. Tracing limits what a traced model can give:
+// nn.Identity is traced to a method returning None (no record), and nested tuples returned by a
+// submodule are flattened ("<path>:0", "<path>:1", "<path>:2" for (a, (b, c))).
+//
+// Copies: a record is a clone unless alias analysis proves that nothing after the tap writes to
+// the value (no in-place op on it or a view of it) and that it aliases no input, output or
+// module attribute; then the record shares the tensor, which costs nothing. Taps inside loops
+// and tuple elements always clone.
+//
 //   auto tapped = svcca::TappedModule::load("net.pt");
 //   auto cap = tapped.run({torch::randn({8, 1, 8, 8})}, {"features.*"});
 //   for (auto& r : cap.records) std::cout << r.name << " " << r.value.sizes() << "\n";
@@ -68,7 +84,7 @@ class TappedModule {
   static TappedModule load(const std::string& path, const c10::Device& device = c10::kCPU,
                            std::string method_name = "forward_tapped");
 
-  // Every tappable module path that forward reaches, in graph order (static, no input needed).
+  // Every tappable module path that forward reaches, in tap order (static, no input needed).
   const std::vector<std::string>& layer_names() const { return names_; }
   // The class name of the module at `name` (throws on an unknown name).
   std::string layer_type(const std::string& name) const;
