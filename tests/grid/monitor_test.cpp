@@ -253,6 +253,29 @@ def forward(self, x):
   EXPECT_TRUE(net.attr("inner").toModule().is_training());
 }
 
+// A layer that is constant on the probe (here: always zero) has no CKA; the grids say so
+// instead of returning NaN.
+TEST_F(MonitorTest, ConstantLayerIsAnErrorNotNaN) {
+  torch::jit::Module inner("svcca_test.Zero");
+  inner.register_attribute("training", c10::BoolType::get(), true);
+  inner.define(R"(
+def forward(self, x):
+    return x * 0.0
+)");
+  torch::jit::Module net("svcca_test.ZeroNet");
+  net.register_attribute("training", c10::BoolType::get(), true);
+  net.register_module("inner", inner);
+  net.define(R"(
+def forward(self, x):
+    return self.inner.forward(x)
+)");
+  TrainingMonitor m(net, at::randn({20, 3}, at::kDouble));
+  m.record(0);
+  m.record(1);
+  EXPECT_THROWS_WITH(m.dynamics(), "constant");
+  EXPECT_THROWS_WITH(m.grid(1), "constant");
+}
+
 TEST_F(MonitorTest, TrainingFlagsRestoredWhenTheModelThrows) {
   TappedModule model = load_cnn(1);
   TrainingMonitor m(model, probe(50));

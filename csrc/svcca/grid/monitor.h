@@ -81,7 +81,8 @@ class TrainingMonitor {
   // Layers (rows) x recorded steps (cols): values[i][t] = measure(summary of layer i at step t,
   // summary of layer i at the latest step), so the last column is 1 (the learning-dynamics plot
   // of Raghu et al. 2017, Fig. 4). measure is e.g. "cka-to-latest". Throws when nothing was
-  // recorded.
+  // recorded, or when a cell cannot be computed (as similarity_grid: e.g. a layer that is
+  // constant on the probe at some step has no CKA).
   Grid dynamics() const;
 
   // For each layer (in layers() order): the earliest recorded step s such that the layer's
