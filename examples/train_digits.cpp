@@ -59,7 +59,7 @@ const char* kUsage =
     "  --every      monitor every K steps (default 10)\n"
     "  --threshold  CKA to the latest state that counts as converged (default 0.999)\n"
     "  --window     records a layer must stay above the threshold (default 10)\n"
-    "  --threads    intra-op threads (default 1: steadier timings on a shared machine)\n";
+    "  --threads    intra-op and BLAS threads (default 1: steadier timings on a shared machine)\n";
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -205,7 +205,6 @@ RunResult train(const Args& args, const Data& data, bool freeze) {
           }
         }
         r.monitor_seconds += thread_seconds() - t0;
-        if (frozen.size() == r.monitor.layers().size()) break;
       }
       const double t0 = thread_seconds();
       const at::Tensor idx = perm.narrow(0, i, std::min(kBatch, n - i));
@@ -216,8 +215,6 @@ RunResult train(const Args& args, const Data& data, bool freeze) {
       opt.step();
       r.train_seconds += thread_seconds() - t0;
     }
-    // Every layer converged: nothing left to train, so the run stops here (early stopping).
-    if (frozen.size() == r.monitor.layers().size()) break;
   }
   r.steps = step;
   if (r.monitor.steps().back() != step) {
