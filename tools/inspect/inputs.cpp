@@ -383,15 +383,15 @@ NamedTensors read_torch_save_archive(const std::string& path, const std::string&
     // classes) as an internal assert; that text helps nobody, the likely cause does.
     const bool internal = pickle_error.find("INTERNAL ASSERT") != std::string::npos;
     throw InputError(quoted(path) + " is a torch.save archive whose content LibTorch cannot read" +
-                     (internal ? std::string(" (a state_dict, an OrderedDict or other Python "
-                                             "objects?)")
-                               : " (" + pickle_error + ")") +
+                     (internal
+                          ? std::string(" (a state_dict, an OrderedDict or other Python objects?)")
+                          : " (" + pickle_error + ")") +
                      ": save a tensor, a list of tensors or a dict of str to tensor");
   }
   if (m.find_method("forward")) {
     throw InputError(quoted(path) +
-                     " is a TorchScript model, not a tensor file (expected "
-                     "activations or inputs saved with torch.save, or a .npy)");
+                     " is a TorchScript model, not a tensor file (expected activations or inputs "
+                     "saved with torch.save, or a .npy)");
   }
   NamedTensors out;
   for (const auto& p : m.named_parameters(/*recurse=*/false)) out.emplace_back(p.name, p.value);
@@ -413,16 +413,16 @@ NamedTensors read_pickled(const std::string& path, const std::vector<char>& byte
     // Python pickles a one-entry dict with SETITEM (0x73), which LibTorch 1.13 cannot read.
     if (why.find("0x73") != std::string::npos) {
       throw InputError(quoted(path) +
-                       " holds a dict with a single entry, which LibTorch 1.13 "
-                       "cannot read: save the tensor itself, or a dict of two or more tensors");
+                       " holds a dict with a single entry, which LibTorch 1.13 cannot read: save "
+                       "the tensor itself, or a dict of two or more tensors");
     }
     if (starts_with(bytes, "PK\x03\x04", 4)) return read_torch_save_archive(path, why);
     // 0x80 is a pickle protocol header: torch.save's legacy (pre-1.6, non-zip) format.
     if (!bytes.empty() && static_cast<unsigned char>(bytes[0]) == 0x80) {
-      throw InputError(quoted(path) +
-                       " looks like torch.save's legacy format "
-                       "(_use_new_zipfile_serialization=False), which LibTorch cannot read: save "
-                       "it again with the default format");
+      throw InputError(
+          quoted(path) +
+          " looks like torch.save's legacy format (_use_new_zipfile_serialization=False), which "
+          "LibTorch cannot read: save it again with the default format");
     }
     throw InputError(quoted(path) +
                      " is not a tensor file: neither .npy nor written by torch.save (" + why + ")");
@@ -520,10 +520,9 @@ std::vector<int64_t> parse_shape(const std::string& option, const std::string& t
   std::vector<int64_t> shape;
   std::string part;
   const auto bad = [&] {
-    return UsageError(option +
-                      " must be sizes separated by commas, each at least 1 (e.g. "
-                      "64,1,8,8), but got '" +
-                      text + "'");
+    return UsageError(
+        option + " must be sizes separated by commas, each at least 1 (e.g. 64,1,8,8), but got '" +
+        text + "'");
   };
   for (size_t i = 0; i <= text.size(); ++i) {
     if (i == text.size() || text[i] == ',' || text[i] == 'x') {
@@ -546,8 +545,7 @@ InputSource InputSource::from_file(const std::string& path) {
   s.tensor_ = read_tensor(path);
   if (s.tensor_.dim() < 1 || s.tensor_.size(0) < 1) {
     throw InputError(quoted(path) +
-                     " must hold a tensor with examples along dim 0, but holds one "
-                     "of shape " +
+                     " must hold a tensor with examples along dim 0, but holds one of shape " +
                      shape_string(s.tensor_.sizes()));
   }
   if (s.tensor_.is_complex() || s.tensor_.scalar_type() == at::kBool) {

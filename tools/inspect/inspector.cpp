@@ -106,8 +106,7 @@ InputSource make_input(const char* fn, const InputSpec& spec) {
   if (!spec.file.empty()) return InputSource::from_file(spec.file);
   if (spec.shape.empty()) {
     throw UsageError(std::string(fn) +
-                     ": the examples must be given with --input FILE or "
-                     "--input-shape N,...");
+                     ": the examples must be given with --input FILE or --input-shape N,...");
   }
   return InputSource::random(spec.shape, spec.seed);
 }
@@ -134,9 +133,7 @@ NamedActivations capture(const TappedModule& model, const std::string& path,
     cap = model.run({x}, layers);
   } catch (const std::exception& e) {
     throw InputError(quoted(path) + " rejected the input (" + input.description() +
-                     ": a batch of "
-                     "shape " +
-                     shape_string(x.sizes()) + ", dtype " +
+                     ": a batch of shape " + shape_string(x.sizes()) + ", dtype " +
                      dtype_name(c10::toString(x.scalar_type())) + "): " + model_error(e));
   }
   NamedActivations out;
@@ -145,9 +142,9 @@ NamedActivations capture(const TappedModule& model, const std::string& path,
       out.emplace_back(name, value);
   }
   if (out.empty()) {
-    throw InputError(quoted(path) +
-                     ": none of the selected layers produced a floating-point "
-                     "tensor for this input");
+    throw InputError(
+        quoted(path) +
+        ": none of the selected layers produced a floating-point tensor for this input");
   }
   return out;
 }
@@ -300,9 +297,7 @@ InspectionReport inspect_compare(const CompareRequest& request) {
           for (const auto& [name, t] : set) names.push_back(name);
         }
         throw UsageError("compare: --layers pattern '" + pattern +
-                         "' matches no tensor; the files "
-                         "hold " +
-                         join(names, ", "));
+                         "' matches no tensor; the files hold " + join(names, ", "));
       }
     }
     for (int s = 0; s < 2; ++s) {
@@ -336,29 +331,28 @@ InspectionReport inspect_compare(const CompareRequest& request) {
       if (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble) t = t.to(at::kFloat);
       if (request.neurons_first) {
         if (t.dim() != 2) {
-          throw InputError(where +
-                           " must be 2-D [neurons, examples] with --layout neurons-first, "
-                           "but has shape " +
-                           shape_string(t.sizes()));
+          throw InputError(
+              where +
+              " must be 2-D [neurons, examples] with --layout neurons-first, but has shape " +
+              shape_string(t.sizes()));
         }
         t = t.t().contiguous();
       }
       if (t.dim() < 2) {
         throw InputError(where +
-                         " must have examples along dim 0 and features after it "
-                         "([n, p] or [n, c, h, w]), but has shape " +
+                         " must have examples along dim 0 and features after it ([n, p] or [n, c, "
+                         "h, w]), but has shape " +
                          shape_string(t.sizes()));
       }
       if (n < 0) {
         n = t.size(0), n_from = where;
       } else if (t.size(0) != n) {
-        throw InputError(where + " has " + std::to_string(t.size(0)) + " examples (shape " +
-                         shape_string(t.sizes()) + "), but " + n_from + " has " +
-                         std::to_string(n) +
-                         (request.neurons_first ? ""
-                                                : " (arrays are [examples, features]; "
-                                                  "google/svcca's [neurons, datapoints] "
-                                                  "needs --layout neurons-first)"));
+        throw InputError(
+            where + " has " + std::to_string(t.size(0)) + " examples (shape " +
+            shape_string(t.sizes()) + "), but " + n_from + " has " + std::to_string(n) +
+            (request.neurons_first ? ""
+                                   : " (arrays are [examples, features]; google/svcca's [neurons, "
+                                     "datapoints] needs --layout neurons-first)"));
       }
       acts[s].emplace_back(name, t);
     }

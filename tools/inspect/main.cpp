@@ -64,8 +64,8 @@ void add_input_options(CLI::App* sub, InputSpec& input, std::string& shape_text)
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "svcca-inspect: which layers of a TorchScript model (or two) compute similar "
-      "things, by CKA, CCA, SVCCA or PWCCA.",
+      "svcca-inspect: which layers of a TorchScript model (or two) compute similar things, by CKA, "
+      "CCA, SVCCA or PWCCA.",
       "svcca-inspect"};
   app.footer(kFooter);
   app.require_subcommand(1);
@@ -80,9 +80,8 @@ int main(int argc, char** argv) {
   // layers
   LayersRequest layers_req;
   std::string layers_shape;
-  auto* layers = app.add_subcommand("layers",
-                                    "the layers that can be captured: module type and "
-                                    "output shape (with an input)");
+  auto* layers = app.add_subcommand(
+      "layers", "the layers that can be captured: module type and output shape (with an input)");
   layers->add_option("MODEL", layers_req.model, "TorchScript model (.pt)")->required();
   add_input_options(layers, layers_req.input, layers_shape);
 
@@ -99,9 +98,9 @@ int main(int argc, char** argv) {
   add_input_options(grid, grid_req.input, grid_shape);
   grid->add_option("--measure", grid_req.measure, kMeasures)->capture_default_str();
   grid->add_option("--conv", grid_req.conv, kConvs)->capture_default_str();
-  grid->add_option("--layers", grid_req.layers,
-                   "layer names, globs (conv*, layer1.*) or re:REGEX; repeat or comma-separate; "
-                   "default all")
+  grid->add_option(
+          "--layers", grid_req.layers,
+          "layer names, globs (conv*, layer1.*) or re:REGEX; repeat or comma-separate; default all")
       ->delimiter(',');
   grid->add_option("--batch-size", grid_req.batch_size,
                    "examples per batch (default: all at once)");
@@ -110,10 +109,10 @@ int main(int argc, char** argv) {
   // compare
   CompareRequest compare_req;
   std::string compare_out, layout = "examples-first";
-  auto* compare = app.add_subcommand(
-      "compare",
-      "similarity of two saved activation sets (no model): one tensor each, or named "
-      "tensors (then a grid of A's against B's)");
+  auto* compare =
+      app.add_subcommand("compare",
+                         "similarity of two saved activation sets (no model): one tensor each, or "
+                         "named tensors (then a grid of A's against B's)");
   compare
       ->add_option("A", compare_req.a,
                    ".pt (torch.save of a tensor or a dict/list of them) or .npy")
@@ -152,18 +151,18 @@ int main(int argc, char** argv) {
 
   // tap
   TapRequest tap_req;
-  auto* tap = app.add_subcommand(
-      "tap",
-      "write a copy of MODEL with a method forward_tapped that also records every layer's "
-      "output (for Python: load libsvcca_ops.so first)");
+  auto* tap =
+      app.add_subcommand("tap",
+                         "write a copy of MODEL with a method forward_tapped that also records "
+                         "every layer's output (for Python: load libsvcca_ops.so first)");
   tap->add_option("MODEL", tap_req.model, "TorchScript model (.pt)")->required();
   tap->add_option("-o,--output", tap_req.output, "the tapped model to write")->required();
 
   for (CLI::App* sub : {layers, grid, compare, dynamics, tap}) {
     sub->footer(
         "\nAlso anywhere on the line: --json (or --format json), -q/--quiet, --no-color.\n"
-        "Exit codes: 0 success, 1 computation failed, 2 usage error, 3 input error, 4 output "
-        "error\n(svcca-inspect --help explains inputs, measures and exit codes).");
+        "Exit codes: 0 success, 1 computation failed, 2 usage error, 3 input error,\n"
+        "4 output error (svcca-inspect --help explains inputs, measures and exit codes).");
   }
 
   try {

@@ -88,9 +88,9 @@ std::string render_text(const InspectionReport& report, bool color) {
                        report.tapped_path, report.tapped_method, report.layers.size());
     out += layer_table(report);
     out += fmt::format(
-        "in Python (svcca loads the op library that records the layers):\n"
-        "  import torch, svcca\n  m = torch.jit.load(\"{}\")\n"
-        "  out, captures = svcca.capture(m, x, method=\"{}\")  # {{name: [tensor, ...]}}\n",
+        "in Python (svcca loads the op library that records the layers):\n  import torch, svcca\n  "
+        "m = torch.jit.load(\"{}\")\n  out, captures = svcca.capture(m, x, method=\"{}\")  # "
+        "{{name: [tensor, ...]}}\n",
         report.tapped_path, report.tapped_method);
   } else if (report.has_grid) {
     const Grid& g = report.grid;
