@@ -298,6 +298,30 @@ def test_progress_only_on_a_terminal_and_not_with_quiet(exe, tmp_path):
     assert code == 0 and seen == ""
 
 
+def test_colours_only_on_a_terminal_and_not_with_no_color(exe):
+    import pty
+    args = [exe, "compare", os.path.join(DATA, "net_a.pt"), os.path.join(DATA, "net_b.pt")]
+    for extra, want_colour in (([], True), (["--no-color"], False)):
+        master, slave = pty.openpty()
+        env = dict(os.environ)
+        env.pop("NO_COLOR", None)
+        proc = subprocess.Popen(args + extra, stdout=slave, stderr=subprocess.PIPE, env=env)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(master)
+        assert proc.wait(timeout=300) == 0
+        assert (b"\x1b[" in seen) == want_colour, seen[:200]
+        assert b"fc1" in seen
+
+
 # ---- compare ---------------------------------------------------------------------------------
 def test_compare_activation_dicts(ok_json, tmp_path):
     report = ok_json("compare", os.path.join(DATA, "net_a.pt"), os.path.join(DATA, "net_b.pt"),
