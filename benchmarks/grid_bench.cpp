@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 
+#include <time.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -51,17 +53,33 @@ std::map<std::string, double>& seconds() {
   return m;
 }
 
+// CPU seconds of the whole process (all threads): on a shared machine this moves much less
+// with the load than the wall time does.
+std::map<std::string, double>& cpu_seconds() {
+  static std::map<std::string, double> m;
+  return m;
+}
+
+double process_cpu_now() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 template <typename F>
 void timed(benchmark::State& state, const std::string& name, F&& f) {
-  double total = 0.0;
+  double total = 0.0, cpu = 0.0;
   int64_t iters = 0;
   for (auto _ : state) {
     const auto t0 = Clock::now();
+    const double c0 = process_cpu_now();
     f();
+    cpu += process_cpu_now() - c0;
     total += std::chrono::duration<double>(Clock::now() - t0).count();
     ++iters;
   }
   seconds()[name] = total / static_cast<double>(iters);
+  cpu_seconds()[name] = cpu / static_cast<double>(iters);
 }
 
 void BM_CkaGrid(benchmark::State& state) {
@@ -115,11 +133,16 @@ int main(int argc, char** argv) {
   auto& s = seconds();
   std::printf("\nSummary (12 layers, n = %lld float32, widths 64..512, 78 cells, threads %d):\n",
               static_cast<long long>(n_examples()), at::get_num_threads());
-  for (const auto& kv : s) std::printf("  %-12s %9.1f ms\n", kv.first.c_str(), 1e3 * kv.second);
+  auto& c = cpu_seconds();
+  for (const auto& kv : s) {
+    std::printf("  %-12s wall %9.1f ms   process CPU %9.1f ms\n", kv.first.c_str(), 1e3 * kv.second,
+                1e3 * c[kv.first]);
+  }
   for (const char* m : {"cka", "svcca"}) {
     const std::string g = std::string(m) + "/grid", p = std::string(m) + "/pairs";
     if (s.count(g) && s.count(p)) {
-      std::printf("  %-6s pairs / grid = %6.2fx (goal >= 4x)\n", m, s[p] / s[g]);
+      std::printf("  %-6s pairs / grid = %6.2fx wall, %6.2fx process CPU (goal >= 4x)\n", m,
+                  s[p] / s[g], c[p] / c[g]);
     }
   }
   return 0;

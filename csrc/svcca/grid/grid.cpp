@@ -323,18 +323,27 @@ struct LayerMoments {
   at::ScalarType input_dtype = at::kDouble;
 };
 
-// Cross-covariances of the pairs the cells need, keyed by (min, max) layer index.
+// Cross-covariances keyed by (min, max) layer index: streamed ones, or computed from the centered
+// data when a cell first asks for them (so measures that do not need them never pay for them).
 using CrossMap = std::map<std::pair<int64_t, int64_t>, at::Tensor>;
 
-at::Tensor sxy_of(const std::vector<LayerMoments>& layers, const CrossMap& cross, int64_t a,
-                  int64_t b) {
+at::Tensor sxy_of(const std::vector<LayerMoments>& layers, CrossMap& cross, int64_t a, int64_t b) {
   if (a == b) return layers[a].cov;
-  if (a < b) return cross.at({a, b});
-  return cross.at({b, a}).t();
+  const std::pair<int64_t, int64_t> key{std::min(a, b), std::max(a, b)};
+  auto it = cross.find(key);
+  if (it == cross.end()) {
+    const auto& lo = layers[key.first];
+    const auto& hi = layers[key.second];
+    TORCH_INTERNAL_ASSERT(
+        lo.centered.defined() && hi.centered.defined(),
+        "similarity_grid: a cross-covariance was neither streamed nor computable");
+    it = cross.emplace(key, detail::cross_covariance(lo.centered, hi.centered)).first;
+  }
+  return a < b ? it->second : it->second.t();
 }
 
-detail::PairMoments pair_of(const std::vector<LayerMoments>& layers, const CrossMap& cross,
-                            int64_t a, int64_t b) {
+detail::PairMoments pair_of(const std::vector<LayerMoments>& layers, CrossMap& cross, int64_t a,
+                            int64_t b) {
   detail::PairMoments m;
   m.n = layers[a].rows;
   m.x_mean = layers[a].mean;
@@ -364,7 +373,7 @@ std::vector<int64_t> used_layers(const std::vector<Cell>& cells, size_t n_layers
 // Cell values (0-d tensors, in cells' order) of the moment-based measures: cka, debiased-cka,
 // cca, svcca, pwcca. Each layer's factors (eigh, whitening, ZCA) are computed once.
 std::vector<at::Tensor> moment_cells(const char* fn, const std::vector<LayerMoments>& layers,
-                                     const CrossMap& cross, const std::vector<Cell>& cells,
+                                     CrossMap& cross, const std::vector<Cell>& cells,
                                      const GridOptions& o) {
   std::vector<at::Tensor> out;
   out.reserve(cells.size());
@@ -416,8 +425,27 @@ std::vector<at::Tensor> moment_cells(const char* fn, const std::vector<LayerMome
     factors[l] = detail::factor_layer(fn, lm.label.c_str(), lm.cov, lm.non_constant, fopt);
     if (need_zca) zca[l] = detail::symmetric_whitening(factors[l]);
   }
+  // With the data at hand, cca and svcca cells need only each layer's whitened data
+  // Z = X_kept W ([rows, r]): Wx^T Sxy Wy = Zx^T Zy / (rows - 1). A pair then costs rows * rx * ry
+  // (SVCCA keeps r < p directions) instead of rows * px * py plus two O(p^3) products.
+  bool whitened = o.measure == GridMeasure::kCca || o.measure == GridMeasure::kSvcca;
+  for (int64_t l : used) whitened = whitened && layers[l].centered.defined();
+  std::vector<at::Tensor> z(layers.size());
+  if (whitened) {
+    for (int64_t l : used) {
+      const auto& f = factors[l];
+      at::Tensor xk =
+          f.all_kept ? layers[l].centered : layers[l].centered.index_select(1, f.kept_index);
+      z[l] = at::mm(xk, f.whitening);
+    }
+  }
   for (const auto& c : cells) {
     guarded(c, [&]() -> at::Tensor {
+      if (whitened) {
+        at::Tensor m = at::mm(detail::mh(z[c.x]), z[c.y]).div_(static_cast<double>(rows - 1));
+        // Singular values of a whitened cross-covariance are cosines: clamp rounding above 1.
+        return at::linalg_svdvals(m).clamp(0.0, 1.0).mean();
+      }
       if (o.measure == GridMeasure::kPwcca) {
         return detail::pwcca_from_factors(fn, factors[c.x], factors[c.y], zca[c.x], zca[c.y],
                                           pair_of(layers, cross, c.x, c.y), o.pwcca)
@@ -429,18 +457,6 @@ std::vector<at::Tensor> moment_cells(const char* fn, const std::vector<LayerMome
     });
   }
   return out;
-}
-
-// Cross-covariances X_a^T X_b / (n - 1) of the pairs the cells need (a != b).
-CrossMap cross_from_data(const std::vector<LayerMoments>& layers, const std::vector<Cell>& cells) {
-  CrossMap cross;
-  for (const auto& c : cells) {
-    if (c.x == c.y) continue;
-    const auto key = std::make_pair(std::min(c.x, c.y), std::max(c.x, c.y));
-    if (cross.count(key)) continue;
-    cross[key] = detail::cross_covariance(layers[key.first].centered, layers[key.second].centered);
-  }
-  return cross;
 }
 
 std::vector<at::Tensor> rbf_cells(const char* fn, const std::vector<LayerRef>& refs,
@@ -582,7 +598,7 @@ Grid grid_impl(const NamedActivations& a, const NamedActivations* b, const GridO
     lm.non_constant = detail::non_constant_columns(mats[l]);
     lm.input_dtype = mats[l].scalar_type();
   }
-  CrossMap cross = cross_from_data(layers, cells);
+  CrossMap cross;
   vals = moment_cells(fn, layers, cross, cells, o);
   return assemble(row_names, col_names, two_models, cells, vals, examples, o);
 }
