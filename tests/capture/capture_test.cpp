@@ -229,6 +229,17 @@ TEST(CaptureInPlace, OptimizerStepsDoNotChangeCaptures) {
   }
 }
 
+TEST(CaptureInPlace, UnwrittenValuesAreSharedNotCopied) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  Capture cap = r.run(load_expected("resnet").inputs);
+  // layer1's output is its last block's output: one tensor, recorded twice without a copy.
+  EXPECT_EQ(cap.values("layer1")[0].data_ptr(), cap.values("layer1.1")[0].data_ptr());
+  // bn1's output is rewritten by the in-place ReLU in forward; bn1's record must keep the values
+  // before it (the ReLU then runs out of place in the tapped method, so no copy is needed).
+  EXPECT_TRUE((cap.values("bn1")[0] < 0).any().item<bool>());
+  EXPECT_FALSE((cap.values("relu")[0] < 0).any().item<bool>());
+}
+
 // ---- Autograd ----------------------------------------------------------------------------------
 
 TEST(CaptureAutograd, DetachedByDefault) {
@@ -403,7 +414,9 @@ TEST(CaptureErrors, NotATorchScriptModel) {
 
 TEST(CaptureErrors, FrozenModelIsReportedAsSuch) {
   EXPECT_THROWS_WITH_TYPE(TappedModule::load(fixture("frozen_scripted.pt")), c10::ValueError,
-                          "module boundaries");
+                          "module must not be frozen");
+  EXPECT_THROWS_WITH_TYPE(TappedModule::load(fixture("frozen_scripted.pt")), c10::ValueError,
+                          "module boundaries are gone");
 }
 
 TEST(CaptureErrors, RejectedInputShowsShapeAndModelError) {

@@ -10,6 +10,7 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/alias_analysis.h>
 #include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/runtime/operator.h>
 #include <torch/csrc/jit/serialization/import.h>
@@ -202,53 +203,138 @@ std::unordered_set<const jit::Node*> enclosing_loops(const jit::Node* n) {
   return loops;
 }
 
-// Clears the copy flag of taps whose value provably never changes after the tap: a tensor that no
-// node after the tap writes to (in place or through a view), and that aliases neither
-// an input, an output (the caller may write to those) nor a module attribute (the optimizer and
-// BatchNorm write to those). The alias analysis runs on a copy of the graph in which each tap is
-// replaced by an inert marker, because a tap (CONSERVATIVE) counts as a writer of its input.
-// Everything else keeps copy=True. In resnet18 this leaves copies only where an in-place op
-// follows (a BatchNorm output before ReLU(inplace=True) or `out += identity`) and for the output.
-void elide_safe_copies(jit::Graph& graph) {
-  std::shared_ptr<jit::Graph> plain = graph.copy();
-  std::vector<jit::Node*> taps, plain_taps;
-  collect_nodes(graph.block(), tap_symbol(), taps);
-  collect_nodes(plain->block(), tap_symbol(), plain_taps);
-  TORCH_INTERNAL_ASSERT(taps.size() == plain_taps.size(), "Graph::copy keeps every node");
-  std::vector<jit::Value*> plain_values;
-  std::vector<jit::Node*> markers;
-  for (jit::Node* t : plain_taps) {
-    plain_values.push_back(t->input(0));
-    jit::WithInsertPoint guard(t);
-    markers.push_back(plain->insertConstant(int64_t{0})->node());
-    t->destroy();
-  }
-  std::vector<jit::Value*> attrs;
-  collect_tensor_attrs(plain->block(), attrs);
-  std::vector<jit::Node*> nodes;
-  collect_all_nodes(plain->block(), nodes);
-  jit::AliasDb db(plain);
-  for (size_t i = 0; i < taps.size(); ++i) {
-    jit::Value* v = plain_values[i];
-    if (!v->type()->cast<c10::TensorType>()) continue;
-    if (db.mayContainAlias(v, plain->inputs()) || db.mayContainAlias(v, plain->outputs())) continue;
-    if (!attrs.empty() && db.mayContainAlias(v, attrs)) continue;
-    // AliasDb does not relate a loop body's outputs to its inputs in the next iteration, so it
-    // misses a write early in the body to what the previous iteration tapped: taps inside a loop
-    // always copy.
-    if (!enclosing_loops(markers[i]).empty()) continue;
-    const jit::ValueSet vs{v};
-    bool written_later = false;
-    for (jit::Node* n : nodes) {
-      if (!n->blocks().empty()) continue;  // their inner nodes are visited themselves
-      if (n->isAfter(markers[i]) && db.writesToAlias(n, vs)) {
-        written_later = true;
-        break;
+// A copy of the tapped graph in which each tap is replaced by an inert marker (a tap is
+// CONSERVATIVE, so alias analysis would count it as a writer of its input), with its alias
+// analysis and the map from its nodes to the tapped graph's (Graph::copy keeps node order).
+struct TapAnalysis {
+  std::shared_ptr<jit::Graph> plain;
+  std::vector<jit::Node*> taps;                          // in the tapped graph
+  std::vector<jit::Value*> values;                       // the tapped values, in plain
+  std::vector<jit::Node*> markers;                       // where the taps were, in plain
+  std::vector<jit::Node*> nodes;                         // every node of plain, program order
+  std::unordered_map<jit::Node*, jit::Node*> to_tapped;  // plain node -> tapped graph node
+  std::vector<jit::Value*> attrs;                        // tensors read from module attributes
+  std::unique_ptr<jit::AliasDb> db;
+
+  explicit TapAnalysis(jit::Graph& graph) : plain(graph.copy()) {
+    std::vector<jit::Node*> tapped_nodes, plain_nodes, plain_taps;
+    collect_all_nodes(graph.block(), tapped_nodes);
+    collect_all_nodes(plain->block(), plain_nodes);
+    TORCH_INTERNAL_ASSERT(tapped_nodes.size() == plain_nodes.size(), "Graph::copy keeps nodes");
+    for (size_t i = 0; i < plain_nodes.size(); ++i) {
+      to_tapped[plain_nodes[i]] = tapped_nodes[i];
+      if (plain_nodes[i]->kind() == tap_symbol()) {
+        taps.push_back(tapped_nodes[i]);
+        plain_taps.push_back(plain_nodes[i]);
       }
     }
-    if (written_later) continue;
-    jit::WithInsertPoint guard(taps[i]);
-    taps[i]->replaceInput(2, graph.insertConstant(false));
+    for (jit::Node* t : plain_taps) {
+      values.push_back(t->input(0));
+      jit::WithInsertPoint guard(t);
+      markers.push_back(plain->insertConstant(int64_t{0})->node());
+      t->destroy();
+    }
+    collect_all_nodes(plain->block(), nodes);
+    collect_tensor_attrs(plain->block(), attrs);
+    db = std::make_unique<jit::AliasDb>(plain);
+  }
+
+  // Whether tap i could share its tensor, as far as everything but later writes goes: a tensor
+  // that aliases no input, output (the caller may write to those) or module attribute (the
+  // optimizer and BatchNorm write to those), outside loops. AliasDb does not relate a loop body's
+  // outputs to its inputs in the next iteration, so it would miss a write early in the body to
+  // what the previous iteration tapped: taps inside a loop always copy.
+  bool shareable(size_t i) const {
+    jit::Value* v = values[i];
+    if (!v->type()->cast<c10::TensorType>()) return false;
+    if (db->mayContainAlias(v, plain->inputs()) || db->mayContainAlias(v, plain->outputs())) {
+      return false;
+    }
+    if (!attrs.empty() && db->mayContainAlias(v, attrs)) return false;
+    return enclosing_loops(markers[i]).empty();
+  }
+
+  // The first node after tap i that writes to its tensor or an alias of it (nullptr: none).
+  jit::Node* first_writer(size_t i) const {
+    const jit::ValueSet vs{values[i]};
+    for (jit::Node* n : nodes) {
+      if (!n->blocks().empty()) continue;  // their inner nodes are visited themselves
+      if (n->isAfter(markers[i]) && db->writesToAlias(n, vs)) return n;
+    }
+    return nullptr;
+  }
+};
+
+// The out-of-place twin of an in-place ATen op `w` = op_(v, ...) whose mutation nothing but v's
+// later uses can observe: no value defined before w other than v may alias v (a view of v, or
+// v a view of something, would see the write). Binary ops may take a tensor `other`.
+bool can_functionalize(const TapAnalysis& a, jit::Node* w, jit::Value* v) {
+  const std::string qual = w->kind().toQualString();
+  if (!w->kind().is_aten() || qual.size() < 2 || qual.back() != '_' ||
+      qual[qual.size() - 2] == '_') {
+    return false;
+  }
+  if (w->outputs().size() != 1 || w->inputs().empty() || w->input(0) != v) return false;
+  static const std::unordered_set<std::string> binary{"aten::add_", "aten::sub_", "aten::mul_",
+                                                      "aten::div_"};
+  for (size_t j = 1; j < w->inputs().size(); ++j) {
+    if (w->input(j)->type()->cast<c10::TensorType>() && !binary.count(qual)) return false;
+  }
+  for (jit::Node* n : a.nodes) {
+    if (!n->isBefore(w)) continue;
+    for (jit::Value* u : n->outputs()) {
+      if (u != v && a.db->mayContainAlias(u, v)) return false;
+    }
+  }
+  return true;
+}
+
+// Replaces w = op_(v, ...) by op(v, ...) cast to v's dtype (in-place ops do not promote), and
+// every later use of v and of w's output by the result.
+bool functionalize(jit::Graph& graph, jit::Node* w, jit::Value* v) {
+  const std::string qual = w->kind().toQualString();
+  jit::WithInsertPoint guard(w);
+  jit::Node* f = graph.insertNode(
+      graph.create(c10::Symbol::fromQualString(qual.substr(0, qual.size() - 1)), w->inputs(), 1));
+  if (f->maybeSchema() == nullptr) {
+    f->destroy();
+    return false;
+  }
+  f->output()->setType(w->output()->type());
+  jit::Value* dtype = graph.insert(c10::prim::dtype, {v});
+  jit::Value* cast = graph.insert(c10::aten::to, {f->output(), dtype});
+  cast->setType(w->output()->type());
+  w->output()->replaceAllUsesWith(cast);
+  v->replaceAllUsesDominatedByNodeWith(w, cast);
+  w->destroy();
+  return true;
+}
+
+// A tapped value that an in-place op rewrites right after the tap (resnet's BatchNorm output
+// before ReLU(inplace=True) or `out += identity`) would need a copy; running that op out of
+// place instead costs one fresh buffer and no copy. Rewrites one such op; false when none is
+// left.
+bool functionalize_one_write(jit::Graph& graph) {
+  TapAnalysis a(graph);
+  for (size_t i = 0; i < a.taps.size(); ++i) {
+    if (!a.shareable(i)) continue;
+    jit::Node* w = a.first_writer(i);
+    if (w == nullptr || w->owningBlock() != a.markers[i]->owningBlock()) continue;
+    if (!can_functionalize(a, w, a.values[i])) continue;
+    if (functionalize(graph, a.to_tapped.at(w), a.taps[i]->input(0))) return true;
+  }
+  return false;
+}
+
+// Clears the copy flag of taps whose value provably never changes after the tap: shareable (see
+// TapAnalysis) and written by no node after the tap (in place or through a view). Everything else
+// keeps copy=True. In resnet18, after functionalize_one_write, only the output (fc) is copied.
+void elide_safe_copies(jit::Graph& graph) {
+  TapAnalysis a(graph);
+  for (size_t i = 0; i < a.taps.size(); ++i) {
+    if (!a.shareable(i) || a.first_writer(i) != nullptr) continue;
+    jit::WithInsertPoint guard(a.taps[i]);
+    a.taps[i]->replaceInput(2, graph.insertConstant(false));
   }
 }
 
@@ -523,21 +609,31 @@ TappedModule::TappedModule(torch::jit::Module module, std::string method_name)
   names_ = tap_names(*graph);
   if (names_.empty()) {
     const size_t children = module_.children().size();
-    TORCH_CHECK_VALUE(children != 0,
-                      "TappedModule: module must call submodules in forward, but got a module (",
+    // torch.jit.freeze inlines every submodule and drops the attributes, `training` included.
+    const bool frozen = children == 0 && !type->hasAttribute("training");
+    TORCH_CHECK_VALUE(!frozen, "TappedModule: module must not be frozen, but got a frozen module (",
                       class_name(type),
-                      ") without submodules: a frozen module (torch.jit.freeze) has its module "
-                      "boundaries gone; tap the model before freezing it");
+                      "): torch.jit.freeze inlined its submodules, so its module boundaries are "
+                      "gone; tap the model before freezing it");
+    TORCH_CHECK_VALUE(children != 0,
+                      "TappedModule: module must call submodules in forward, but got "
+                      "a module (",
+                      class_name(type), ") without submodules: nothing to tap");
     TORCH_CHECK_VALUE(false,
                       "TappedModule: module's forward must call its submodules, but got "
                       "none of its ",
                       children,
-                      " submodules called from forward (frozen, or called through interfaces): "
-                      "module boundaries are gone; tap the model before freezing it");
+                      " submodules called from forward (they may be "
+                      "called through module interfaces, which cannot be inlined)");
   }
   // Function calls are inlined too, so the alias analysis sees what they do to the tapped
   // values; tap nodes hold uses of those values and follow the replacement.
   jit::Inline(*graph);
+  // Folds `if self.inplace:` and the like (constant module attributes), so that in-place ops
+  // sit in the block of the tap they follow.
+  jit::ConstantPropagation(graph);
+  for (size_t i = 0; i <= names_.size() * 4 && functionalize_one_write(*graph); ++i) {
+  }
   elide_safe_copies(*graph);
 
   if (jit::Function* existing = type->findMethod(method_name_)) {

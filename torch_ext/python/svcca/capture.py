@@ -70,6 +70,11 @@ def _resolve(module, layers):
     return [n for n in names if n in chosen]
 
 
+def _describe(inputs):
+    return "(%s)" % ", ".join("Tensor %s %s" % (list(x.shape), str(x.dtype).replace("torch.", ""))
+                              if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
+
+
 def capture(module, *inputs, layers=None, detach=True, method="forward_tapped"):
     """Run ``module.<method>(*inputs)`` and return ``(output, captures)``.
 
@@ -87,6 +92,9 @@ def capture(module, *inputs, layers=None, detach=True, method="forward_tapped"):
     torch.ops.svcca._capture_begin(names, bool(detach))
     try:
         output = fn(*inputs)
+    except RuntimeError as e:
+        raise RuntimeError("capture: inputs must be accepted by the model's forward, but got %s; "
+                           "the model raised: %s" % (_describe(inputs), e)) from e
     finally:
         record_names, values = torch.ops.svcca._capture_end()
     captures = {}
