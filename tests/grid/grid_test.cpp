@@ -265,6 +265,34 @@ TEST_F(GridTest, FourierEqualsFourierCca) {
               tol::kDecomp64);
 }
 
+TEST_F(GridTest, FourierReusesLayersOfOneSizeAndFallsBackOtherwise) {
+  auto conv = make_conv_layers({{{2, 4, 4}}, {{3, 4, 4}}, {{4, 4, 4}}}, 30, "c");
+  conv[2].second.select(1, 1).fill_(0.25);  // an exactly constant channel is dropped
+  GridOptions o = with(GridMeasure::kCca, GridConv::kFourier);
+  o.recipe.layout = ConvLayout::kNHWC;
+  NamedActivations nhwc;
+  for (const auto& [n, t] : conv) nhwc.push_back({n, t.permute({0, 2, 3, 1})});
+  Grid g = similarity_grid(nhwc, o);
+  for (int64_t i = 0; i < 3; ++i) {
+    for (int64_t j = 0; j < 3; ++j) {
+      expect_cell(g, i, j, fourier_cca(conv[i].second, conv[j].second).mean.item<double>(),
+                  tol::kDecomp64);
+    }
+  }
+  // Different spatial sizes crop the frequency grid per pair.
+  auto b = make_conv_layers({{{2, 6, 6}}, {{3, 4, 4}}}, 30, "b");
+  Grid ab = similarity_grid(conv, b, with(GridMeasure::kCca, GridConv::kFourier));
+  for (int64_t i = 0; i < 3; ++i) {
+    for (int64_t j = 0; j < 2; ++j) {
+      expect_cell(ab, i, j, fourier_cca(conv[i].second, b[j].second).mean.item<double>(),
+                  tol::kDecomp64);
+    }
+  }
+  auto few = make_conv_layers({{{8, 2, 2}}}, 9, "f");
+  EXPECT_THROWS_WITH(similarity_grid(few, with(GridMeasure::kCca, GridConv::kFourier)),
+                     "layer \"f0\" must have at least C + 2 = 10 examples for Fourier CCA");
+}
+
 // ---- Streaming ---------------------------------------------------------------------------------
 
 // Feeds rows [start, start + b) of every layer in batches of the sizes in `sizes` (cycled).

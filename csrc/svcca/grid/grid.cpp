@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -484,23 +485,85 @@ std::vector<at::Tensor> rbf_cells(const char* fn, const std::vector<LayerRef>& r
   return out;
 }
 
+// Fourier CCA cells. When every layer has one spatial size, the frequency grid is shared and each
+// layer's own work is done once: FFT at the solved frequencies, centering, batched covariance and
+// whitening W, and the whitened spectra Z = X W ([F, N, C]); a pair is then Zx^H Zy / (N - 1)
+// (= Wx^H Sxy Wy, what fourier_cca decomposes) and batched svdvals, with fourier_cca's rules for
+// valid correlations, mirrored frequencies and the mean. Layers of different sizes crop the
+// frequency grid per pair, so there each cell runs fourier_cca itself.
 std::vector<at::Tensor> fourier_cells(const char* fn, const std::vector<LayerRef>& refs,
                                       const std::vector<Cell>& cells, const GridOptions& o) {
-  // TODO(grid owner): per-layer spectra and batched whitening once per layer; today each cell
-  // runs fourier_cca on its pair (the FFT and whitening repeat per pair).
-  FourierCcaOptions f;
-  f.layout = o.recipe.layout;
-  f.epsilon = o.cca.epsilon;
-  f.variance_cutoff = o.cca.variance_cutoff;
-  f.rank_rtol = o.cca.rank_rtol;
-  f.precision = o.cca.precision;
+  std::vector<at::Tensor> nchw;
+  bool same_size = true;
+  for (const auto& r : refs) {
+    nchw.push_back(detail::to_nchw(r.acts, o.recipe.layout));
+    same_size = same_size && nchw.back().size(2) == nchw.front().size(2) &&
+                nchw.back().size(3) == nchw.front().size(3);
+  }
   std::vector<at::Tensor> out;
-  for (const auto& c : cells) {
-    try {
-      out.push_back(fourier_cca(refs[c.x].acts, refs[c.y].acts, f).mean);
-    } catch (const c10::Error& e) {
-      rethrow_for_cell(fn, e, refs[c.x].label, refs[c.y].label);
+  if (!same_size) {
+    FourierCcaOptions f;
+    f.layout = o.recipe.layout;
+    f.epsilon = o.cca.epsilon;
+    f.variance_cutoff = o.cca.variance_cutoff;
+    f.rank_rtol = o.cca.rank_rtol;
+    f.precision = o.cca.precision;
+    for (const auto& c : cells) {
+      try {
+        out.push_back(fourier_cca(refs[c.x].acts, refs[c.y].acts, f).mean);
+      } catch (const c10::Error& e) {
+        rethrow_for_cell(fn, e, refs[c.x].label, refs[c.y].label);
+      }
     }
+    return out;
+  }
+
+  at::ScalarType real = at::kDouble;
+  if (o.cca.precision == Precision::kInput) {
+    real = nchw.front().scalar_type();
+    for (const auto& t : nchw) real = at::promote_types(real, t.scalar_type());
+  }
+  const at::ScalarType cplx = real == at::kFloat ? at::kComplexFloat : at::kComplexDouble;
+  const double eps = real == at::kFloat ? std::numeric_limits<float>::epsilon()
+                                        : std::numeric_limits<double>::epsilon();
+  const int64_t n = nchw.front().size(0);
+  const auto grid = detail::frequency_grid(nchw.front().size(2), nchw.front().size(3),
+                                           nchw.front().size(2), nchw.front().size(3),
+                                           /*conjugate_symmetry=*/true);
+  detail::FactorOptions fopt = detail::factor_options(o.cca);
+  std::vector<at::Tensor> z(refs.size()), rank(refs.size());
+  for (int64_t l : used_layers(cells, refs.size())) {
+    const at::Tensor& a = nchw[l];
+    const int64_t c = a.size(1);
+    TORCH_CHECK_VALUE(n >= c + 2, fn, ": ", refs[l].label, " must have at least C + 2 = ", c + 2,
+                      " examples for Fourier CCA (each frequency is one CCA of the channels over "
+                      "the examples), but got shape ",
+                      detail::shape_str(refs[l].acts));
+    at::Tensor non_constant = (a.amax(0) != a.amin(0)).flatten(1).any(1);
+    TORCH_CHECK_VALUE(non_constant.any().item<bool>(), fn, ": ", refs[l].label,
+                      " must have at least one non-constant channel, but all ", c,
+                      " channels are constant over the examples");
+    at::Tensor xs =
+        detail::spectra_at(a, grid.x_rows, grid.x_cols, grid.solved, grid.w, cplx, cplx);
+    xs = xs - xs.mean(1, /*keepdim=*/true);
+    at::Tensor cov = detail::batched_cross_covariance(xs, xs);  // [F, C, C]
+    // fourier_cca's floor for the FFT's rounding noise: relative to the layer's largest variance.
+    const double rtol = o.cca.rank_rtol.value_or(static_cast<double>(c) * eps);
+    const double floor = rtol * rtol * at::real(cov.diagonal(0, -2, -1)).max().item<double>();
+    auto w = detail::batched_whitening(cov, non_constant, fopt, floor);
+    z[l] = at::matmul(xs, w.whitening);  // [F, N, C]
+    rank[l] = w.rank;
+  }
+  const at::Tensor src = at::tensor(grid.source, at::kLong).to(nchw.front().device());
+  for (const auto& c : cells) {
+    at::Tensor m = at::matmul(detail::mh(z[c.x]), z[c.y]).div_(static_cast<double>(n - 1));
+    // Singular values of a whitened cross-covariance are cosines: clamp rounding above 1.
+    at::Tensor s = at::linalg_svdvals(m).clamp(0.0, 1.0);  // [F, k]
+    const int64_t k = s.size(1);
+    at::Tensor valid = at::arange(k, s.options().dtype(at::kLong)).unsqueeze(0) <
+                       at::minimum(rank[c.x], rank[c.y]).unsqueeze(1);
+    s = (s * valid.to(s.scalar_type())).index_select(0, src);
+    out.push_back(s.sum() / valid.index_select(0, src).sum().to(s.scalar_type()));
   }
   return out;
 }
