@@ -45,7 +45,7 @@ enum class GridConv {
   kFold,     // positions become examples, [n*h*w, c]; every layer of the grid must be 4-D;
              // layers are brought to the largest h x w of the grid with recipe.upsample
   kFourier,  // measure kCca only, every layer 4-D: the mean over frequencies of fourier_cca
-             // (computed per pair: no per-layer reuse yet)
+             // (per-layer FFT and whitening reused when all layers share h x w)
 };
 // "auto" | "flatten" | "pool" | "fold" | "fourier"; throws listing them otherwise.
 GridConv parse_grid_conv(const char* fn, const std::string& name, const std::string& value);
