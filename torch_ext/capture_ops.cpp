@@ -16,6 +16,10 @@ void tap_op(const c10::IValue& value, c10::string_view name, bool copy) {
   detail::record_tap(value, std::string(name), copy);
 }
 
+bool tap_active_op(c10::string_view name) {
+  return detail::tap_active(std::string(name));
+}
+
 void capture_begin_op(std::vector<std::string> layers, bool detach, bool shapes_only) {
   detail::begin_recording(layers, detach, shapes_only);
 }
@@ -46,6 +50,7 @@ std::vector<std::string> tap_model_op(c10::string_view path, c10::string_view ou
 // CompositeImplicitAutograd kernel serves; autograd sees the clone inside tap (detach=False).
 TORCH_LIBRARY_IMPL(svcca, CompositeImplicitAutograd, m) {
   m.impl("tap", &tap_op);
+  m.impl("_tap_active", &tap_active_op);
   m.impl("_capture_begin", &capture_begin_op);
   m.impl("_capture_end", &capture_end_op);
   m.impl("tap_model", &tap_model_op);

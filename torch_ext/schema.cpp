@@ -66,6 +66,7 @@ TORCH_LIBRARY(svcca, m) {
   // Activation capture (torch_ext/capture_ops.cpp). CONSERVATIVE: side effects the JIT must keep.
   constexpr auto kConservative = c10::AliasAnalysisKind::CONSERVATIVE;
   m.def(torch::schema("tap(Any value, str name, bool copy=True) -> ()", kConservative));
+  m.def(torch::schema("_tap_active(str name) -> bool", kConservative));
   m.def(torch::schema("_capture_begin(str[] layers, bool detach, bool shapes_only=False) -> ()",
                       kConservative));
   m.def(torch::schema("_capture_end() -> (str[], Tensor[])", kConservative));

@@ -240,6 +240,28 @@ TEST(CaptureInPlace, UnwrittenValuesAreSharedNotCopied) {
   EXPECT_FALSE((cap.values("relu")[0] < 0).any().item<bool>());
 }
 
+TEST(CaptureInPlace, EachLayerRecordedAloneEqualsHooks) {
+  // Recording one layer switches only that layer's in-place rewrite out of place.
+  for (const char* model : {"inplace", "resnet"}) {
+    TappedModule t = TappedModule::load(fixture(std::string(model) + "_scripted.pt"));
+    Expected e = load_expected(model);
+    for (const auto& name : t.layer_names()) {
+      Capture cap = t.run(e.inputs, {name});
+      std::vector<at::Tensor> got = cap.values(name);
+      std::vector<at::Tensor> want;
+      for (size_t i = 0; i < e.names.size(); ++i) {
+        if (e.names[i] == name) want.push_back(e.values[i]);
+      }
+      ASSERT_EQ(got.size(), want.size()) << model << " " << name;
+      EXPECT_EQ(cap.records.size(), want.size()) << model << " " << name;
+      for (size_t i = 0; i < want.size(); ++i) {
+        EXPECT_TRUE(AllClose(got[i], want[i], tol::kFloat32)) << model << " " << name;
+      }
+      EXPECT_TRUE(AllClose(cap.output.toTensor(), e.output, tol::kFloat32)) << model << " " << name;
+    }
+  }
+}
+
 // ---- Autograd ----------------------------------------------------------------------------------
 
 TEST(CaptureAutograd, DetachedByDefault) {

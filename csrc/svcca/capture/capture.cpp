@@ -41,6 +41,11 @@ c10::Symbol tap_symbol() {
   return s;
 }
 
+c10::Symbol active_symbol() {
+  static const c10::Symbol s = c10::Symbol::fromQualString("svcca::_tap_active");
+  return s;
+}
+
 bool tap_op_registered() {
   return !jit::getAllOperatorsFor(tap_symbol()).empty();
 }
@@ -289,31 +294,48 @@ bool can_functionalize(const TapAnalysis& a, jit::Node* w, jit::Value* v) {
   return true;
 }
 
-// Replaces w = op_(v, ...) by op(v, ...) cast to v's dtype (in-place ops do not promote), and
-// every later use of v and of w's output by the result.
-bool functionalize(jit::Graph& graph, jit::Node* w, jit::Value* v) {
+// Makes w = op_(v, ...), which rewrites what `tap` records, conditional on the tap recording:
+//   if svcca::_tap_active(name): r = op(v, ...) cast to v's dtype (in-place ops do not promote)
+//   else:                        r = op_(v, ...)
+// and every later use of v and of w's output uses r. The tap then records v without a copy:
+// when it records, nothing writes to v any more; when it does not, it records nothing. So a
+// recorded layer costs one fresh buffer instead of a copy, and an unrecorded one costs nothing.
+bool functionalize(jit::Graph& graph, jit::Node* w, jit::Node* tap) {
+  jit::Value* v = tap->input(0);
   const std::string qual = w->kind().toQualString();
+  const c10::Symbol functional = c10::Symbol::fromQualString(qual.substr(0, qual.size() - 1));
   jit::WithInsertPoint guard(w);
-  jit::Node* f = graph.insertNode(
-      graph.create(c10::Symbol::fromQualString(qual.substr(0, qual.size() - 1)), w->inputs(), 1));
-  if (f->maybeSchema() == nullptr) {
-    f->destroy();
-    return false;
+  jit::Node* active = graph.insertNode(graph.create(active_symbol(), {tap->input(1)}, 1));
+  active->output()->setType(c10::BoolType::get());
+  jit::Node* branch = graph.insertNode(graph.create(c10::prim::If, {active->output()}, 1));
+  jit::Block* recording = branch->addBlock();
+  jit::Block* otherwise = branch->addBlock();
+  {
+    jit::WithInsertPoint in_block(recording);
+    jit::Node* f = graph.insertNode(graph.create(functional, w->inputs(), 1));
+    if (f->maybeSchema() == nullptr) {
+      branch->destroy();
+      active->destroy();
+      return false;
+    }
+    f->output()->setType(w->output()->type());
+    jit::Value* dtype = graph.insert(c10::prim::dtype, {v});
+    recording->registerOutput(graph.insert(c10::aten::to, {f->output(), dtype}));
   }
-  f->output()->setType(w->output()->type());
-  jit::Value* dtype = graph.insert(c10::prim::dtype, {v});
-  jit::Value* cast = graph.insert(c10::aten::to, {f->output(), dtype});
-  cast->setType(w->output()->type());
-  w->output()->replaceAllUsesWith(cast);
-  v->replaceAllUsesDominatedByNodeWith(w, cast);
-  w->destroy();
+  jit::Value* r = branch->output()->setType(w->output()->type());
+  w->output()->replaceAllUsesWith(r);
+  w->moveBefore(otherwise->return_node());
+  otherwise->registerOutput(w->output());
+  // Uses inside the branch are not dominated by it: only the later ones change.
+  v->replaceAllUsesDominatedByNodeWith(branch, r);
+  jit::WithInsertPoint at_tap(tap);
+  tap->replaceInput(2, graph.insertConstant(false));
   return true;
 }
 
 // A tapped value that an in-place op rewrites right after the tap (resnet's BatchNorm output
-// before ReLU(inplace=True) or `out += identity`) would need a copy; running that op out of
-// place instead costs one fresh buffer and no copy. Rewrites one such op; false when none is
-// left.
+// before ReLU(inplace=True) or `out += identity`) would need a copy: makes one such op
+// conditional (see functionalize). False when none is left.
 bool functionalize_one_write(jit::Graph& graph) {
   TapAnalysis a(graph);
   for (size_t i = 0; i < a.taps.size(); ++i) {
@@ -321,7 +343,7 @@ bool functionalize_one_write(jit::Graph& graph) {
     jit::Node* w = a.first_writer(i);
     if (w == nullptr || w->owningBlock() != a.markers[i]->owningBlock()) continue;
     if (!can_functionalize(a, w, a.values[i])) continue;
-    if (functionalize(graph, a.to_tapped.at(w), a.taps[i]->input(0))) return true;
+    if (functionalize(graph, a.to_tapped.at(w), a.taps[i])) return true;
   }
   return false;
 }
@@ -818,6 +840,11 @@ void record_tap(const c10::IValue& value, const std::string& name, bool copy) {
   // Unselected layers cost a hash lookup, never a copy.
   if (!r->all && r->layers.count(name) == 0) return;
   record_value(*r, value, name, copy);
+}
+
+bool tap_active(const std::string& name) {
+  const Recording* r = active_recording.get();
+  return r != nullptr && (r->all || r->layers.count(name) != 0);
 }
 
 void begin_recording(const std::vector<std::string>& layers, bool detach, bool shapes_only) {

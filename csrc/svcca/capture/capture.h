@@ -65,8 +65,11 @@ struct LayerInfo {
 //
 // Copies: a record is a clone unless alias analysis proves that nothing after the tap writes to
 // the value (no in-place op on it or a view of it) and that it aliases no input, output or
-// module attribute; then the record shares the tensor, which costs nothing. Taps inside loops
-// and tuple elements always clone.
+// module attribute; then the record shares the tensor, which costs nothing. Where an in-place op
+// is what rewrites a tapped value (a BatchNorm output before ReLU(inplace=True), `out += x`) and
+// nothing else aliases it, the tapped method runs that op out of place while that layer is
+// being recorded (same values, dtype kept; one fresh buffer, no copy) and in place otherwise.
+// Taps inside loops and tuple elements always clone.
 //
 //   auto tapped = svcca::TappedModule::load("net.pt");
 //   auto cap = tapped.run({torch::randn({8, 1, 8, 8})}, {"features.*"});
@@ -129,6 +132,9 @@ namespace detail {
 // nothing writes to the value afterwards (and it aliases no input, output or module attribute);
 // tuple and list elements are always cloned.
 void record_tap(const c10::IValue& value, const std::string& name, bool copy = true);
+// Whether the calling thread's recording records `name` (the body of svcca::_tap_active, which
+// guards the out-of-place twin of an in-place op that rewrites a tapped value).
+bool tap_active(const std::string& name);
 // Begin/end a recording on this thread: the bodies of the ops svcca::_capture_begin and
 // svcca::_capture_end, through which TappedModule::run and Python record. `layers`: module paths
 // to record (empty: all). `shapes_only`: records hold meta tensors (shape and dtype, no data).
