@@ -351,6 +351,29 @@ TEST_F(GridTest, StreamedFoldAndPoolOfConvLayers) {
   }
 }
 
+TEST_F(GridTest, OneLayerAndFloat32Streams) {
+  auto one = make_layers({5}, 40, "only", at::kFloat);
+  Grid g = similarity_grid(one, with(GridMeasure::kSvcca));
+  ASSERT_EQ(g.values.sizes(), (at::IntArrayRef{1, 1}));
+  expect_cell(g, 0, 0, 1.0, tol::kFloat32);
+  auto layers = make_layers({3, 6}, 64, "f", at::kFloat);
+  Grid s = stream(layers, {}, with(GridMeasure::kCca), {10, 7}).result();
+  Grid oneshot = similarity_grid(layers, with(GridMeasure::kCca));
+  EXPECT_ALLCLOSE(s.values, oneshot.values, tol::kFloat32);
+  // A rejected batch leaves the accumulator as it was.
+  GridAccumulator acc({"f0", "f1"});
+  acc.update(
+      {{"f0", layers[0].second.narrow(0, 0, 30)}, {"f1", layers[1].second.narrow(0, 0, 30)}});
+  EXPECT_THROWS_WITH(
+      acc.update({{"f0", layers[0].second.narrow(0, 30, 34)}, {"f1", at::randn({34, 2})}}),
+      "GridAccumulator::update: layer \"f1\" must have 6 features (after conv \"flatten\") as in "
+      "earlier batches, but got 2");
+  acc.update(
+      {{"f0", layers[0].second.narrow(0, 30, 34)}, {"f1", layers[1].second.narrow(0, 30, 34)}});
+  EXPECT_EQ(acc.n(), 64);
+  EXPECT_ALLCLOSE(acc.result().values, similarity_grid(layers).values, tol::kFloat32);
+}
+
 // ---- Errors ------------------------------------------------------------------------------------
 
 TEST_F(GridTest, TwoModelsWithDifferentExamplesAreRejected) {

@@ -717,6 +717,8 @@ struct GridAccumulator::Impl {
   std::optional<std::pair<int64_t, int64_t>> fold_hw;  // fixed by the first batch
   CovarianceAccumulator acc;
   int64_t examples = 0;
+  std::vector<int64_t> features;       // per layer after the conv recipe, from the first batch
+  std::vector<at::ScalarType> dtypes;  // per layer, from the first batch
 
   Impl(std::vector<std::string> r, std::vector<std::string> c, GridOptions o,
        CovarianceAccumulatorOptions acc_options)
@@ -836,7 +838,23 @@ void GridAccumulator::update(const NamedActivations& a, const NamedActivations& 
     }
     mats.push_back(layer_features(r.acts, s.conv, s.options.recipe, hw));
   }
+  // CovarianceAccumulator checks these too, but only knows its internal layer numbers.
+  for (size_t l = 0; l < mats.size() && !s.features.empty(); ++l) {
+    TORCH_CHECK_VALUE(mats[l].size(1) == s.features[l], fn, ": ", refs[l].label, " must have ",
+                      s.features[l], " features (after conv \"", to_string(s.conv),
+                      "\") as in earlier batches, but got ", mats[l].size(1), " from shape ",
+                      detail::shape_str(refs[l].acts));
+    TORCH_CHECK_TYPE(mats[l].scalar_type() == s.dtypes[l], fn, ": ", refs[l].label,
+                     " must have dtype ", s.dtypes[l], " as in earlier batches, but got ",
+                     mats[l].scalar_type());
+  }
   s.acc.update(mats);
+  if (s.features.empty()) {
+    for (const auto& m : mats) {
+      s.features.push_back(m.size(1));
+      s.dtypes.push_back(m.scalar_type());
+    }
+  }
   if (s.conv == GridConv::kFold) s.fold_hw = hw;
   s.examples += refs.front().acts.size(0);
 }
