@@ -291,34 +291,47 @@ TEST(CaptureAutograd, KeptRecordsBackPropagate) {
 }
 
 TEST(CaptureAutograd, TrainingStepsMatchForward) {
+  // a: steps through forward_tapped without a recording (in-place ops in place); c: steps
+  // through run() recording every layer, records kept in the graph (the in-place ops after taps
+  // run out of place); b: plain forward.
   TappedModule a = TappedModule::load(fixture("resnet_scripted.pt"));
+  TappedModule c = TappedModule::load(fixture("resnet_scripted.pt"));
   torch::jit::Module b = torch::jit::load(fixture("resnet_scripted.pt"));
-  a.module().train();
-  b.train();
+  for (torch::jit::Module* m : {&a.module(), &b, &c.module()}) m->train();
   at::manual_seed(0);
   at::Tensor x = at::randn({4, 1, 5, 5});
   at::Tensor target = at::randn({4, 3});
-  auto step = [&](torch::jit::Module& m, const std::string& method) {
-    at::Tensor out = m.get_method(method)({x}).toTensor();
-    (out - target).pow(2).mean().backward();
+  auto update = [](torch::jit::Module& m) {
     at::NoGradGuard g;
     for (const auto& p : m.parameters()) {
       p.sub_(0.1 * p.grad());
       p.mutable_grad().zero_();
     }
   };
+  auto step = [&](torch::jit::Module& m, const std::string& method) {
+    at::Tensor out = m.get_method(method)({x}).toTensor();
+    (out - target).pow(2).mean().backward();
+    update(m);
+  };
+  CaptureOptions keep;
+  keep.detach = false;
   for (int i = 0; i < 3; ++i) {
     a.run({x});  // a capture in between must not disturb training
     b.forward({x});
     step(a.module(), "forward_tapped");
     step(b, "forward");
+    Capture cap = c.run({x}, {}, keep);
+    (cap.output.toTensor() - target).pow(2).mean().backward();
+    update(c.module());
   }
-  auto pa = a.module().named_parameters();
   auto pb = b.named_parameters();
-  ASSERT_EQ(pa.size(), pb.size());
-  for (auto ia = pa.begin(), ib = pb.begin(); ia != pa.end(); ++ia, ++ib) {
-    EXPECT_EQ((*ia).name, (*ib).name);
-    EXPECT_TRUE(AllClose((*ia).value, (*ib).value, tol::kFloat32)) << (*ia).name;
+  for (TappedModule* t : {&a, &c}) {
+    auto pa = t->module().named_parameters();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (auto ia = pa.begin(), ib = pb.begin(); ia != pa.end(); ++ia, ++ib) {
+      EXPECT_EQ((*ia).name, (*ib).name);
+      EXPECT_TRUE(AllClose((*ia).value, (*ib).value, tol::kFloat32)) << (*ia).name;
+    }
   }
   // The BatchNorm running statistics are updated the same way too.
   EXPECT_TRUE(AllClose(param(a.module(), "layer2.0.bn1", "running_var"),
