@@ -46,8 +46,10 @@ c10::Symbol active_symbol() {
   return s;
 }
 
+// svcca::tap and the guard the tapped graphs use (an older op library may lack the guard).
 bool tap_op_registered() {
-  return !jit::getAllOperatorsFor(tap_symbol()).empty();
+  return !jit::getAllOperatorsFor(tap_symbol()).empty() &&
+         !jit::getAllOperatorsFor(active_symbol()).empty();
 }
 
 // "Conv2d" from "__torch__.torch.nn.modules.conv.___torch_mangle_3.Conv2d".
@@ -114,8 +116,6 @@ class Tapper {
 
   void run() { process_range(graph_.block()->nodes().front(), graph_.block()->return_node()); }
 
-  int64_t taps() const { return taps_; }
-
  private:
   void process_range(jit::Node* first, jit::Node* end) {
     jit::Node* n = first;
@@ -165,7 +165,6 @@ class Tapper {
       jit::Node* tap = graph_.create(tap_symbol(), {outputs[0], name, copy}, 0);
       graph_.insertNode(tap);
       region_end = name->node();
-      ++taps_;
       types_.emplace(path, class_name(cls));
     }
     process_range(prev->next(), region_end);
@@ -174,7 +173,6 @@ class Tapper {
   jit::Graph& graph_;
   std::map<std::string, std::string>& types_;
   std::unordered_map<jit::Value*, std::string> paths_;
-  int64_t taps_ = 0;
 };
 
 void collect_nodes(jit::Block* block, c10::Symbol kind, std::vector<jit::Node*>& out) {
