@@ -106,8 +106,10 @@ class TappedModule {
   Capture run(const std::vector<c10::IValue>& inputs, const std::vector<std::string>& layers = {},
               const CaptureOptions& options = {}) const;
 
-  // Names, module types and output shapes of every record for `inputs` (runs forward once
-  // without autograd; keeps no activations).
+  // Names, module types and output shapes of every record for `inputs`, in call order. Runs the
+  // tapped method once in eval mode (BatchNorm statistics do not move; every module's training
+  // flag is restored afterwards, so do not run the same module on another thread meanwhile)
+  // without autograd, recording meta tensors only: keeps no activations. Throws as run() does.
   std::vector<LayerInfo> list_layers(const std::vector<c10::IValue>& inputs) const;
 
   torch::jit::Module& module() { return module_; }
