@@ -190,6 +190,40 @@ class LoopWrite(nn.Module):
         return h * 2.0
 
 
+class Concat(nn.Module):
+    """An overloaded forward (torchvision's DenseNet layers): TorchScript names it forward__0."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 4)
+
+    @torch.jit._overload_method  # noqa: F811
+    def forward(self, x):
+        # type: (List[Tensor]) -> Tensor
+        pass
+
+    @torch.jit._overload_method  # noqa: F811
+    def forward(self, x):
+        # type: (Tensor) -> Tensor
+        pass
+
+    def forward(self, x):  # noqa: F811
+        if isinstance(x, Tensor):
+            prev = [x, x]
+        else:
+            prev = x
+        return self.lin(torch.cat(prev, 1))
+
+
+class Overload(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cat = Concat()
+
+    def forward(self, x):
+        return self.cat([x, torch.tanh(x)])
+
+
 # (name, constructor, input shape, traced too)
 MODELS = [
     ("seq", lambda: nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(),
@@ -201,6 +235,7 @@ MODELS = [
     ("flow", Flow, (3, 4), False),
     ("inplace", InPlace, (3, 4), True),
     ("loopwrite", LoopWrite, (3, 4), True),
+    ("overload", Overload, (3, 4), False),
 ]
 
 

@@ -122,7 +122,7 @@ INSTANTIATE_TEST_SUITE_P(Capture, HookFixtures,
                                            "twice_scripted", "twice_traced", "tuple_scripted",
                                            "tuple_traced", "flow_scripted", "inplace_scripted",
                                            "inplace_traced", "loopwrite_scripted",
-                                           "loopwrite_traced"));
+                                           "loopwrite_traced", "overload_scripted"));
 
 // ---- Names, types, control flow
 // ------------------------------------------------------------------

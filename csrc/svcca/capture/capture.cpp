@@ -93,11 +93,19 @@ std::string describe_inputs(const std::vector<c10::IValue>& inputs) {
 
 // ---- Graph rewriting -----------------------------------------------------------------------
 
-// "forward", or the "forward1", "forward2", ... that torch.jit.trace creates when it traces a
-// module called more than once (each call is traced into its own method).
+// "forward"; the "forward1", "forward2", ... that torch.jit.trace creates when it traces a
+// module called more than once (each call is traced into its own method); and the "forward__0",
+// "forward__1", ... of an overloaded forward (torch.jit._overload_method, e.g. torchvision's
+// DenseNet layers).
 bool is_forward(const std::string& method) {
   if (method.rfind("forward", 0) != 0) return false;
-  return std::all_of(method.begin() + 7, method.end(), [](char c) { return c >= '0' && c <= '9'; });
+  auto digits = [](auto begin, auto end) {
+    return std::all_of(begin, end, [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (method.rfind("forward__", 0) == 0 && method.size() > 9) {
+    return digits(method.begin() + 9, method.end());
+  }
+  return digits(method.begin() + 7, method.end());
 }
 
 // Inlines every method call on self and on its submodules, recursively (If/Loop blocks too), and

@@ -55,7 +55,8 @@ struct LayerInfo {
 // What is tapped: the tapped method is forward's graph with every method call on self and its
 // submodules inlined (recursively, inside If and Loop blocks too), and a tap after each call of
 // a submodule's `forward` (and of the forward1, forward2, ... that torch.jit.trace makes for a
-// module called more than once), named by module path: what a Python forward hook on that module
+// module called more than once, and the forward__0, ... of an overloaded forward), named by
+// module path: what a Python forward hook on that module
 // sees, in the order hooks fire (inner modules before their containers). Calls of other methods
 // (self.helper(x), self.block.extra(x)) are inlined without a record of their own, so the module
 // calls inside them are recorded; a hook would not fire for them either. Calls through module
