@@ -61,7 +61,8 @@ struct LayerInfo {
 // (self.helper(x), self.block.extra(x)) are inlined without a record of their own, so the module
 // calls inside them are recorded; a hook would not fire for them either. Calls through module
 // interfaces cannot be inlined and are not tapped. Tracing limits what a traced model can give:
-// nn.Identity is traced to a method returning None (no record), and nested tuples returned by a
+// a module that returns its input unchanged (nn.Identity, torchvision's StochasticDepth in eval
+// mode) is traced to a method returning None (no record), and nested tuples returned by a
 // submodule are flattened ("<path>:0", "<path>:1", "<path>:2" for (a, (b, c))).
 //
 // Copies: a record is a clone unless alias analysis proves that nothing after the tap writes to
