@@ -6,8 +6,10 @@ function(svcca_target_defaults target)
     target_compile_options(${target} PRIVATE -Werror)
   endif()
   if(SVCCA_SANITIZE)
-    target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-sanitize-recover=undefined
-                                             -fno-omit-frame-pointer)
+    # -fno-sanitize=vptr: UBSan's dynamic-type check needs the typeinfo of every polymorphic
+    # class it sees, and libtorch does not export some (c10::DynamicType, used by torch::jit).
+    target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-sanitize=vptr
+                                             -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
     target_link_options(${target} PRIVATE -fsanitize=address,undefined)
   endif()
 endfunction()
