@@ -184,6 +184,24 @@ std::string patterns_text(const std::vector<std::string>& patterns) {
   return patterns.empty() ? "all" : join(patterns, ",");
 }
 
+// The report of a command that ran models over an input: the grid, with the input, batch size
+// and layer patterns recorded among its options.
+InspectionReport model_grid_report(const char* command, const std::vector<std::string>& models,
+                                   const InputSource& input, int64_t n, int64_t b,
+                                   const std::vector<std::string>& layers, Grid grid) {
+  grid.options["input"] = input.description();
+  grid.options["batch_size"] = std::to_string(b);
+  grid.options["layers"] = patterns_text(layers);
+  InspectionReport report;
+  report.command = command;
+  report.models = models;
+  report.input = input.description();
+  report.examples = n;
+  report.has_grid = true;
+  report.grid = std::move(grid);
+  return report;
+}
+
 }  // namespace
 
 InspectionReport inspect_layers(const LayersRequest& request) {
@@ -265,18 +283,7 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
     grid.options["other_model"] = request.models[1];
   }
   grid.options["model"] = request.models[0];
-  grid.options["input"] = input.description();
-  grid.options["batch_size"] = std::to_string(b);
-  grid.options["layers"] = patterns_text(request.layers);
-
-  InspectionReport report;
-  report.command = "grid";
-  report.models = request.models;
-  report.input = input.description();
-  report.examples = n;
-  report.has_grid = true;
-  report.grid = std::move(grid);
-  return report;
+  return model_grid_report("grid", request.models, input, n, b, request.layers, std::move(grid));
 }
 
 InspectionReport inspect_compare(const CompareRequest& request) {
@@ -482,18 +489,8 @@ InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress
   grid.options = cell_options;
   grid.options["checkpoints"] = join(request.checkpoints, ",");
   grid.options["final"] = final_path;
-  grid.options["input"] = input.description();
-  grid.options["batch_size"] = std::to_string(b);
-  grid.options["layers"] = patterns_text(request.layers);
-
-  InspectionReport report;
-  report.command = "dynamics";
-  report.models = request.checkpoints;
-  report.input = input.description();
-  report.examples = n;
-  report.has_grid = true;
-  report.grid = std::move(grid);
-  return report;
+  return model_grid_report("dynamics", request.checkpoints, input, n, b, request.layers,
+                           std::move(grid));
 }
 
 InspectionReport inspect_tap(const TapRequest& request) {
