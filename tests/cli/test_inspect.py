@@ -247,6 +247,14 @@ def test_random_input_is_seeded_and_independent_of_batch_size(ok_json, tmp_path)
     assert a["examples"] == 300
 
 
+def test_debiased_cka_in_batches_equals_one_batch(ok_json, tmp_path):
+    common = ["grid", FINAL, "--input", PROBE, "--measure", "debiased-cka"]
+    whole = ok_json(*common, "--out", tmp_path / "a")["grid"]
+    batched = ok_json(*common, "--batch-size", "50", "--out", tmp_path / "b")["grid"]
+    np.testing.assert_allclose(np.array(batched["values"], dtype=float),
+                               np.array(whole["values"], dtype=float), rtol=1e-8, atol=1e-10)
+
+
 def test_grid_reads_npy_inputs(ok_json, tmp_path):
     x = torch.load(PROBE).numpy()
     np.save(tmp_path / "probe64.npy", x.astype(np.float64))  # float64 into a float32 model

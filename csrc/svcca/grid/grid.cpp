@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -719,6 +720,17 @@ struct GridAccumulator::Impl {
   int64_t examples = 0;
   std::vector<int64_t> features;       // per layer after the conv recipe, from the first batch
   std::vector<at::ScalarType> dtypes;  // per layer, from the first batch
+  // debiased-cka: the fourth-moment sums its unbiased HSIC needs beyond the co-moments, taken
+  // about a fixed shift per layer c (the first batch's mean; HSIC_1 is translation invariant, and
+  // the shift keeps the sums from cancelling when features have large means). With x' = x - c and
+  // a = ||x'||^2 per row: per layer sum a^2 and sum a x'; per kept pair (i, j) sum a_i a_j,
+  // sum a_i x'_j and sum a_j x'_i. float64, on the layers' device.
+  std::vector<at::Tensor> shift, sum_aa, sum_ax;
+  std::map<std::pair<int64_t, int64_t>, std::array<at::Tensor, 3>> pair_sums;
+
+  void add_debiased_sums(const std::vector<at::Tensor>& mats);
+  at::Tensor streamed_debiased_cka(const char* fn, const std::map<std::string, at::Tensor>& state,
+                                   int64_t i, int64_t j, int64_t n) const;
 
   Impl(std::vector<std::string> r, std::vector<std::string> c, GridOptions o,
        CovarianceAccumulatorOptions acc_options)
@@ -776,6 +788,89 @@ std::vector<at::Tensor> by_name(const char* fn, const NamedActivations& batch,
 
 }  // namespace
 
+// Adds one batch's debiased-cka sums (see Impl); the first batch fixes the shifts. Called after
+// the covariance accumulator accepted the batch, so shapes and values are already checked.
+void GridAccumulator::Impl::add_debiased_sums(const std::vector<at::Tensor>& mats) {
+  Impl& s = *this;
+  std::vector<at::Tensor> xs, as;
+  for (size_t l = 0; l < mats.size(); ++l) {
+    at::Tensor x = mats[l].to(at::kDouble);
+    if (s.shift.size() <= l) {
+      s.shift.push_back(x.mean(0));
+      s.sum_aa.push_back(at::zeros({}, x.options()));
+      s.sum_ax.push_back(at::zeros({x.size(1)}, x.options()));
+    }
+    x = x - s.shift[l];
+    at::Tensor a = x.square().sum(1);
+    s.sum_aa[l] += at::dot(a, a);
+    s.sum_ax[l] += at::mv(x.t(), a);
+    xs.push_back(x);
+    as.push_back(a);
+  }
+  for (const auto& [i, j] : s.acc.pair_indices()) {
+    auto it = s.pair_sums.find({i, j});
+    if (it == s.pair_sums.end()) {
+      it = s.pair_sums
+               .emplace(std::make_pair(i, j),
+                        std::array<at::Tensor, 3>{at::zeros({}, xs[i].options()),
+                                                  at::zeros({xs[j].size(1)}, xs[j].options()),
+                                                  at::zeros({xs[i].size(1)}, xs[i].options())})
+               .first;
+    }
+    it->second[0] += at::dot(as[i], as[j]);
+    it->second[1] += at::mv(xs[j].t(), as[i]);
+    it->second[2] += at::mv(xs[i].t(), as[j]);
+  }
+}
+
+// Debiased linear CKA of layers i and j (i <= j) from the streamed sums. With d = mean - c,
+// e the same for j, G = sum x' y'^T = C + n d e^T (C the centered cross co-moment) and the
+// centered row norms |x - mean|^2 = a - 2 x'.d + |d|^2:
+//   sum_rows |x - mean|^2 |y - mean|^2 = sum a b - 2 e.(sum a y') - 2 d.(sum b x') + 4 d^T G e
+//       + |e|^2 sum a + |d|^2 sum b - 3 n |d|^2 |e|^2,   sum a = tr(C_ii) + n |d|^2.
+at::Tensor GridAccumulator::Impl::streamed_debiased_cka(
+    const char* fn, const std::map<std::string, at::Tensor>& state, int64_t i, int64_t j,
+    int64_t n) const {
+  const Impl& s = *this;
+  auto comoment = [&](int64_t a, int64_t b) {
+    if (a == b) return state.at("comoment." + std::to_string(a));
+    return state.at("cross." + std::to_string(a) + "." + std::to_string(b));
+  };
+  auto shift_of = [&](int64_t l) { return state.at("mean." + std::to_string(l)) - s.shift[l]; };
+  const double nd = static_cast<double>(n);
+  // sum over rows of |x - mean|^2 |y - mean|^2 for layers a <= b.
+  auto dd = [&](int64_t a, int64_t b) {
+    at::Tensor d = shift_of(a), e = shift_of(b);
+    at::Tensor g = comoment(a, b) + nd * at::outer(d, e);
+    at::Tensor sab, say, sbx;
+    if (a == b) {
+      sab = s.sum_aa[a];
+      say = s.sum_ax[a];
+      sbx = s.sum_ax[a];
+    } else {
+      const auto& p = s.pair_sums.at({a, b});
+      sab = p[0];
+      say = p[1];
+      sbx = p[2];
+    }
+    at::Tensor dsq = d.dot(d), esq = e.dot(e);
+    at::Tensor sum_a = comoment(a, a).trace() + nd * dsq;
+    at::Tensor sum_b = comoment(b, b).trace() + nd * esq;
+    return sab - 2.0 * e.dot(say) - 2.0 * d.dot(sbx) + 4.0 * d.dot(at::mv(g, e)) +
+           esq * sum_a + dsq * sum_b - 3.0 * nd * dsq * esq;
+  };
+  detail::DebiasedSums sums;
+  sums.xty_sq = comoment(i, j).square().sum();
+  sums.xtx_sq = comoment(i, i).square().sum();
+  sums.yty_sq = comoment(j, j).square().sum();
+  sums.dxdy = dd(i, j);
+  sums.dxdx = dd(i, i);
+  sums.dydy = dd(j, j);
+  sums.sqx = comoment(i, i).trace();
+  sums.sqy = comoment(j, j).trace();
+  return detail::debiased_cka_from_sums(fn, sums, n);
+}
+
 GridAccumulator::GridAccumulator(std::vector<std::string> rows, std::vector<std::string> cols,
                                  GridOptions options) {
   constexpr const char* fn = "GridAccumulator";
@@ -783,11 +878,12 @@ GridAccumulator::GridAccumulator(std::vector<std::string> rows, std::vector<std:
   check_names(fn, rows, "rows");
   if (!cols.empty()) check_names(fn, cols, "cols");
   const GridMeasure m = options.measure;
-  TORCH_CHECK_VALUE(m == GridMeasure::kLinearCka || m == GridMeasure::kCca ||
-                        m == GridMeasure::kSvcca || m == GridMeasure::kPwcca,
+  TORCH_CHECK_VALUE(m == GridMeasure::kLinearCka || m == GridMeasure::kDebiasedCka ||
+                        m == GridMeasure::kCca || m == GridMeasure::kSvcca ||
+                        m == GridMeasure::kPwcca,
                     fn,
-                    ": measure must be one that streams exactly through moments (\"cka\", \"cca\", "
-                    "\"svcca\" or \"pwcca\"), but got \"",
+                    ": measure must be one that streams exactly through moments (\"cka\", "
+                    "\"debiased-cka\", \"cca\", \"svcca\" or \"pwcca\"), but got \"",
                     to_string(m),
                     "\" (it needs every example at once: use similarity_grid, or "
                     "MinibatchCkaAccumulator for the minibatch estimator)");
@@ -849,6 +945,7 @@ void GridAccumulator::update(const NamedActivations& a, const NamedActivations& 
                      mats[l].scalar_type());
   }
   s.acc.update(mats);
+  if (s.options.measure == GridMeasure::kDebiasedCka) s.add_debiased_sums(mats);
   if (s.features.empty()) {
     for (const auto& m : mats) {
       s.features.push_back(m.size(1));
@@ -895,7 +992,22 @@ Grid GridAccumulator::result() const {
   const auto cells = grid_cells(static_cast<int64_t>(s.rows.size()),
                                 static_cast<int64_t>(s.two_models ? s.cols.size() : s.rows.size()),
                                 s.two_models, symmetric);
-  auto vals = moment_cells(fn, layers, cross, cells, s.options);
+  std::vector<at::Tensor> vals;
+  if (s.options.measure == GridMeasure::kDebiasedCka) {
+    detail::check_debiased_examples(fn, rows);
+    for (const auto& lm : layers) detail::check_not_constant(fn, lm.label.c_str(), lm.non_constant);
+    const auto raw = s.acc.state();  // co-moments (the covariances above were scaled in place)
+    for (const auto& c : cells) {
+      try {
+        vals.push_back(s.streamed_debiased_cka(fn, raw, std::min(c.x, c.y),
+                                             std::max(c.x, c.y), rows));
+      } catch (const c10::Error& e) {
+        rethrow_for_cell(fn, e, layers[c.x].label, layers[c.y].label);
+      }
+    }
+  } else {
+    vals = moment_cells(fn, layers, cross, cells, s.options);
+  }
   return assemble(s.rows, s.two_models ? s.cols : s.rows, s.two_models, cells, vals, s.examples,
                   s.options);
 }

@@ -94,7 +94,8 @@ Grid similarity_grid(const NamedActivations& a, const NamedActivations& b,
 
 // Streams a grid over batches: exact for cka, cca, svcca and pwcca (float64 moments through
 // CovarianceAccumulator, so the result equals similarity_grid on all rows to ~1e-10, whatever
-// the batch sizes); debiased-cka, rbf-cka and conv kFourier need every example at once and throw
+// the batch sizes) and for debiased-cka (plus O(p) fourth-moment sums per layer and pair, see
+// detail::debiased_cka_from_sums); rbf-cka and conv kFourier need every example at once and throw
 // at construction. kFold's target size comes from the first batch. pwcca's reference weighting
 // has no QR fallback from moments (see pwcca.h). Memory is O((sum of features)^2), independent
 // of n.

@@ -48,19 +48,6 @@ void check_self_hsic(const char* fn, const char* name, const at::Tensor& self_hs
                                "distances between examples)");
 }
 
-namespace {
-
-// n (n - 3) HSIC_1 of centered X, Y from feature-space terms (cka.h derives the formula).
-// xty_sq = ||X^T Y||_F^2, d = squared row norms [n], sq = ||.||_F^2.
-at::Tensor unbiased_hsic_features(const at::Tensor& xty_sq, const at::Tensor& dx,
-                                  const at::Tensor& dy, const at::Tensor& sqx,
-                                  const at::Tensor& sqy, int64_t n) {
-  const double nd = static_cast<double>(n);
-  return xty_sq - at::dot(dx, dy) * (nd / (nd - 2.0)) + sqx * sqy / ((nd - 1.0) * (nd - 2.0));
-}
-
-}  // namespace
-
 void check_bandwidth_options(const char* fn, const RbfCkaOptions& options) {
   TORCH_CHECK_VALUE(std::isfinite(options.threshold) && options.threshold > 0.0, fn,
                     ": threshold must be finite and > 0, but got ", options.threshold);
@@ -117,21 +104,42 @@ at::Tensor linear_cka_from_moments(const char* fn, const PairMoments& m, bool de
 
   TORCH_INTERNAL_ASSERT(m.x_centered.defined() && m.y_centered.defined(), fn,
                         ": debiased linear CKA needs the centered data");
-  const int64_t n = m.n;
-  check_debiased_examples(fn, n);
   // Back from covariances to the products of the data: X^T Y = (n - 1) Sxy.
-  const double s = static_cast<double>(n - 1) * static_cast<double>(n - 1);
+  const double s = static_cast<double>(m.n - 1) * static_cast<double>(m.n - 1);
   at::Tensor dx = m.x_centered.square().sum(1);
   at::Tensor dy = m.y_centered.square().sum(1);
-  at::Tensor sqx = dx.sum();
-  at::Tensor sqy = dy.sum();
-  at::Tensor hxy = unbiased_hsic_features(sxy_sq * s, dx, dy, sqx, sqy, n);
-  at::Tensor hxx = unbiased_hsic_features(sxx_sq * s, dx, dx, sqx, sqx, n);
-  at::Tensor hyy = unbiased_hsic_features(syy_sq * s, dy, dy, sqy, sqy, n);
+  DebiasedSums sums;
+  sums.xty_sq = sxy_sq * s;
+  sums.xtx_sq = sxx_sq * s;
+  sums.yty_sq = syy_sq * s;
+  sums.dxdy = at::dot(dx, dy);
+  sums.dxdx = at::dot(dx, dx);
+  sums.dydy = at::dot(dy, dy);
+  sums.sqx = dx.sum();
+  sums.sqy = dy.sum();
+  return debiased_cka_from_sums(fn, sums, m.n).to(m.result_dtype);
+}
+
+namespace {
+
+// n (n - 3) HSIC_1 of centered X, Y from feature-space sums (cka.h derives the formula).
+at::Tensor unbiased_hsic_from_sums(const at::Tensor& xty_sq, const at::Tensor& dxdy,
+                                   const at::Tensor& sqx, const at::Tensor& sqy, int64_t n) {
+  const double nd = static_cast<double>(n);
+  return xty_sq - dxdy * (nd / (nd - 2.0)) + sqx * sqy / ((nd - 1.0) * (nd - 2.0));
+}
+
+}  // namespace
+
+at::Tensor debiased_cka_from_sums(const char* fn, const DebiasedSums& s, int64_t n) {
+  check_debiased_examples(fn, n);
+  at::Tensor hxy = unbiased_hsic_from_sums(s.xty_sq, s.dxdy, s.sqx, s.sqy, n);
+  at::Tensor hxx = unbiased_hsic_from_sums(s.xtx_sq, s.dxdx, s.sqx, s.sqx, n);
+  at::Tensor hyy = unbiased_hsic_from_sums(s.yty_sq, s.dydy, s.sqy, s.sqy, n);
   // ||X^T X||_F = ||X X^T||_F = ||K||_F: the same scale as the Gram form's check.
-  check_self_hsic(fn, "x", hxx.detach(), sxx_sq.detach() * s, n, true);
-  check_self_hsic(fn, "y", hyy.detach(), syy_sq.detach() * s, n, true);
-  return (hxy / (hxx * hyy).sqrt()).to(m.result_dtype);
+  check_self_hsic(fn, "x", hxx.detach(), s.xtx_sq.detach(), n, true);
+  check_self_hsic(fn, "y", hyy.detach(), s.yty_sq.detach(), n, true);
+  return hxy / (hxx * hyy).sqrt();
 }
 
 at::Tensor rbf_gram(const char* fn, const char* name, const at::Tensor& xc, double threshold,

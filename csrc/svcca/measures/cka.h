@@ -122,6 +122,20 @@ at::Tensor rbf_gram(const char* fn, const char* name, const at::Tensor& xc, doub
 // throws, naming fn.
 at::Tensor linear_cka_from_moments(const char* fn, const PairMoments& m, bool debiased);
 
+// What debiased linear CKA needs of centered X [n, p1], Y [n, p2] (0-d tensors), with
+// d_i = ||x_i||^2 and e_i = ||y_i||^2 the squared norms of the centered rows.
+struct DebiasedSums {
+  at::Tensor xty_sq, xtx_sq, yty_sq;  // ||X^T Y||_F^2, ||X^T X||_F^2, ||Y^T Y||_F^2
+  at::Tensor dxdy, dxdx, dydy;        // sum_i d_i e_i, sum_i d_i^2, sum_i e_i^2
+  at::Tensor sqx, sqy;                // ||X||_F^2 = sum_i d_i, ||Y||_F^2 = sum_i e_i
+};
+// Debiased linear CKA, HSIC_1(K, L) / sqrt(HSIC_1(K, K) HSIC_1(L, L)) with K = X X^T, from the
+// sums alone (so a stream of batches can supply them, grid/grid.cpp): with tr(K~L~) =
+// ||X^T Y||^2 - sum d e, 1^T K~ 1 = -sum d (X centered) and 1^T K~ L~ 1 = sum d e,
+// n (n - 3) HSIC_1 = ||X^T Y||^2 - n/(n - 2) sum d e + sum d sum e / ((n - 1)(n - 2)).
+// Throws, naming fn, when n < 4 or a layer's unbiased self-HSIC is rounding.
+at::Tensor debiased_cka_from_sums(const char* fn, const DebiasedSums& sums, int64_t n);
+
 // The boundary checks of linear_cka and rbf_cka, for callers that build kernels themselves
 // (grid/grid.cpp), naming fn and the layer `name`:
 // n >= 4 for debiased CKA;
