@@ -10,7 +10,9 @@ inspect="$SVCCA_ROOT/build/tools/svcca-inspect"
 digits="$SVCCA_ROOT/models/digits"
 probe="$digits/probe.pt"
 out=${1:-"$SVCCA_ROOT/out/demo"}
-step() { printf '\n\033[1m$ svcca-inspect %s\033[0m\n' "$*"; "$inspect" "$@"; }
+bold='' plain=''
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; fi  # bold only on a terminal
+step() { printf '\n%s$ svcca-inspect %s%s\n' "$bold" "$*" "$plain"; "$inspect" "$@"; }
 
 # The layers of the trained CNN, their module types and output shapes for one 8x8 image.
 step layers "$digits/cnn_epoch8.pt" --input-shape 1,1,8,8
