@@ -1,12 +1,15 @@
 // Tests of grid rendering: JSON round trip (non-finite -> null -> NaN), CSV quoting and digits, SVG
 // structure (escaped names, one rect per cell, parses as XML), PNG decoded with libspng (size and
-// pixel colours), terminal heatmap, and atomic writes that leave nothing behind on failure.
+// pixel colours, text in the margins), the PNG font's glyphs, terminal heatmap, and atomic writes
+// that leave nothing behind on failure. With SVCCA_PNG_PREVIEW=<path> set, PngLabelsLongNames
+// also writes its picture there, to look at.
 #include "svcca/report/report.h"
 
 #include <ATen/ATen.h>
 #include <spng.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -17,6 +20,7 @@
 #include <vector>
 
 #include "support/support.h"
+#include "svcca/report/font.h"
 #include "svcca/report/heatmap.h"
 
 namespace svcca {
@@ -180,7 +184,7 @@ TEST(Report, PngDecodesToTheLayoutAndColours) {
   auto png = heatmap_png(g, {}, &w, &h);
   uint32_t dw = 0, dh = 0;
   auto px = decode_png(png, &dw, &dh);
-  const auto l = detail::png_layout(2, 3);
+  auto l = detail::png_layout(g, {});
   EXPECT_EQ(w, l.width);
   EXPECT_EQ(h, l.height);
   EXPECT_EQ(static_cast<int64_t>(dw), w);
@@ -207,15 +211,187 @@ TEST(Report, PngDecodesToTheLayoutAndColours) {
   o.vmin = 0.5;
   o.vmax = 0.75;
   px = decode_png(heatmap_png(g, o, &w, &h), &dw, &dh);
+  l = detail::png_layout(g, o);
+  ASSERT_EQ(static_cast<int64_t>(dw), l.width);
+  ASSERT_EQ(static_cast<int64_t>(dh), l.height);
   EXPECT_EQ(center(0, 0), rgb(detail::colormap(0.0)));
   EXPECT_EQ(center(0, 1), rgb(detail::colormap(0.0)));
   EXPECT_EQ(center(0, 2), rgb(detail::colormap(1.0)));
 }
 
+// An n_rows x n_cols grid of zeros with names "<prefix>0", "<prefix>1", ...
+Grid named_grid(int64_t n_rows, int64_t n_cols, const std::string& prefix = "layer") {
+  Grid g;
+  for (int64_t i = 0; i < n_rows; ++i) g.rows.push_back(prefix + std::to_string(i));
+  for (int64_t j = 0; j < n_cols; ++j) g.cols.push_back(prefix + std::to_string(j));
+  g.values = at::zeros({n_rows, n_cols}, at::kDouble);
+  g.measure = "cka";
+  g.row_label = "rows";
+  g.col_label = "cols";
+  return g;
+}
+
 TEST(Report, PngCellsStayVisible) {
-  EXPECT_EQ(detail::png_layout(1, 1).cell, 48);  // a 1 x 1 grid is not a dot
-  EXPECT_EQ(detail::png_layout(500, 3).cell, 4);
-  EXPECT_GE(detail::png_layout(1, 1).height, 96);
+  EXPECT_EQ(detail::png_layout(named_grid(1, 1), {}).cell, 48);  // a 1 x 1 grid is not a dot
+  EXPECT_EQ(detail::png_layout(named_grid(500, 3), {}).cell, 4);
+  EXPECT_GE(detail::png_layout(named_grid(1, 1), {}).height, 96);
+  // 4 px cells cannot hold 8 px names on every row: every other one is drawn.
+  EXPECT_EQ(detail::png_layout(named_grid(500, 3), {}).name_stride, 2);
+  EXPECT_EQ(detail::png_layout(named_grid(2, 3), {}).name_stride, 1);
+}
+
+// Black pixels of an RGB8 image in [x0, x1) x [y0, y1).
+int64_t dark_pixels(const std::vector<uint8_t>& px, int64_t width, int64_t x0, int64_t y0,
+                    int64_t x1, int64_t y1) {
+  int64_t n = 0;
+  for (int64_t y = y0; y < y1; ++y) {
+    for (int64_t x = x0; x < x1; ++x) {
+      const uint8_t* q = &px[static_cast<size_t>((y * width + x) * 3)];
+      n += q[0] == 0 && q[1] == 0 && q[2] == 0;
+    }
+  }
+  return n;
+}
+
+TEST(Report, PngHasTextInTheMargins) {
+  Grid g = small_grid();
+  const auto l = detail::png_layout(g, {});
+  uint32_t w = 0, h = 0;
+  const auto px = decode_png(heatmap_png(g, {}, nullptr, nullptr), &w, &h);
+  ASSERT_EQ(static_cast<int64_t>(w), l.width);
+  ASSERT_EQ(static_cast<int64_t>(h), l.height);
+  const int64_t grid_r = l.grid_x + 3 * l.cell, grid_b = l.grid_y + 2 * l.cell;
+  EXPECT_GT(dark_pixels(px, w, 0, 0, w, l.grid_y), 50);              // title band
+  EXPECT_GT(dark_pixels(px, w, 0, l.grid_y, l.grid_x, grid_b), 50);  // row names, row title
+  // Column names, then the column axis title in the bottom band (above the margin).
+  const int64_t title_top = h - l.margin - 16;
+  EXPECT_GT(dark_pixels(px, w, l.grid_x, grid_b, grid_r, title_top), 50);
+  EXPECT_GT(dark_pixels(px, w, 0, title_top, w, h), 50);
+  EXPECT_GT(dark_pixels(px, w, l.bar_x + l.bar_w, 0, w, h), 50);         // ticks and their labels
+  EXPECT_EQ(dark_pixels(px, w, l.grid_x, l.grid_y, grid_r, grid_b), 0);  // no text on the cells
+
+  // The texts are the SVG's: the default or given title, the axis titles, the tick labels.
+  auto texts = [](const detail::PngLayout& layout) {
+    std::vector<std::string> out;
+    for (const auto& t : layout.texts) out.push_back(t.text);
+    return out;
+  };
+  auto has = [](const std::vector<std::string>& v, const std::string& s) {
+    return std::find(v.begin(), v.end(), s) != v.end();
+  };
+  const auto t = texts(l);
+  EXPECT_TRUE(has(t, "cka (1234 examples)"));
+  EXPECT_TRUE(has(t, "model A layer"));
+  EXPECT_TRUE(has(t, "model B layer"));
+  EXPECT_TRUE(has(t, "layer<2> & \"x\""));
+  EXPECT_TRUE(has(t, "a,b"));
+  EXPECT_TRUE(has(t, "0.00"));
+  EXPECT_TRUE(has(t, "0.50"));
+  EXPECT_TRUE(has(t, "1.00"));
+  EXPECT_NE(heatmap_svg(g).find(">0.50</text>"), std::string::npos);  // same ticks in the SVG
+  HeatmapOptions o;
+  o.title = "my title";
+  o.vmin = -1.0;
+  EXPECT_TRUE(has(texts(detail::png_layout(g, o)), "my title"));
+  EXPECT_TRUE(has(texts(detail::png_layout(g, o)), "-1.00"));
+
+  // Longer row names widen the left margin, and nothing but the names draws there.
+  Grid wide = small_grid();
+  wide.rows[0] = "a much longer row name";
+  EXPECT_GT(detail::png_layout(wide, {}).grid_x, l.grid_x);
+  Grid blank = small_grid();
+  blank.rows = {"", ""};
+  blank.row_label = "";
+  const auto lb = detail::png_layout(blank, {});
+  const auto pb = decode_png(heatmap_png(blank, {}, nullptr, nullptr), &w, &h);
+  EXPECT_EQ(dark_pixels(pb, w, 0, lb.grid_y, lb.grid_x, lb.grid_y + 2 * lb.cell), 0);
+  EXPECT_LT(lb.grid_x, l.grid_x);
+}
+
+TEST(Report, PngLabelsLongNames) {
+  Grid g = named_grid(4, 5);
+  g.rows = {"encoder.layers.0.self_attention.output", "encoder.layers.1.mlp.fc2", "conv1",
+            std::string("Schicht \xc3\x9c") + "bergang"};  // UTF-8: one '?'
+  g.cols = {"decoder.block.0", "decoder.block.1.cross_attention.out_proj", "head", "\xff\xfe",
+            "tab\there"};
+  g.values = at::linspace(0.0, 1.0, 20, at::kDouble).reshape({4, 5});
+  g.values[2][3] = std::nan("");
+  g.row_label = "model A (trained 10 epochs)";
+  g.col_label = "model B";
+  int64_t w = 0, h = 0;
+  const auto png = heatmap_png(g, {}, &w, &h);
+  uint32_t dw = 0, dh = 0;
+  const auto px = decode_png(png, &dw, &dh);
+  const auto l = detail::png_layout(g, {});
+  EXPECT_EQ(static_cast<int64_t>(dw), w);
+  EXPECT_EQ(static_cast<int64_t>(dh), h);
+  EXPECT_EQ(w, l.width);
+  EXPECT_EQ(h, l.height);
+  // Shortened to kMaxNameChars, keeping the end; the picture stays a sensible size.
+  bool found = false;
+  for (const auto& t : l.texts) {
+    EXPECT_LE(static_cast<int64_t>(t.text.size()), 64);
+    found |= t.text == "...s.0.self_attention.output";
+  }
+  EXPECT_TRUE(found);
+  EXPECT_EQ(static_cast<int64_t>(std::string("...s.0.self_attention.output").size()),
+            detail::kMaxNameChars);
+  EXPECT_LT(w, 1000);
+  EXPECT_LT(h, 1000);
+  if (const char* path = std::getenv("SVCCA_PNG_PREVIEW")) {
+    write_file_atomic(path, std::string(png.begin(), png.end()));
+  }
+}
+
+TEST(Report, FontGlyphsAndMetrics) {
+  // Column c of a drawn string as a bit mask of its dark rows (bit r = row r).
+  auto columns = [](const std::string& s, int64_t scale, detail::TextDirection dir, int64_t w,
+                    int64_t h) {
+    std::vector<uint8_t> px(static_cast<size_t>(w * h * 3), 255);
+    detail::draw_text(px.data(), w, h, 0, 0, s, scale, {0, 0, 0}, dir);
+    std::vector<int> out(static_cast<size_t>(w), 0);
+    for (int64_t y = 0; y < h; ++y) {
+      for (int64_t x = 0; x < w; ++x) {
+        if (px[static_cast<size_t>((y * w + x) * 3)] == 0) out[x] |= 1 << y;
+      }
+    }
+    return out;
+  };
+  const auto right = detail::TextDirection::kRight, up = detail::TextDirection::kUp;
+  // "I": serifs on rows 0 and 6, a stem in the middle column.
+  EXPECT_EQ(columns("I", 1, right, 5, 8), (std::vector<int>{0, 0x41, 0x7F, 0x41, 0}));
+  // "-": row 3, columns 1-3; at scale 2 rows 6-7 and columns 2-7.
+  EXPECT_EQ(columns("-", 1, right, 5, 8), (std::vector<int>{0, 0x08, 0x08, 0x08, 0}));
+  EXPECT_EQ(columns("-", 2, right, 10, 16),
+            (std::vector<int>{0, 0, 0xC0, 0xC0, 0xC0, 0xC0, 0xC0, 0xC0, 0, 0}));
+  // Rotated to read upwards, "-" is a vertical bar in column 3 (rows 1-3 of a 5 px tall box).
+  EXPECT_EQ(columns("-", 1, up, 8, 5), (std::vector<int>{0, 0, 0, 0x0E, 0, 0, 0, 0}));
+  // Two characters: 6 px apart.
+  EXPECT_EQ(columns("II", 1, right, 11, 8),
+            (std::vector<int>{0, 0x41, 0x7F, 0x41, 0, 0, 0, 0x41, 0x7F, 0x41, 0}));
+  // Anything outside 32..126 is '?', one per UTF-8 sequence.
+  EXPECT_EQ(columns("\xc3\xa9", 1, right, 5, 8), columns("?", 1, right, 5, 8));
+  EXPECT_EQ(columns("\x01", 1, right, 5, 8), columns("?", 1, right, 5, 8));
+  EXPECT_NE(columns("?", 1, right, 5, 8), columns(" ", 1, right, 5, 8));
+  EXPECT_EQ(detail::printable_text(std::string("a\xe6\x97\xa5") + "b\n\xff"), "a?b??");
+  EXPECT_EQ(detail::glyph('\x7f'), detail::glyph('?'));
+  EXPECT_EQ(detail::text_width("", 2), 0);
+  EXPECT_EQ(detail::text_width("abc", 1), 17);
+  EXPECT_EQ(detail::text_width("abc", 2), 34);
+  EXPECT_EQ(detail::text_width("\xc3\xa9", 1), 5);
+  EXPECT_EQ(detail::fit_text("abcdefghij", 10), "abcdefghij");
+  EXPECT_EQ(detail::fit_text("abcdefghij", 6), "...hij");
+  EXPECT_THROWS_WITH(detail::fit_text("abc", 3), "max_chars must be >= 4");
+  // Every printable character but the space has ink; drawing off the image is clipped.
+  for (char ch = 33; ch < 127; ++ch) {
+    int ink = 0;
+    for (uint8_t row : detail::glyph(ch)) ink |= row;
+    EXPECT_NE(ink, 0) << "'" << ch << "'";
+  }
+  std::vector<uint8_t> tiny(3 * 3 * 3, 255);
+  detail::draw_text(tiny.data(), 3, 3, -4, -2, "W", 3, {0, 0, 0});
+  EXPECT_THROWS_WITH(detail::draw_text(tiny.data(), 3, 3, 0, 0, "W", 0, {0, 0, 0}),
+                     "scale must be >= 1");
 }
 
 TEST(Report, ColormapEndsAndMissing) {

@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "svcca/checks.h"
+#include "svcca/report/font.h"
 #include "svcca/report/heatmap.h"
 
 #ifndef SVCCA_VERSION
@@ -107,11 +108,6 @@ std::string fixed(double v, int digits) {
   return buf;
 }
 
-std::string default_title(const Grid& grid, const HeatmapOptions& options) {
-  if (!options.title.empty()) return options.title;
-  return grid.measure + " (" + std::to_string(grid.examples) + " examples)";
-}
-
 void check_range(const char* fn, const HeatmapOptions& options) {
   TORCH_CHECK_VALUE(
       std::isfinite(options.vmin) && std::isfinite(options.vmax) && options.vmin < options.vmax, fn,
@@ -164,21 +160,102 @@ double scaled(double value, double vmin, double vmax) {
   return std::clamp((value - vmin) / (vmax - vmin), 0.0, 1.0);
 }
 
-PngLayout png_layout(int64_t n_rows, int64_t n_cols) {
+std::string heatmap_title(const Grid& grid, const HeatmapOptions& options) {
+  if (!options.title.empty()) return options.title;
+  return grid.measure + " (" + std::to_string(grid.examples) + " examples)";
+}
+
+std::vector<std::pair<double, std::string>> colorbar_ticks(const HeatmapOptions& options) {
+  std::vector<std::pair<double, std::string>> ticks;
+  for (int k = 0; k <= 4; ++k) {
+    const double f = k / 4.0;
+    ticks.emplace_back(f, fixed(options.vmin + f * (options.vmax - options.vmin), 2));
+  }
+  return ticks;
+}
+
+PngLayout png_layout(const Grid& grid, const HeatmapOptions& options) {
+  // Character limits keep the picture a sensible size whatever the names.
+  constexpr int64_t kMaxTitleChars = 64, kMaxAxisChars = 40;
+  constexpr int64_t kTextScale = 2;  // title, axis titles and tick labels
+  constexpr int64_t kTextH = kGlyphHeight * kTextScale;
+  constexpr int64_t kGap = 6;  // between a label and what it labels
+  const auto nr = static_cast<int64_t>(grid.rows.size());
+  const auto nc = static_cast<int64_t>(grid.cols.size());
   PngLayout l;
-  const int64_t longest = std::max<int64_t>(1, std::max(n_rows, n_cols));
+  const int64_t longest = std::max<int64_t>(1, std::max(nr, nc));
   // About 480 px for the grid, but never under 4 px (large grids) or over 48 px (a 1 x 1 grid
   // stays a visible square).
   l.cell = std::clamp<int64_t>(480 / longest, 4, 48);
   l.margin = 8;
-  l.grid_x = l.margin;
-  l.grid_y = l.margin;
+  l.name_scale = l.cell >= 2 * kGlyphHeight ? 2 : 1;
+  const int64_t name_h = kGlyphHeight * l.name_scale;
+  l.name_stride = (name_h + l.cell - 1) / l.cell;
+  const int64_t gw = nc * l.cell, gh = nr * l.cell;
+
+  auto fitted = [](const std::vector<std::string>& names) {
+    std::vector<std::string> out;
+    for (const auto& n : names) out.push_back(fit_text(n, kMaxNameChars));
+    return out;
+  };
+  const std::vector<std::string> rows = fitted(grid.rows), cols = fitted(grid.cols);
+  int64_t row_w = 0, col_h = 0;
+  for (int64_t i = 0; i < nr; i += l.name_stride)
+    row_w = std::max(row_w, text_width(rows[i], l.name_scale));
+  for (int64_t j = 0; j < nc; j += l.name_stride)
+    col_h = std::max(col_h, text_width(cols[j], l.name_scale));
+  const std::string title = fit_text(heatmap_title(grid, options), kMaxTitleChars);
+  const std::string row_title = fit_text(grid.row_label, kMaxAxisChars);
+  const std::string col_title = fit_text(grid.col_label, kMaxAxisChars);
+  const int64_t row_title_w = text_width(row_title, kTextScale);
+  const int64_t col_title_w = text_width(col_title, kTextScale);
+
+  // Left to right: row axis title (rotated), row names, grid, colour bar, tick labels.
+  l.grid_x = l.margin + (row_title.empty() ? 0 : kTextH + kGap) + (row_w > 0 ? row_w + kGap : 0);
+  // Top: the title band; the gap also holds the upper half of the top tick label.
+  l.grid_y = l.margin + (title.empty() ? 0 : kTextH) + 2 * kGap;
   l.bar_w = 16;
-  l.bar_h = std::max<int64_t>(n_rows * l.cell, 96);
-  l.bar_x = l.grid_x + n_cols * l.cell + 16;
-  l.bar_y = l.margin;
-  l.width = l.bar_x + l.bar_w + l.margin;
-  l.height = l.margin + std::max(n_rows * l.cell, l.bar_h) + l.margin;
+  l.bar_h = std::max<int64_t>(gh, 96);
+  l.bar_x = l.grid_x + gw + 16;
+  l.bar_y = l.grid_y;
+  const int64_t tick_x = l.bar_x + l.bar_w + 4 + 3;
+  int64_t right = tick_x;
+  for (const auto& [f, label] : colorbar_ticks(options)) {
+    const int64_t y = l.bar_y + std::lround(static_cast<double>(l.bar_h - 1) * (1.0 - f));
+    l.tick_y.push_back(y);
+    // Centred on the tick: capitals and digits are the glyph's top 7 of 8 rows.
+    l.texts.push_back({label, tick_x, y - (kGlyphHeight - 1) * kTextScale / 2, kTextScale, false});
+    right = std::max(right, tick_x + text_width(label, kTextScale));
+  }
+
+  for (int64_t i = 0; i < nr; i += l.name_stride) {
+    const int64_t w = text_width(rows[i], l.name_scale);
+    l.texts.push_back({rows[i], l.grid_x - kGap - w, l.grid_y + i * l.cell + (l.cell - name_h) / 2,
+                       l.name_scale, false});
+  }
+  // Column names read upwards and end next to the grid, so the longest one sets the margin.
+  for (int64_t j = 0; j < nc; j += l.name_stride) {
+    l.texts.push_back({cols[j], l.grid_x + j * l.cell + (l.cell - name_h) / 2, l.grid_y + gh + kGap,
+                       l.name_scale, true});
+  }
+  // The row axis title is centred on the rows, or starts at the top row when it is longer.
+  const int64_t row_title_y = l.grid_y + std::max<int64_t>(0, (gh - row_title_w) / 2);
+  if (!row_title.empty()) l.texts.push_back({row_title, l.margin, row_title_y, kTextScale, true});
+
+  int64_t bottom = std::max({l.grid_y + gh + (col_h > 0 ? kGap + col_h : 0),
+                             l.bar_y + l.bar_h + kTextH / 2, row_title_y + row_title_w});
+  if (!col_title.empty()) {
+    const int64_t x = std::max(l.margin, l.grid_x + (gw - col_title_w) / 2);
+    l.texts.push_back({col_title, x, bottom + 2 * kGap, kTextScale, false});
+    right = std::max(right, x + col_title_w);
+    bottom += 2 * kGap + kTextH;
+  }
+  l.width = std::max(right + l.margin, text_width(title, kTextScale) + 2 * l.margin);
+  l.height = bottom + l.margin;
+  if (!title.empty()) {
+    l.texts.push_back(
+        {title, (l.width - text_width(title, kTextScale)) / 2, l.margin, kTextScale, false});
+  }
   return l;
 }
 
@@ -318,7 +395,7 @@ std::string heatmap_svg(const Grid& grid, const HeatmapOptions& options) {
   double row_w = 0.0, col_h = 0.0;
   for (const auto& s : grid.rows) row_w = std::max(row_w, text_width(s, font));
   for (const auto& s : grid.cols) col_h = std::max(col_h, text_width(s, font));
-  const std::string title = default_title(grid, options);
+  const std::string title = detail::heatmap_title(grid, options);
 
   const double left = margin + axis_font + 8.0 + row_w + 6.0;
   const double top = margin + title_font + 14.0;
@@ -398,13 +475,11 @@ std::string heatmap_svg(const Grid& grid, const HeatmapOptions& options) {
   s << "<g id=\"colorbar-group\" font-size=\"10\">\n<rect x=\"" << bar_x << "\" y=\"" << top
     << "\" width=\"" << bar_w << "\" height=\"" << bar_h
     << "\" fill=\"url(#colorbar)\" stroke=\"#000000\" stroke-width=\"0.5\"/>\n";
-  for (int k = 0; k <= 4; ++k) {
-    const double f = k / 4.0;
+  for (const auto& [f, label] : detail::colorbar_ticks(options)) {
     const double y = top + bar_h * (1.0 - f);
-    const double value = options.vmin + f * (options.vmax - options.vmin);
     s << "<line x1=\"" << bar_x + bar_w << "\" y1=\"" << y << "\" x2=\"" << bar_x + bar_w + 4.0
       << "\" y2=\"" << y << "\" stroke=\"#000000\" stroke-width=\"0.5\"/>"
-      << "<text x=\"" << bar_x + bar_w + 6.0 << "\" y=\"" << y + 3.5 << "\">" << fixed(value, 2)
+      << "<text x=\"" << bar_x + bar_w + 6.0 << "\" y=\"" << y + 3.5 << "\">" << label
       << "</text>\n";
   }
   s << "</g>\n</svg>\n";
@@ -418,7 +493,7 @@ std::vector<uint8_t> heatmap_png(const Grid& grid, const HeatmapOptions& options
   at::Tensor v = checked_values(fn, grid);
   const int64_t nr = v.size(0), nc = v.size(1);
   const double* p = v.data_ptr<double>();
-  const detail::PngLayout l = detail::png_layout(nr, nc);
+  const detail::PngLayout l = detail::png_layout(grid, options);
   std::vector<uint8_t> px(static_cast<size_t>(l.width * l.height * 3), 255);
   auto put = [&](int64_t x, int64_t y, detail::Rgb c) {
     uint8_t* q = &px[static_cast<size_t>((y * l.width + x) * 3)];
@@ -441,6 +516,13 @@ std::vector<uint8_t> heatmap_png(const Grid& grid, const HeatmapOptions& options
         1.0 - static_cast<double>(y) / static_cast<double>(std::max<int64_t>(1, l.bar_h - 1));
     const detail::Rgb c = detail::colormap(t);
     for (int64_t x = 0; x < l.bar_w; ++x) put(l.bar_x + x, l.bar_y + y, c);
+  }
+  for (int64_t y : l.tick_y) {
+    for (int64_t x = 0; x < 4; ++x) put(l.bar_x + l.bar_w + x, y, {0, 0, 0});
+  }
+  for (const auto& t : l.texts) {
+    detail::draw_text(px.data(), l.width, l.height, t.x, t.y, t.text, t.scale, {0, 0, 0},
+                      t.up ? detail::TextDirection::kUp : detail::TextDirection::kRight);
   }
 
   std::unique_ptr<spng_ctx, void (*)(spng_ctx*)> ctx(spng_ctx_new(SPNG_CTX_ENCODER), spng_ctx_free);

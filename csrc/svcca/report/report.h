@@ -31,10 +31,15 @@ struct HeatmapOptions {
 // An SVG document: one cell per value, labelled axes (row and column names, axis titles), a
 // colour bar with ticks, and the title. Valid XML (names are escaped).
 std::string heatmap_svg(const Grid& grid, const HeatmapOptions& options = {});
-// A PNG file's bytes (RGB8), encoded with libspng: the same picture, cells and colour bar,
-// without text labels. width and height are returned through the out parameters.
-std::vector<uint8_t> heatmap_png(const Grid& grid, const HeatmapOptions& options,
-                                 int64_t* width, int64_t* height);
+// A PNG file's bytes (RGB8), encoded with libspng: cells, colour bar and the same text as
+// heatmap_svg (title, names, axis titles, tick labels; no values in cells), drawn in a built-in
+// 5x8 bitmap font (report/font.h): printable ASCII only (other characters show as '?'), names
+// longer than 28 characters shortened to "..." + their end, and only every k-th name on grids
+// whose cells are thinner than a line of text. width and height are returned through the out
+// parameters. Throws (as heatmap_svg does) when grid.values is not [rows, cols] or when vmin and
+// vmax are not finite with vmin < vmax.
+std::vector<uint8_t> heatmap_png(const Grid& grid, const HeatmapOptions& options, int64_t* width,
+                                 int64_t* height);
 // A compact heatmap for a terminal: one coloured block per cell (ANSI 256 colours when
 // `color`, digits 0-9 otherwise), row names on the left, a legend line.
 std::string heatmap_terminal(const Grid& grid, bool color);
