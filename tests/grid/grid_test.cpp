@@ -3,8 +3,8 @@
 // symmetry, metadata, and every rejected input.
 #include "svcca/grid/grid.h"
 
-#include <algorithm>
 #include <ATen/ATen.h>
+#include <algorithm>
 
 #include <string>
 #include <vector>

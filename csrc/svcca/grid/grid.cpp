@@ -856,8 +856,8 @@ at::Tensor GridAccumulator::Impl::streamed_debiased_cka(
     at::Tensor dsq = d.dot(d), esq = e.dot(e);
     at::Tensor sum_a = comoment(a, a).trace() + nd * dsq;
     at::Tensor sum_b = comoment(b, b).trace() + nd * esq;
-    return sab - 2.0 * e.dot(say) - 2.0 * d.dot(sbx) + 4.0 * d.dot(at::mv(g, e)) +
-           esq * sum_a + dsq * sum_b - 3.0 * nd * dsq * esq;
+    return sab - 2.0 * e.dot(say) - 2.0 * d.dot(sbx) + 4.0 * d.dot(at::mv(g, e)) + esq * sum_a +
+           dsq * sum_b - 3.0 * nd * dsq * esq;
   };
   detail::DebiasedSums sums;
   sums.xty_sq = comoment(i, j).square().sum();
@@ -999,8 +999,8 @@ Grid GridAccumulator::result() const {
     const auto raw = s.acc.state();  // co-moments (the covariances above were scaled in place)
     for (const auto& c : cells) {
       try {
-        vals.push_back(s.streamed_debiased_cka(fn, raw, std::min(c.x, c.y),
-                                             std::max(c.x, c.y), rows));
+        vals.push_back(
+            s.streamed_debiased_cka(fn, raw, std::min(c.x, c.y), std::max(c.x, c.y), rows));
       } catch (const c10::Error& e) {
         rethrow_for_cell(fn, e, layers[c.x].label, layers[c.y].label);
       }

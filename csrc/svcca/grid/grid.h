@@ -54,11 +54,11 @@ std::string to_string(GridConv conv);
 struct GridOptions {
   GridMeasure measure = GridMeasure::kLinearCka;
   GridConv conv = GridConv::kAuto;
-  ConvRecipe recipe = {};    // layout and resize mode used by kFold / kFourier (NCHW default)
-  CcaOptions cca = {};       // kCca (and the CCA inside kFourier)
-  SvccaOptions svcca = {};   // kSvcca
-  PwccaOptions pwcca = {};   // kPwcca
-  RbfCkaOptions rbf = {};    // kRbfCka
+  ConvRecipe recipe = {};   // layout and resize mode used by kFold / kFourier (NCHW default)
+  CcaOptions cca = {};      // kCca (and the CCA inside kFourier)
+  SvccaOptions svcca = {};  // kSvcca
+  PwccaOptions pwcca = {};  // kPwcca
+  RbfCkaOptions rbf = {};   // kRbfCka
   Precision precision = Precision::kFloat64;  // compute dtype of the CKA family
 };
 
@@ -67,11 +67,11 @@ struct GridOptions {
 struct Grid {
   std::vector<std::string> rows;
   std::vector<std::string> cols;
-  at::Tensor values;        // [rows.size(), cols.size()], float64, CPU
-  std::string measure;      // to_string(GridMeasure), or e.g. "cka-to-final" for dynamics
-  std::string row_label;    // axis titles, e.g. "layer", "model A layer"
-  std::string col_label;    // e.g. "layer", "model B layer", "checkpoint", "step"
-  int64_t examples = 0;     // examples (rows of each layer before folding) the grid is over
+  at::Tensor values;      // [rows.size(), cols.size()], float64, CPU
+  std::string measure;    // to_string(GridMeasure), or e.g. "cka-to-final" for dynamics
+  std::string row_label;  // axis titles, e.g. "layer", "model A layer"
+  std::string col_label;  // e.g. "layer", "model B layer", "checkpoint", "step"
+  int64_t examples = 0;   // examples (rows of each layer before folding) the grid is over
   std::map<std::string, std::string> options;  // every option that affects the numbers
 };
 

@@ -24,8 +24,8 @@ Grid grid_from_json(const nlohmann::json& json);
 std::string grid_to_csv(const Grid& grid);
 
 struct HeatmapOptions {
-  std::string title;   // empty: "<measure> (<examples> examples)"
-  double vmin = 0.0;   // colour scale range; values are clamped into it
+  std::string title;  // empty: "<measure> (<examples> examples)"
+  double vmin = 0.0;  // colour scale range; values are clamped into it
   double vmax = 1.0;
 };
 // An SVG document: one cell per value, labelled axes (row and column names, axis titles), a
