@@ -4,8 +4,8 @@
 #include "svcca/grid/grid.h"
 
 #include <ATen/ATen.h>
-#include <algorithm>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
