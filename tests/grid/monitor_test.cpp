@@ -227,23 +227,30 @@ TEST_F(MonitorTest, RecordRestoresTrainingFlags) {
   EXPECT_TRUE(model.module().is_training());
 }
 
-// The model runs in eval mode during record(): a submodule that returns a constant in training
-// mode and its input in eval mode shows which one ran.
-TEST_F(MonitorTest, RecordRunsInEvalMode) {
-  torch::jit::Module inner("svcca_test.ModeProbe");
+// A scripted net whose one submodule "inner" (class `inner_class`, in training mode) has the
+// forward `inner_forward`; the net's forward calls it.
+torch::jit::Module wrap_inner(const std::string& inner_class, const std::string& inner_forward) {
+  torch::jit::Module inner(inner_class);
   inner.register_attribute("training", c10::BoolType::get(), true);
-  inner.define(R"(
-def forward(self, x):
-    if self.training:
-        return x * 0.0 + 1.0
-    return x
-)");
-  torch::jit::Module net("svcca_test.ModeNet");
+  inner.define(inner_forward);
+  torch::jit::Module net(inner_class + "Net");
   net.register_attribute("training", c10::BoolType::get(), true);
   net.register_module("inner", inner);
   net.define(R"(
 def forward(self, x):
     return self.inner.forward(x)
+)");
+  return net;
+}
+
+// The model runs in eval mode during record(): a submodule that returns a constant in training
+// mode and its input in eval mode shows which one ran.
+TEST_F(MonitorTest, RecordRunsInEvalMode) {
+  torch::jit::Module net = wrap_inner("svcca_test.ModeProbe", R"(
+def forward(self, x):
+    if self.training:
+        return x * 0.0 + 1.0
+    return x
 )");
   const at::Tensor x = at::randn({20, 3}, at::kDouble);
   TrainingMonitor m(net, x);
@@ -257,18 +264,9 @@ def forward(self, x):
 // A layer that is constant on the probe (here: always zero) has no CKA; the grids say so
 // instead of returning NaN.
 TEST_F(MonitorTest, ConstantLayerIsAnErrorNotNaN) {
-  torch::jit::Module inner("svcca_test.Zero");
-  inner.register_attribute("training", c10::BoolType::get(), true);
-  inner.define(R"(
+  torch::jit::Module net = wrap_inner("svcca_test.Zero", R"(
 def forward(self, x):
     return x * 0.0
-)");
-  torch::jit::Module net("svcca_test.ZeroNet");
-  net.register_attribute("training", c10::BoolType::get(), true);
-  net.register_module("inner", inner);
-  net.define(R"(
-def forward(self, x):
-    return self.inner.forward(x)
 )");
   TrainingMonitor m(net, at::randn({20, 3}, at::kDouble));
   m.record(0);
