@@ -20,8 +20,9 @@ bool tap_active_op(c10::string_view name) {
   return detail::tap_active(std::string(name));
 }
 
-void capture_begin_op(std::vector<std::string> layers, bool detach, bool shapes_only) {
-  detail::begin_recording(layers, detach, shapes_only);
+void capture_begin_op(std::vector<std::string> layers, bool detach, bool shapes_only,
+                      const c10::optional<c10::IValue>& pool) {
+  detail::begin_recording(layers, detach, shapes_only, pool.value_or(c10::IValue()));
 }
 
 std::tuple<std::vector<std::string>, std::vector<at::Tensor>> capture_end_op() {

@@ -67,8 +67,10 @@ TORCH_LIBRARY(svcca, m) {
   constexpr auto kConservative = c10::AliasAnalysisKind::CONSERVATIVE;
   m.def(torch::schema("tap(Any value, str name, bool copy=True) -> ()", kConservative));
   m.def(torch::schema("_tap_active(str name) -> bool", kConservative));
-  m.def(torch::schema("_capture_begin(str[] layers, bool detach, bool shapes_only=False) -> ()",
-                      kConservative));
+  // pool: None, or the buffer pool TappedModule::run passes (an internal capsule).
+  m.def(torch::schema(
+      "_capture_begin(str[] layers, bool detach, bool shapes_only=False, Any? pool=None) -> ()",
+      kConservative));
   m.def(torch::schema("_capture_end() -> (str[], Tensor[])", kConservative));
   m.def(torch::schema(
       "tap_model(str path, str output_path, str method_name=\"forward_tapped\") -> str[]",

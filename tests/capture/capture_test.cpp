@@ -2,11 +2,14 @@
 // forward hooks saw on the same modules), plus selection, listing, autograd and error paths.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -433,6 +436,178 @@ TEST(CaptureThreads, EachThreadHasItsOwnRecording) {
   ASSERT_EQ(caps[1].records.size(), 1u);
   EXPECT_EQ(caps[0].records[0].name, "0");
   EXPECT_EQ(caps[1].records[0].name, "3");
+}
+
+// ---- Record buffer pool ----------------------------------------------------------------------
+
+CaptureOptions unpooled() {
+  CaptureOptions o;
+  o.reuse_buffers = false;
+  return o;
+}
+
+const void* buffer_of(const at::Tensor& t) {
+  return t.storage().data();
+}
+
+std::set<const void*> buffers_of(const Capture& cap) {
+  std::set<const void*> out;
+  for (const auto& r : cap.records) out.insert(buffer_of(r.value));
+  return out;
+}
+
+TEST(CapturePool, PooledEqualsUnpooledBitwise) {
+  for (const char* model :
+       {"seq", "nested", "resnet", "twice", "tuple", "flow", "inplace", "loopwrite", "overload"}) {
+    for (const char* kind : {"scripted", "traced"}) {
+      const std::string file = std::string(model) + "_" + kind + ".pt";
+      if (!std::ifstream(fixture(file)).good()) continue;
+      TappedModule t = TappedModule::load(fixture(file));
+      const std::vector<c10::IValue> inputs = load_expected(model).inputs;
+      Capture want = t.run(inputs, {}, unpooled());
+      EXPECT_EQ(t.pooled_bytes(), 0u) << file;
+      // The first pooled run adopts and fills buffers, the second writes into the first's (which
+      // were dropped), the third into the second's while the first is dropped.
+      t.run(inputs);
+      for (int pass = 0; pass < 2; ++pass) {
+        Capture got = t.run(inputs);
+        ASSERT_EQ(got.records.size(), want.records.size()) << file;
+        for (size_t i = 0; i < want.records.size(); ++i) {
+          EXPECT_EQ(got.records[i].name, want.records[i].name) << file;
+          EXPECT_TRUE(at::equal(got.records[i].value, want.records[i].value))
+              << file << " " << want.records[i].name << " pass " << pass;
+        }
+        EXPECT_TRUE(at::equal(got.output.toTensor(), want.output.toTensor())) << file;
+      }
+      EXPECT_GT(t.pooled_bytes(), 0u) << file;
+    }
+  }
+}
+
+TEST(CapturePool, DroppedRecordsAreReused) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  const std::vector<c10::IValue> inputs = load_expected("resnet").inputs;
+  std::set<const void*> first = buffers_of(r.run(inputs));
+  const size_t bytes = r.pooled_bytes();
+  for (int pass = 0; pass < 2; ++pass) {
+    Capture cap = r.run(inputs);
+    for (const auto& rec : cap.records) {
+      EXPECT_TRUE(first.count(buffer_of(rec.value))) << rec.name << " pass " << pass;
+    }
+    // A value recorded twice is copied once; a value rewritten in place between two taps is not.
+    EXPECT_EQ(buffer_of(cap.values("layer1")[0]), buffer_of(cap.values("layer1.1")[0]));
+    EXPECT_TRUE((cap.values("bn1")[0] < 0).any().item<bool>());
+    EXPECT_FALSE((cap.values("relu")[0] < 0).any().item<bool>());
+    EXPECT_EQ(r.pooled_bytes(), bytes);  // the pool does not grow
+  }
+}
+
+TEST(CapturePool, HeldRecordsNeverChange) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  at::Tensor x = load_expected("resnet").inputs[0].toTensor();
+  r.run({x});  // fills the pool; dropped
+  Capture held = r.run({x});
+  std::vector<at::Tensor> before;
+  for (const auto& rec : held.records) before.push_back(rec.value.clone());
+  Capture want = r.run({x * 2.0}, {}, unpooled());
+  Capture other = r.run({x * 2.0});
+  for (size_t i = 0; i < before.size(); ++i) {
+    EXPECT_TRUE(at::equal(held.records[i].value, before[i])) << held.records[i].name;
+    EXPECT_TRUE(at::equal(other.records[i].value, want.records[i].value)) << want.records[i].name;
+  }
+  for (const void* p : buffers_of(other)) EXPECT_FALSE(buffers_of(held).count(p));
+}
+
+TEST(CapturePool, ViewKeepsBufferFromReuse) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  at::Tensor x = load_expected("resnet").inputs[0].toTensor();
+  std::vector<at::Tensor> views, before;
+  {
+    Capture cap = r.run({x});
+    for (const auto& rec : cap.records) {
+      views.push_back(rec.value[0]);
+      before.push_back(views.back().clone());
+    }
+  }
+  Capture other = r.run({-x});
+  for (size_t i = 0; i < views.size(); ++i) {
+    EXPECT_TRUE(at::equal(views[i], before[i])) << other.records[i].name;
+  }
+}
+
+TEST(CapturePool, ReleaseBuffersLetsMemoryGo) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  const std::vector<c10::IValue> inputs = load_expected("resnet").inputs;
+  at::Tensor kept;
+  {
+    Capture cap = r.run(inputs);
+    kept = cap.values("fc")[0];
+  }
+  EXPECT_GT(r.pooled_bytes(), kept.storage().nbytes());  // kept after the caller dropped them
+  r.release_buffers();
+  EXPECT_EQ(r.pooled_bytes(), kept.storage().nbytes());  // a held record stays pooled
+  kept.reset();
+  r.release_buffers();
+  EXPECT_EQ(r.pooled_bytes(), 0u);
+}
+
+TEST(CapturePool, GradientRecordsAreNotPooled) {
+  TappedModule t = TappedModule::load(fixture("nested_scripted.pt"));
+  CaptureOptions keep;
+  keep.detach = false;
+  Capture cap = t.run({load_expected("nested").inputs[0]}, {}, keep);
+  EXPECT_EQ(t.pooled_bytes(), 0u);
+  EXPECT_TRUE(cap.values("features.1")[0].requires_grad());
+}
+
+TEST(CapturePool, ConcurrentThreadsGetTheirOwnValues) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  at::Tensor x = load_expected("resnet").inputs[0].toTensor();
+  std::vector<Capture> want;
+  for (int i = 0; i < 2; ++i) want.push_back(r.run({x * (i + 1.0)}, {}, unpooled()));
+  std::vector<int> bad(2, 0);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      for (int pass = 0; pass < 20; ++pass) {
+        Capture cap = r.run({x * (i + 1.0)});
+        for (size_t k = 0; k < cap.records.size(); ++k) {
+          if (!AllClose(cap.records[k].value, want[i].records[k].value, tol::kFloat32)) ++bad[i];
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad[0], 0);
+  EXPECT_EQ(bad[1], 0);
+}
+
+TEST(CapturePool, MethodTappedWithConstantCopyFlagsIsNotPooled) {
+  // A method tapped before pooling existed passes copy=false to the taps of values that an
+  // in-place op rewrites unless svcca::_tap_active: pooling must stay off for it.
+  TappedModule fresh = TappedModule::load(fixture("resnet_scripted.pt"));
+  auto graph =
+      torch::jit::toGraphFunction(*fresh.module().type()->findMethod("forward_tapped")).graph();
+  std::vector<torch::jit::Node*> taps;
+  for (torch::jit::Node* n : graph->nodes()) {
+    if (n->kind() == c10::Symbol::fromQualString("svcca::tap")) taps.push_back(n);
+  }
+  size_t rewritten = 0;
+  for (torch::jit::Node* n : taps) {
+    if (n->input(2)->node()->kind() == c10::prim::Constant) continue;
+    torch::jit::WithInsertPoint guard(n);
+    n->replaceInput(2, graph->insertConstant(false));
+    ++rewritten;
+  }
+  ASSERT_GT(rewritten, 0u);
+  TappedModule old(fresh.module());
+  Expected e = load_expected("resnet");
+  for (int pass = 0; pass < 2; ++pass) {
+    Capture cap = old.run(e.inputs);
+    EXPECT_TRUE((cap.values("bn1")[0] < 0).any().item<bool>());
+    EXPECT_TRUE(AllClose(cap.values("bn1")[0], e.values[1], tol::kFloat32));
+  }
+  EXPECT_EQ(old.pooled_bytes(), 0u);
 }
 
 // ---- Errors ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #include <ATen/core/stack.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
+#include <c10/util/strides.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/alias_analysis.h>
 #include <torch/csrc/jit/ir/ir.h>
@@ -16,11 +17,14 @@
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <regex>
 #include <sstream>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -303,9 +307,11 @@ bool can_functionalize(const TapAnalysis& a, jit::Node* w, jit::Value* v) {
 // Makes w = op_(v, ...), which rewrites what `tap` records, conditional on the tap recording:
 //   if svcca::_tap_active(name): r = op(v, ...) cast to v's dtype (in-place ops do not promote)
 //   else:                        r = op_(v, ...)
-// and every later use of v and of w's output uses r. The tap then records v without a copy:
-// when it records, nothing writes to v any more; when it does not, it records nothing. So a
-// recorded layer costs one fresh buffer instead of a copy, and an unrecorded one costs nothing.
+// and every later use of v and of w's output uses r. The tap's copy flag becomes
+// `not svcca::_tap_active(name)`: an unpooled recording of the layer records v without a copy
+// (nothing writes to v any more), costing one fresh buffer instead of a copy, and an unrecorded
+// one costs nothing; a pooled recording (for which _tap_active is false) copies v into a pooled
+// buffer and runs the op in place, which reuses memory where a fresh buffer would not.
 bool functionalize(jit::Graph& graph, jit::Node* w, jit::Node* tap) {
   jit::Value* v = tap->input(0);
   const std::string qual = w->kind().toQualString();
@@ -335,7 +341,9 @@ bool functionalize(jit::Graph& graph, jit::Node* w, jit::Node* tap) {
   // Uses inside the branch are not dominated by it: only the later ones change.
   v->replaceAllUsesDominatedByNodeWith(branch, r);
   jit::WithInsertPoint at_tap(tap);
-  tap->replaceInput(2, graph.insertConstant(false));
+  jit::Node* unpooled = graph.insertNode(graph.create(active_symbol(), {tap->input(1)}, 1));
+  unpooled->output()->setType(c10::BoolType::get());
+  tap->replaceInput(2, graph.insert(c10::aten::__not__, {unpooled->output()}));
   return true;
 }
 
@@ -380,6 +388,34 @@ std::vector<std::string> tap_names(jit::Graph& graph) {
     }
   }
   return names;
+}
+
+// Whether a tapped graph stays correct when pooling (svcca::_tap_active false while recording):
+// every layer whose in-place rewrite is guarded by _tap_active must have a tap whose copy flag is
+// computed at run time (see functionalize). Methods tapped by an older svcca pass a constant
+// false there: pooling would let the op rewrite a shared record.
+bool pool_safe(jit::Graph& graph) {
+  std::vector<jit::Node*> guards, taps;
+  collect_nodes(graph.block(), active_symbol(), guards);
+  collect_nodes(graph.block(), tap_symbol(), taps);
+  std::unordered_set<std::string> runtime_copy;
+  for (jit::Node* t : taps) {
+    c10::optional<c10::IValue> name = jit::toIValue(t->input(1));
+    if (name && name->isString() && t->inputs().size() > 2 &&
+        t->input(2)->node()->kind() != c10::prim::Constant) {
+      runtime_copy.insert(name->toStringRef());
+    }
+  }
+  for (jit::Node* g : guards) {
+    const bool guards_op =
+        std::any_of(g->output()->uses().begin(), g->output()->uses().end(),
+                    [](const jit::Use& u) { return u.user->kind() == c10::prim::If; });
+    c10::optional<c10::IValue> name = jit::toIValue(g->input(0));
+    if (guards_op && (!name || !name->isString() || !runtime_copy.count(name->toStringRef()))) {
+      return false;
+    }
+  }
+  return true;
 }
 
 bool has_taps(const jit::Function& fn) {
@@ -479,6 +515,83 @@ std::vector<std::string> closest(const std::string& name, const std::vector<std:
   return out;
 }
 
+}  // namespace
+
+// ---- Record buffer pool ----------------------------------------------------------------------
+
+namespace detail {
+
+// Record buffers kept between captures (see "Memory" in capture.h), by device and byte size. A
+// buffer is free when the pool holds the only reference to its storage: the caller dropped every
+// record and view of it. Then nothing but the pool can take a new reference to it, and the pool
+// does so under its lock, so two threads never take the same buffer.
+class RecordPool {
+ public:
+  // A free buffer of exactly `nbytes` on `device`, now also referenced by the returned storage;
+  // an undefined storage when there is none.
+  c10::Storage take(const c10::Device& device, size_t nbytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = buffers_.find(key(device, nbytes));
+    if (it == buffers_.end()) return {};
+    for (const c10::Storage& s : it->second) {
+      if (s.use_count() == 1) return s;
+    }
+    return {};
+  }
+
+  // Keeps `storage` (a record's whole buffer) for later captures; no-op when already kept.
+  void add(const c10::Storage& storage) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& list = buffers_[key(storage.device(), storage.nbytes())];
+    for (const c10::Storage& s : list) {
+      if (s.is_alias_of(storage)) return;
+    }
+    list.push_back(storage);
+    bytes_ += storage.nbytes();
+  }
+
+  // Drops every free buffer.
+  void drop_free() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = buffers_.begin(); it != buffers_.end();) {
+      auto& list = it->second;
+      for (size_t i = list.size(); i-- > 0;) {
+        if (list[i].use_count() == 1) {
+          bytes_ -= list[i].nbytes();
+          list.erase(list.begin() + static_cast<std::ptrdiff_t>(i));
+        }
+      }
+      it = list.empty() ? buffers_.erase(it) : std::next(it);
+    }
+  }
+
+  size_t bytes() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return bytes_;
+  }
+
+ private:
+  using Key = std::tuple<int, int, size_t>;  // device type, device index, bytes
+  static Key key(const c10::Device& device, size_t nbytes) {
+    return {static_cast<int>(device.type()), static_cast<int>(device.index()), nbytes};
+  }
+
+  mutable std::mutex mutex_;
+  std::map<Key, std::vector<c10::Storage>> buffers_;
+  size_t bytes_ = 0;
+};
+
+// How TappedModule::run hands its pool to svcca::_capture_begin: an IValue capsule (Python
+// cannot make one, so an op argument from Python is never taken for a pool).
+struct PoolCapsule : torch::CustomClassHolder {
+  explicit PoolCapsule(std::shared_ptr<RecordPool> pool) : pool(std::move(pool)) {}
+  std::shared_ptr<RecordPool> pool;
+};
+
+}  // namespace detail
+
+namespace {
+
 // ---- Recording -------------------------------------------------------------------------------
 
 struct Recording {
@@ -487,9 +600,78 @@ struct Recording {
   bool detach = true;
   bool shapes_only = false;  // records hold meta tensors: shape and dtype, no memory
   std::vector<CaptureRecord> records;
+  // Null: every copy is a fresh clone. Else records are written into pooled buffers, and
+  // `pooled` lists what this capture recorded, so that a value recorded twice (unchanged) is
+  // copied once.
+  std::shared_ptr<detail::RecordPool> pool;
+  struct Pooled {
+    // Weak: keeps the address from being reused by another storage while this capture runs,
+    // without keeping the forward's buffer alive.
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    int64_t offset;
+    std::vector<int64_t> sizes, strides;
+    at::ScalarType dtype;
+    int64_t version;  // in-place writes (through any view) bump it
+    at::Tensor record;
+  };
+  std::vector<Pooled> pooled;
 };
 
 thread_local std::unique_ptr<Recording> active_recording;
+
+bool same_value(const Recording::Pooled& p, const at::Tensor& t) {
+  return p.storage._unsafe_get_target() == t.storage().unsafeGetStorageImpl() &&
+         p.offset == t.storage_offset() && p.dtype == t.scalar_type() &&
+         p.version == t._version() && t.sizes().equals(p.sizes) && t.strides().equals(p.strides);
+}
+
+// Whether t is all of its storage: then nothing but views of t can see the buffer.
+bool covers_storage(const at::Tensor& t) {
+  return t.storage_offset() == 0 && t.is_non_overlapping_and_dense() &&
+         t.storage().nbytes() == static_cast<size_t>(t.numel()) * t.itemsize();
+}
+
+// The record of the detached `t` with the pool (see "Memory" in capture.h). `copy`: the value
+// changes after the tap, so the record must not share t's buffer.
+at::Tensor pooled_record(Recording& r, const at::Tensor& t, bool copy) {
+  // Inference tensors keep no version counter: a rewrite between two taps would go unseen.
+  const bool dedupe = !t.is_inference();
+  if (dedupe) {
+    for (const auto& p : r.pooled) {
+      if (same_value(p, t)) return p.record;
+    }
+  }
+  const size_t nbytes = static_cast<size_t>(t.numel()) * t.itemsize();
+  c10::Storage buffer = r.pool->take(t.device(), nbytes);
+  at::Tensor out;
+  if (buffer) {
+    // The forward's own buffer is then freed as in a plain forward, and its memory reused by
+    // the ops after it; the pooled one was mapped by an earlier capture.
+    const bool dense = t.is_non_overlapping_and_dense();
+    out = at::empty({0}, t.options());
+    out.set_(std::move(buffer), 0, t.sizes(),
+             dense ? t.strides() : c10::contiguous_strides(t.sizes()));
+    out.copy_(t);
+  } else if (!copy) {
+    out = t;
+    if (covers_storage(t)) r.pool->add(t.storage());
+  } else {
+    out = t.clone();
+    if (covers_storage(out)) r.pool->add(out.storage());
+  }
+  if (dedupe) {
+    r.pooled.push_back({t.storage().getWeakStorageImpl(), t.storage_offset(), t.sizes().vec(),
+                        t.strides().vec(), t.scalar_type(), t._version(), out});
+  }
+  return out;
+}
+
+// Tensors whose bytes a plain copy reproduces: strided, with a storage, not quantized, no lazy
+// conjugate or negative bit.
+bool poolable(const at::Tensor& t) {
+  return t.layout() == at::kStrided && t.has_storage() && !t.is_quantized() && !t.is_conj() &&
+         !t.is_neg() && t.numel() > 0;
+}
 
 void store(Recording& r, const at::Tensor& t, const std::string& name, bool copy) {
   if (!t.defined()) return;
@@ -498,6 +680,10 @@ void store(Recording& r, const at::Tensor& t, const std::string& name, bool copy
     return;
   }
   at::Tensor v = r.detach ? t.detach() : t;
+  if (r.pool && poolable(v)) {
+    r.records.push_back({name, pooled_record(r, v, copy)});
+    return;
+  }
   // clone() is differentiable: with detach=false the copy stays in the autograd graph.
   if (copy) v = v.clone();
   r.records.push_back({name, std::move(v)});
@@ -532,9 +718,10 @@ c10::OperatorHandle capture_op(const char* name) {
   return *op;
 }
 
-void begin_through_ops(const std::vector<std::string>& layers, bool detach, bool shapes_only) {
+void begin_through_ops(const std::vector<std::string>& layers, bool detach, bool shapes_only,
+                       c10::IValue pool = c10::IValue()) {
   torch::jit::Stack stack{c10::IValue(c10::List<std::string>(layers)), c10::IValue(detach),
-                          c10::IValue(shapes_only)};
+                          c10::IValue(shapes_only), std::move(pool)};
   capture_op("svcca::_capture_begin").callBoxed(&stack);
 }
 
@@ -617,7 +804,9 @@ std::vector<std::pair<std::string, at::Tensor>> Capture::first_values() const {
 // ---- TappedModule ----------------------------------------------------------------------------
 
 TappedModule::TappedModule(torch::jit::Module module, std::string method_name)
-    : module_(std::move(module)), method_name_(std::move(method_name)) {
+    : module_(std::move(module)),
+      method_name_(std::move(method_name)),
+      pool_(std::make_shared<detail::RecordPool>()) {
   TORCH_CHECK(tap_op_registered(),
               "TappedModule: the op svcca::tap must be registered, but got no such op: link "
               "svcca::ops with LINKER:--no-as-needed (or load libsvcca_ops.so) in this program");
@@ -670,6 +859,7 @@ TappedModule::TappedModule(torch::jit::Module module, std::string method_name)
     TORCH_CHECK_VALUE(has_taps(*existing), "TappedModule: method_name must not name an existing ",
                       "method of the module, but got '", method_name_, "'");
     names_ = tap_names(*jit::toGraphFunction(*existing).graph());
+    poolable_ = pool_safe(*jit::toGraphFunction(*existing).graph());
     for (const auto& n : names_) types_.emplace(n, "<unknown>");
   } else {
     auto cu = module_._ivalue()->compilation_unit();
@@ -764,7 +954,11 @@ Capture TappedModule::run(const std::vector<c10::IValue>& inputs,
                           const std::vector<std::string>& layers,
                           const CaptureOptions& options) const {
   const std::vector<std::string> selected = layers.empty() ? layers : select(layers);
-  begin_through_ops(selected, options.detach, false);
+  c10::IValue pool;
+  if (options.reuse_buffers && options.detach && poolable_ && pool_) {
+    pool = c10::IValue::make_capsule(c10::make_intrusive<detail::PoolCapsule>(pool_));
+  }
+  begin_through_ops(selected, options.detach, false, std::move(pool));
   RecordingGuard guard;
   Capture capture;
   try {
@@ -822,6 +1016,14 @@ std::vector<LayerInfo> TappedModule::list_layers(const std::vector<c10::IValue>&
   return infos;
 }
 
+void TappedModule::release_buffers() const {
+  if (pool_) pool_->drop_free();
+}
+
+size_t TappedModule::pooled_bytes() const {
+  return pool_ ? pool_->bytes() : 0;
+}
+
 void TappedModule::save(const std::string& path) const {
   const std::string tmp = path + ".tmp";
   try {
@@ -850,18 +1052,30 @@ void record_tap(const c10::IValue& value, const std::string& name, bool copy) {
 
 bool tap_active(const std::string& name) {
   const Recording* r = active_recording.get();
-  return r != nullptr && (r->all || r->layers.count(name) != 0);
+  return r != nullptr && !r->pool && (r->all || r->layers.count(name) != 0);
 }
 
-void begin_recording(const std::vector<std::string>& layers, bool detach, bool shapes_only) {
+void begin_recording(const std::vector<std::string>& layers, bool detach, bool shapes_only,
+                     const c10::IValue& pool) {
   TORCH_CHECK(!active_recording,
               "begin_recording: no recording must be active on this thread, but got one "
               "(a capture is not re-entrant; end the previous one first)");
+  std::shared_ptr<RecordPool> buffers;
+  if (!pool.isNone()) {
+    auto* capsule = pool.isCapsule() ? dynamic_cast<PoolCapsule*>(pool.toCapsule().get()) : nullptr;
+    TORCH_CHECK_VALUE(capsule != nullptr,
+                      "begin_recording: pool must be None or a TappedModule's buffer pool, but "
+                      "got a value of type ",
+                      pool.tagKind());
+    buffers = capsule->pool;
+  }
   auto r = std::make_unique<Recording>();
   r->all = layers.empty();
   r->layers.insert(layers.begin(), layers.end());
   r->detach = detach;
   r->shapes_only = shapes_only;
+  // Only measuring copies are pooled: records in the autograd graph are clones, as before.
+  if (detach && !shapes_only) r->pool = std::move(buffers);
   active_recording = std::move(r);
 }
 
@@ -869,7 +1083,12 @@ std::vector<CaptureRecord> end_recording() {
   TORCH_CHECK(active_recording, "end_recording: a recording must be active on this thread, but ",
               "got none (call begin_recording first)");
   std::vector<CaptureRecord> out = std::move(active_recording->records);
+  std::shared_ptr<RecordPool> pool = std::move(active_recording->pool);
   active_recording.reset();
+  // The buffers of this capture's records are held by `out`: what is free now is what earlier
+  // captures used and their callers dropped, so the pool keeps only the latest record set (and
+  // what callers still hold).
+  if (pool) pool->drop_free();
   return out;
 }
 

@@ -9,10 +9,15 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace svcca {
+
+namespace detail {
+class RecordPool;  // capture.cpp
+}  // namespace detail
 
 // One recorded value: the output of one submodule call. A module called twice gives two
 // records with the same name, in call order. A tuple/list output is recorded element-wise,
@@ -36,6 +41,11 @@ struct CaptureOptions {
   // true: records are detached (measuring). false: records stay in the autograd graph, so a
   // loss built from them back-propagates into the model (similarity losses).
   bool detach = true;
+  // true (and detach): records are written into buffers that the TappedModule keeps from one
+  // run to the next (see "Memory" at TappedModule), so that a capture does not fault in fresh
+  // memory for every record. false: every copy is a fresh clone, as a plain forward allocates.
+  // Records hold the same values either way. Ignored when detach is false.
+  bool reuse_buffers = true;
 };
 
 // What `list_layers` reports for one record name, for a given input.
@@ -70,8 +80,22 @@ struct LayerInfo {
 // module attribute; then the record shares the tensor, which costs nothing. Where an in-place op
 // is what rewrites a tapped value (a BatchNorm output before ReLU(inplace=True), `out += x`) and
 // nothing else aliases it, the tapped method runs that op out of place while that layer is
-// being recorded (same values, dtype kept; one fresh buffer, no copy) and in place otherwise.
+// being recorded without the buffer pool (same values, dtype kept; one fresh buffer, no copy)
+// and in place otherwise (the tap then copies when it records).
 // Taps inside loops and tuple elements always clone.
+//
+// Memory (CaptureOptions::reuse_buffers, the default when detaching): a TappedModule keeps a pool
+// of record buffers. A record is written into a pooled buffer of its size that nothing references
+// any more (the caller dropped every record and view of it), so the forward's own buffer is
+// freed as in a plain forward and its memory reused by later ops; a shared record (no copy
+// needed) with no such buffer is recorded as is and its buffer joins the pool. A value recorded
+// twice (a ReLU and the block that returns it) is copied once: both records share the copy.
+// While pooling, an in-place op that rewrites a recorded value runs in place and the tap copies
+// (into the pool) instead of running it out of place. Buffers are never shared with a record the
+// caller still holds: held records never change. The cost: after a capture the pool keeps its
+// records' memory even when the caller drops them, until the next capture reuses it (a capture
+// ends by dropping the free buffers it did not use), release_buffers(), or the destruction of
+// the last copy of this TappedModule (copies share the module and the pool).
 //
 //   auto tapped = svcca::TappedModule::load("net.pt");
 //   auto cap = tapped.run({torch::randn({8, 1, 8, 8})}, {"features.*"});
@@ -104,7 +128,7 @@ class TappedModule {
   // Runs the tapped method on `inputs` and returns forward's output and the records of the
   // `layers` (names as returned by select; empty: all). Inputs the model rejects give an error
   // that quotes the model's message and the input shapes. Thread-safe across threads (each
-  // thread has its own recording), not re-entrant within one thread.
+  // thread has its own recording; the buffer pool is locked), not re-entrant within one thread.
   Capture run(const std::vector<c10::IValue>& inputs, const std::vector<std::string>& layers = {},
               const CaptureOptions& options = {}) const;
 
@@ -118,6 +142,12 @@ class TappedModule {
   const torch::jit::Module& module() const { return module_; }
   const std::string& method_name() const { return method_name_; }
 
+  // Drops every pooled buffer that nothing else references (see "Memory" above); buffers of
+  // records the caller still holds stay pooled. Thread-safe.
+  void release_buffers() const;
+  // Bytes of all pooled buffers, held by the caller or free (for tests and monitoring).
+  size_t pooled_bytes() const;
+
   // Saves the module with its tapped method (torch::jit::Module::save), written to a temporary
   // name and renamed. Loading it needs the op library loaded first.
   void save(const std::string& path) const;
@@ -127,6 +157,11 @@ class TappedModule {
   std::string method_name_;
   std::vector<std::string> names_;
   std::map<std::string, std::string> types_;
+  // Record buffers kept between runs (see "Memory"); shared by copies of this TappedModule.
+  std::shared_ptr<detail::RecordPool> pool_;
+  // False for a method tapped by an older svcca whose taps share values that an in-place op
+  // rewrites unless svcca::_tap_active holds: pooling would make such an op run in place.
+  bool poolable_ = true;
 };
 
 namespace detail {
@@ -136,14 +171,19 @@ namespace detail {
 // nothing writes to the value afterwards (and it aliases no input, output or module attribute);
 // tuple and list elements are always cloned.
 void record_tap(const c10::IValue& value, const std::string& name, bool copy = true);
-// Whether the calling thread's recording records `name` (the body of svcca::_tap_active, which
-// guards the out-of-place twin of an in-place op that rewrites a tapped value).
+// Whether the calling thread's recording records `name` and does not pool its buffers (the body
+// of svcca::_tap_active, which guards the out-of-place twin of an in-place op that rewrites a
+// tapped value; that tap's copy flag is its negation: a pooled recording copies into the pool
+// and lets the op run in place).
 bool tap_active(const std::string& name);
 // Begin/end a recording on this thread: the bodies of the ops svcca::_capture_begin and
 // svcca::_capture_end, through which TappedModule::run and Python record. `layers`: module paths
 // to record (empty: all). `shapes_only`: records hold meta tensors (shape and dtype, no data).
-// Throws when a recording is already active (begin) or none is (end).
-void begin_recording(const std::vector<std::string>& layers, bool detach, bool shapes_only = false);
+// `pool`: None, or the capsule that TappedModule::run passes for its buffer pool (records are
+// then written into pooled buffers; only with detach). Throws when a recording is already
+// active (begin) or none is (end), and when `pool` is anything else.
+void begin_recording(const std::vector<std::string>& layers, bool detach, bool shapes_only = false,
+                     const c10::IValue& pool = c10::IValue());
 std::vector<CaptureRecord> end_recording();
 }  // namespace detail
 
