@@ -78,6 +78,8 @@ PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision pre
   m.x_centered = xc.data;
   m.y_centered = yc.data;
   m.result_dtype = result_dtype(x, y);
+  m.x_input_dtype = x.scalar_type();
+  m.y_input_dtype = y.scalar_type();
   return m;
 }
 
@@ -89,8 +91,18 @@ at::Tensor non_constant_columns(const at::Tensor& x) {
 namespace {
 
 double machine_eps(at::ScalarType t) {
-  return (t == at::kFloat || t == at::kComplexFloat) ? std::numeric_limits<float>::epsilon()
-                                                     : std::numeric_limits<double>::epsilon();
+  switch (t) {
+    case at::kHalf:
+    case at::kComplexHalf:
+      return 0.0009765625;  // 2^-10
+    case at::kBFloat16:
+      return 0.0078125;  // 2^-7
+    case at::kFloat:
+    case at::kComplexFloat:
+      return std::numeric_limits<float>::epsilon();
+    default:
+      return std::numeric_limits<double>::epsilon();
+  }
 }
 
 // Number of leading entries of the descending, non-negative `values` to keep under `options`.
@@ -114,6 +126,23 @@ int64_t truncated_count(const at::Tensor& values, int64_t rank, const FactorOpti
 }
 
 }  // namespace
+
+double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean,
+                         const at::Tensor& cov) {
+  if (input_dtype == at::ScalarType::Undefined) return 0.0;
+  const double p_eps = static_cast<double>(cov.size(-1)) * machine_eps(input_dtype);
+  at::Tensor second = at::real(cov.diagonal(0, -2, -1)) + at::real(mean * mean.conj());
+  return p_eps * p_eps * second.max().item<double>();
+}
+
+FactorOptions with_input_floor(const FactorOptions& options, at::ScalarType input_dtype,
+                               const at::Tensor& mean, const at::Tensor& cov) {
+  FactorOptions f = options;
+  if (!options.rank_rtol) {
+    f.noise_floor = std::max(f.noise_floor, input_noise_floor(input_dtype, mean, cov));
+  }
+  return f;
+}
 
 LayerFactors factor_layer(const char* fn, const char* name, const at::Tensor& cov,
                           const at::Tensor& non_constant, const FactorOptions& options) {
@@ -140,10 +169,14 @@ LayerFactors factor_layer(const char* fn, const char* name, const at::Tensor& co
   const double lam_max = lam[0].item<double>();
   const double rtol =
       options.rank_rtol.value_or(static_cast<double>(k) * machine_eps(cov.scalar_type()));
-  const int64_t rank = (lam > rtol * lam_max).sum().item<int64_t>();
+  const int64_t rank = ((lam > rtol * lam_max) & (lam > options.noise_floor)).sum().item<int64_t>();
   TORCH_CHECK_VALUE(rank > 0, fn, ": ", name,
                     " must have a covariance of rank >= 1, but all its eigenvalues are <= ", rtol,
-                    " times the largest");
+                    " times the largest",
+                    lam_max <= options.noise_floor
+                        ? " or below the rounding level of its input dtype (its variation is "
+                          "rounding noise)"
+                        : "");
   const int64_t r = truncated_count(lam.narrow(0, 0, rank).clamp_min(0), rank, options);
   f.rank = r;
   f.eigenvalues = lam.narrow(0, 0, r);
@@ -174,6 +207,7 @@ at::Tensor batched_cross_covariance(const at::Tensor& a_centered, const at::Tens
 BatchedWhitening batched_whitening(const at::Tensor& cov, const at::Tensor& feature_mask,
                                    const FactorOptions& options, double noise_floor) {
   const int64_t p = cov.size(-1);
+  noise_floor = std::max(noise_floor, options.noise_floor);
   at::Tensor var = at::real(cov.diagonal(0, -2, -1));  // [B, p]
   at::Tensor max_var = var.amax(-1, /*keepdim=*/true);
   at::Tensor kept = (var > max_var * options.variance_cutoff) & (var > noise_floor);

@@ -50,6 +50,10 @@ struct PairMoments {
   at::Tensor y_non_constant;          // [p2] bool
   at::Tensor x_centered, y_centered;  // optional [n, p] data (enables exact fallbacks)
   at::ScalarType result_dtype = at::kDouble;  // dtype results are returned in
+  // dtypes of the values the moments were taken of (float32 activations are rounded to 24 bits:
+  // see input_noise_floor). Undefined: unknown, no rounding floor.
+  at::ScalarType x_input_dtype = at::ScalarType::Undefined;
+  at::ScalarType y_input_dtype = at::ScalarType::Undefined;
 };
 
 // Moments of x: [n, p1] and y: [n, p2] in the compute dtype of `precision` (inputs not checked).
@@ -76,6 +80,9 @@ struct FactorOptions {
   // Eigenvalues <= rank_rtol * (largest eigenvalue) are treated as zero and their directions
   // dropped. nullopt: n_kept_features * machine epsilon of the compute dtype.
   std::optional<double> rank_rtol;
+  // Eigenvalues <= noise_floor (absolute, in the covariance's units) are dropped too: the
+  // variance that rounding the input values can create (input_noise_floor). 0: none.
+  double noise_floor = 0.0;
   Truncation truncation = Truncation::kRank;
   int64_t dims = 0;       // for kDims
   double fraction = 1.0;  // for the fraction rules
@@ -93,6 +100,21 @@ struct LayerFactors {
   int64_t rank = 0;         // r
   bool all_kept = false;    // k == p (no index_select needed)
 };
+
+// The variance that rounding a layer's values to `input_dtype` can put in any direction of its
+// covariance: (p * eps)^2 * max_j E[x_j^2], with eps the dtype's machine epsilon and
+// E[x_j^2] = var_j + mean_j^2 (a value's rounding error scales with its magnitude, mean included;
+// p, the feature count, is the usual safety factor of a rank tolerance, as in numpy's
+// matrix_rank). A direction below it cannot be told from rounding noise: whitening it would turn
+// noise into unit-variance signal (a float32 layer with x_3 = x_1 + x_2 and a large mean would
+// otherwise get a spurious CCA direction of its own). mean: [p], cov: [p, p] in the compute
+// dtype. 0 for an Undefined input dtype.
+double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean, const at::Tensor& cov);
+
+// The default rank rule for a layer: options with noise_floor set to input_noise_floor when
+// rank_rtol is not given (an explicit rank_rtol is used alone, as given).
+FactorOptions with_input_floor(const FactorOptions& options, at::ScalarType input_dtype,
+                               const at::Tensor& mean, const at::Tensor& cov);
 
 // Factors of one layer from its covariance `cov` ([p, p]) and optional exact non-constant mask
 // ([p] bool; undefined: a feature is constant when its variance is 0). Throws when no feature
@@ -124,7 +146,8 @@ struct BatchedWhitening {
 // features allowed (exactly constant ones excluded by the caller). A feature is kept when its
 // variance is > variance_cutoff * (largest variance of its entry) and > noise_floor; an
 // eigen-direction when its eigenvalue is > rank_rtol * (largest of its entry) and > noise_floor
-// (an absolute floor, e.g. the rounding level of an FFT; 0: none). The ridge is epsilon * (largest
+// (an absolute floor, e.g. the rounding level of an FFT; 0: none; the larger of it and
+// options.noise_floor applies). The ridge is epsilon * (largest
 // variance of the entry). An entry with no feature or direction left gets rank 0 and a zero
 // whitening; callers decide whether that is an error.
 BatchedWhitening batched_whitening(const at::Tensor& cov, const at::Tensor& feature_mask,

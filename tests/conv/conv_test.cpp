@@ -201,6 +201,34 @@ TEST_F(FourierCcaTest, ConstantChannelIsDroppedAtEveryFrequency) {
   EXPECT_TRUE(std::isnan(s.frequency_mean[1][1].item<double>()));
 }
 
+// A circular convolution of a one-channel input: at each frequency its 8 channels are multiples
+// of the input's spectrum (rank 1), so in float32 the other 7 directions exist only through
+// rounding, white over frequencies. At weak frequencies they are not small against that
+// frequency's own largest variance (the relative rank test kept them, and the layer's Fourier
+// CCA with itself came out below 1); the absolute floor at the rounding level of float32 drops
+// them, so the float32 layer has the float64 layer's directions at every frequency.
+TEST_F(FourierCcaTest, Float32RoundingNoiseIsNotADirection) {
+  at::Tensor img = at::randn({300, 1, 8, 8}, f64());
+  // Wrap one pixel around each side: a 3x3 conv without padding is then circular.
+  img = at::cat({img.narrow(2, 7, 1), img, img.narrow(2, 0, 1)}, 2);
+  img = at::cat({img.narrow(3, 7, 1), img, img.narrow(3, 0, 1)}, 3);
+  at::Tensor w = at::randn({8, 1, 3, 3}, f64());
+  at::Tensor a64 = at::conv2d(img, w);
+  at::Tensor a32 = at::conv2d(img.to(at::kFloat), w.to(at::kFloat));
+  ASSERT_EQ(a32.sizes(), (at::IntArrayRef{300, 8, 8, 8}));
+  auto r64 = fourier_cca(a64, a64);
+  auto r32 = fourier_cca(a32, a32);
+  EXPECT_EQ(r64.valid.sum().item<int64_t>(), 64);  // one direction per frequency
+  EXPECT_TRUE(at::equal(r32.valid, r64.valid));
+  EXPECT_ALLCLOSE(r32.correlations, r32.valid.to(at::kFloat), tol::kFloat32);
+  EXPECT_ALLCLOSE(r32.mean, at::ones({}, at::kFloat), tol::kFloat32);
+  // An explicit rank_rtol is used as given: at 1e-15 the rounding directions come back.
+  FourierCcaOptions loose;
+  loose.rank_rtol = 1e-15;
+  EXPECT_GT(fourier_cca(a32, a32, loose).valid.sum().item<int64_t>(),
+            r32.valid.sum().item<int64_t>());
+}
+
 TEST_F(FourierCcaTest, Errors) {
   auto [x, y] = conv_pair(30, 3, 3, 4, 4, 4, 4);
   EXPECT_THROWS_WITH_TYPE(fourier_cca(x.flatten(2), y), c10::ValueError,

@@ -319,6 +319,36 @@ GridAccumulator stream(const NamedActivations& a, const NamedActivations& b, con
   return acc;
 }
 
+// float32 layers whose directions include float32 rounding (see CcaRoundingTest): the grid's
+// per-layer factors use the same default rank rule as the pair calls, one-shot, streamed and
+// Fourier, so every CCA-family diagonal cell is 1.
+TEST_F(GridTest, Float32RoundingNoiseIsNotADirection) {
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor z = at::randn({600, 4}, f64);
+  at::Tensor mix = at::randn({4, 4}, f64);
+  at::Tensor x64 = at::cat({z, at::mm(z, mix)}, 1) + 100.0;
+  at::Tensor z32 = z.to(at::kFloat);
+  at::Tensor x32 = at::cat({z32, at::mm(z32, mix.to(at::kFloat))}, 1) + 100.0;
+  at::Tensor y = at::mm(z, at::randn({4, 6}, f64)) + at::randn({600, 6}, f64);
+  NamedActivations layers{{"x", x32}, {"y", y.to(at::kFloat)}};
+  // x spans 4 directions: its cell with y is the mean of 4 correlations, as in float64 (a
+  // rounding direction would add a fifth and sixth).
+  const double xy = cca(x64, y).correlations.mean().item<double>();
+  Grid g = similarity_grid(layers, with(GridMeasure::kCca));
+  Grid s = stream(layers, {}, with(GridMeasure::kCca), {100, 250}).result();
+  for (const Grid* grid : {&g, &s}) {
+    expect_cell(*grid, 0, 0, 1.0, tol::kFloat32);
+    expect_cell(*grid, 0, 1, xy, tol::kFloat32);
+  }
+  expect_cell(similarity_grid(layers, with(GridMeasure::kPwcca)), 0, 0, 1.0, tol::kFloat32);
+  at::Tensor img = at::randn({300, 1, 8, 8}, f64);
+  img = at::cat({img.narrow(2, 7, 1), img, img.narrow(2, 0, 1)}, 2);  // circular 3x3 conv:
+  img = at::cat({img.narrow(3, 7, 1), img, img.narrow(3, 0, 1)}, 3);  // rank 1 per frequency
+  at::Tensor a32 = at::conv2d(img.to(at::kFloat), at::randn({8, 1, 3, 3}, at::kFloat));
+  Grid f = similarity_grid({{"conv", a32}}, with(GridMeasure::kCca, GridConv::kFourier));
+  expect_cell(f, 0, 0, 1.0, tol::kFloat32);
+}
+
 class GridStreamTest : public GridMeasureTest {};
 
 TEST_P(GridStreamTest, StreamedEqualsOneShot) {

@@ -1,5 +1,6 @@
 // Tests of svcca::cca: closed forms first, then invariances, over the dtype x device matrix.
 #include "svcca/measures/cca.h"
+#include "svcca/measures/pwcca.h"
 
 #include "support/support.h"
 
@@ -128,6 +129,46 @@ TEST_P(CcaTest, SummariesFollowTheirDefinitions) {
   // prefix sums 0, .9, 1.4, 1.7 of total 1.8: 0.75 reached first at i = 2 (1.4/1.8 = .78).
   EXPECT_NEAR(threshold_mean(rho, 0.75).item<double>(), 0.7, 1e-6);
   EXPECT_NEAR(threshold_mean(rho, 1.0).item<double>(), 0.45, 1e-6);
+}
+
+// float32 values carry 24 bits: x = 100 + [z, z A] built in float32 spans 4 directions plus the
+// rounding of its values (about 1e-11 of its largest variance here, far above p * eps64). The
+// default rank rule drops what is below the rounding level of the input dtype, so the float32
+// layer has the float64 layer's rank and its CCA with itself is exactly 1 (before the floor it
+// kept 8 directions and gave 0.99983). An explicit rank_rtol is used as given.
+TEST(CcaRoundingTest, Float32RoundingNoiseIsNotADirection) {
+  at::manual_seed(0);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor z = at::randn({2000, 4}, f64);
+  at::Tensor a = at::randn({4, 4}, f64);
+  at::Tensor x64 = at::cat({z, at::mm(z, a)}, 1) + 100.0;
+  at::Tensor z32 = z.to(at::kFloat);
+  at::Tensor x32 = at::cat({z32, at::mm(z32, a.to(at::kFloat))}, 1) + 100.0;
+  at::Tensor y = at::mm(z, at::randn({4, 3}, f64)) + at::randn({2000, 3}, f64);
+
+  auto self64 = cca(x64, x64);
+  auto self32 = cca(x32, x32);
+  EXPECT_EQ(self64.x_rank, 4);
+  EXPECT_EQ(self32.x_rank, 4);
+  EXPECT_ALLCLOSE(self32.correlations, at::ones({4}, at::kFloat), testing::tol::kFloat32);
+  // Against another layer: the float32 layer's CCA is the float64 one's, direction for direction.
+  EXPECT_ALLCLOSE(cca(x32, y.to(at::kFloat)).correlations, cca(x64, y).correlations.to(at::kFloat),
+                  testing::tol::kFloat32);
+  // SVCCA (99% of the variance) and PWCCA go through the same factors.
+  EXPECT_ALLCLOSE(pwcca(x32, x32).score, at::ones({}, at::kFloat), testing::tol::kFloat32);
+
+  CcaOptions explicit_rtol;
+  explicit_rtol.rank_rtol = 1e-15;
+  EXPECT_EQ(cca(x32, x32, explicit_rtol).x_rank, 8);
+  EXPECT_EQ(cca(x64, x64, explicit_rtol).x_rank, 4);
+
+  // A layer whose whole variation is a few float32 steps (6e-5 apart at 1000) is rounding noise:
+  // a clear error, not a CCA of noise.
+  at::Tensor flat =
+      (at::full({300, 3}, 1000.0, f64) + 1e-4 * at::randn({300, 3}, f64)).to(at::kFloat);
+  EXPECT_THROWS_WITH_TYPE(cca(flat, y.narrow(0, 0, 300).to(at::kFloat)), c10::ValueError,
+                          "x must have a covariance of rank >= 1");
+  EXPECT_THROWS_WITH(cca(flat, y.narrow(0, 0, 300).to(at::kFloat)), "rounding level");
 }
 
 INSTANTIATE_TEST_SUITE_P(Matrix, CcaTest, ::testing::ValuesIn(testing::dtype_device_matrix()),

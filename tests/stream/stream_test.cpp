@@ -123,6 +123,20 @@ TEST_F(StreamTest, MomentsEqualOneShotMoments) {
   EXPECT_TRUE(at::equal(m2.x_non_constant, m1.x_non_constant));
   EXPECT_FALSE(m2.x_non_constant[3].item<bool>());
   EXPECT_FALSE(m2.x_centered.defined());
+  // The input dtypes travel with the moments (the default rank rule floors at their rounding).
+  EXPECT_EQ(m2.x_input_dtype, m1.x_input_dtype);
+  EXPECT_EQ(m2.y_input_dtype, at::kDouble);
+}
+
+// float32 rounding directions (see CcaRoundingTest) are dropped from streamed moments as from
+// the one-shot ones: same rank, and the layer's CCA with itself is 1.
+TEST_F(StreamTest, Float32RoundingNoiseIsNotADirection) {
+  at::Tensor z = at::randn({1000, 3}, at::kFloat);
+  at::Tensor x = at::cat({z, at::mm(z, at::randn({3, 3}, at::kFloat))}, 1) + 100.0;
+  auto acc = stream(x, x, at::arange(1000, at::kLong), {90});
+  EXPECT_EQ(acc.cca().x_rank, 3);
+  EXPECT_EQ(acc.cca().x_rank, cca(x, x).x_rank);
+  EXPECT_ALLCLOSE(acc.cca().correlations, at::ones({3}, at::kFloat), tol::kFloat32);
 }
 
 TEST_F(StreamTest, Float32InputsGiveFloat32ResultsEqualToOneShot) {

@@ -96,6 +96,23 @@ at::Tensor spectra_at(const at::Tensor& acts_nchw, const std::vector<int64_t>& r
   return f.permute({2, 0, 1}).to(dtype).contiguous();  // [F, N, C]
 }
 
+double spectral_noise_floor(const at::Tensor& acts_nchw, const at::Tensor& cov,
+                            std::optional<double> rank_rtol, at::ScalarType compute_real) {
+  const double max_var = at::real(cov.diagonal(0, -2, -1)).max().item<double>();
+  if (rank_rtol) return *rank_rtol * *rank_rtol * max_var;
+  auto eps = [](at::ScalarType t) {
+    return t == at::kFloat ? static_cast<double>(std::numeric_limits<float>::epsilon())
+                           : std::numeric_limits<double>::epsilon();
+  };
+  const double c = static_cast<double>(acts_nchw.size(1));
+  const double fft = c * eps(compute_real);
+  const double in = c * eps(acts_nchw.scalar_type());
+  const double hw = static_cast<double>(acts_nchw.size(2) * acts_nchw.size(3));
+  const double mean_square =
+      acts_nchw.to(compute_real).square().mean({0, 2, 3}).max().item<double>();
+  return std::max(fft * fft * max_var, in * in * hw * mean_square);
+}
+
 }  // namespace detail
 
 namespace {
@@ -157,15 +174,10 @@ FourierCcaResult fourier_cca(const at::Tensor& x, const at::Tensor& y,
   f.epsilon = options.epsilon;
   f.variance_cutoff = options.variance_cutoff;
   f.rank_rtol = options.rank_rtol;
-  const double eps = real == at::kFloat ? std::numeric_limits<float>::epsilon()
-                                        : std::numeric_limits<double>::epsilon();
-  // Rounding noise of the FFT: relative to the layer's largest variance over all frequencies.
-  auto floor = [&](const at::Tensor& cov, int64_t channels) {
-    const double rtol = options.rank_rtol.value_or(static_cast<double>(channels) * eps);
-    return rtol * rtol * at::real(cov.diagonal(0, -2, -1)).max().item<double>();
-  };
-  auto wx = detail::batched_whitening(sxx, x_nc, f, floor(sxx, c1));
-  auto wy = detail::batched_whitening(syy, y_nc, f, floor(syy, c2));
+  auto wx = detail::batched_whitening(
+      sxx, x_nc, f, detail::spectral_noise_floor(a, sxx, options.rank_rtol, real));
+  auto wy = detail::batched_whitening(
+      syy, y_nc, f, detail::spectral_noise_floor(b, syy, options.rank_rtol, real));
   at::Tensor m = at::matmul(detail::mh(wx.whitening), at::matmul(sxy, wy.whitening));
   // Singular values of a whitened cross-covariance are cosines: clamp rounding above 1.
   at::Tensor s = at::linalg_svdvals(m).clamp(0.0, 1.0);  // [F, k]

@@ -33,9 +33,12 @@ struct FourierCcaOptions {
   // Channels that are exactly constant over the examples are always dropped.
   double variance_cutoff = 0.0;
   // Eigen-directions with eigenvalue <= rank_rtol * (largest at that frequency) are dropped.
-  // nullopt: n_channels * machine epsilon of the compute dtype. Directions below
-  // rank_rtol^2 * (the layer's largest eigenvalue over all frequencies) are rounding noise of the
-  // FFT (e.g. nonzero frequencies of a spatially constant map) and are dropped too.
+  // Directions below rank_rtol^2 * (the layer's largest variance over all frequencies) are
+  // rounding noise of the FFT (e.g. nonzero frequencies of a spatially constant map) and are
+  // dropped too. nullopt: rank_rtol = n_channels * machine epsilon of the compute dtype, and
+  // directions below the rounding level of the input dtype are dropped as well (float32
+  // activations: (C * 2^-23)^2 * H W * the largest mean square of a channel; see
+  // detail::spectral_noise_floor), so the CCA of a layer with itself is 1.
   std::optional<double> rank_rtol;
   Precision precision = Precision::kFloat64;  // see the policy above
   // Real inputs: frequencies f and -f carry conjugate coefficients, hence identical CCAs; solve one
@@ -99,6 +102,17 @@ FrequencyGrid frequency_grid(int64_t h1, int64_t w1, int64_t h2, int64_t w2,
 at::Tensor spectra_at(const at::Tensor& acts_nchw, const std::vector<int64_t>& rows,
                       const std::vector<int64_t>& cols, const std::vector<int64_t>& solved,
                       int64_t grid_w, at::ScalarType fft_dtype, at::ScalarType dtype);
+
+// The absolute eigenvalue floor of one layer's per-frequency covariances `cov` ([F, C, C], of
+// spectra_at's unnormalized FFT). With rank_rtol: rank_rtol^2 * (largest variance over all
+// frequencies), as given. Without: the larger of the FFT's own rounding, (C eps)^2 * (largest
+// variance), eps of the real compute dtype, and the rounding level of the layer's values,
+// (C eps_in)^2 * H W * max_c E[x_c^2], eps_in of acts' dtype: rounding noise of variance s^2 per
+// position is white, with power H W s^2 at every frequency, so where a frequency's own largest
+// variance is small (a weak frequency of a float32 layer) its rounding-noise directions are not
+// small relative to it and only an absolute floor tells them apart.
+double spectral_noise_floor(const at::Tensor& acts_nchw, const at::Tensor& cov,
+                            std::optional<double> rank_rtol, at::ScalarType compute_real);
 
 }  // namespace detail
 }  // namespace svcca

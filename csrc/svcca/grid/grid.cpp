@@ -322,7 +322,8 @@ struct LayerMoments {
   at::Tensor cov;           // [p, p] unbiased covariance
   at::Tensor non_constant;  // [p] bool, exact
   at::Tensor centered;      // [rows, p] or undefined (streamed)
-  at::ScalarType input_dtype = at::kDouble;
+  // dtype of the layer's values (the default rank rule floors at their rounding level).
+  at::ScalarType input_dtype = at::ScalarType::Undefined;
 };
 
 // Cross-covariances keyed by (min, max) layer index: streamed ones, or computed from the centered
@@ -358,6 +359,8 @@ detail::PairMoments pair_of(const std::vector<LayerMoments>& layers, CrossMap& c
   m.x_centered = layers[a].centered;
   m.y_centered = layers[b].centered;
   m.result_dtype = at::kDouble;
+  m.x_input_dtype = layers[a].input_dtype;
+  m.y_input_dtype = layers[b].input_dtype;
   return m;
 }
 
@@ -424,7 +427,9 @@ std::vector<at::Tensor> moment_cells(const char* fn, const std::vector<LayerMome
       TORCH_CHECK_VALUE(lm.rows >= 2, fn, ": ", lm.label,
                         " must have at least 2 examples, but got ", lm.rows);
     }
-    factors[l] = detail::factor_layer(fn, lm.label.c_str(), lm.cov, lm.non_constant, fopt);
+    factors[l] =
+        detail::factor_layer(fn, lm.label.c_str(), lm.cov, lm.non_constant,
+                             detail::with_input_floor(fopt, lm.input_dtype, lm.mean, lm.cov));
     if (need_zca) zca[l] = detail::symmetric_whitening(factors[l]);
   }
   // With the data at hand, cca and svcca cells need only each layer's whitened data
@@ -525,8 +530,6 @@ std::vector<at::Tensor> fourier_cells(const char* fn, const std::vector<LayerRef
     for (const auto& t : nchw) real = at::promote_types(real, t.scalar_type());
   }
   const at::ScalarType cplx = real == at::kFloat ? at::kComplexFloat : at::kComplexDouble;
-  const double eps = real == at::kFloat ? std::numeric_limits<float>::epsilon()
-                                        : std::numeric_limits<double>::epsilon();
   const int64_t n = nchw.front().size(0);
   const auto grid = detail::frequency_grid(nchw.front().size(2), nchw.front().size(3),
                                            nchw.front().size(2), nchw.front().size(3),
@@ -548,10 +551,8 @@ std::vector<at::Tensor> fourier_cells(const char* fn, const std::vector<LayerRef
         detail::spectra_at(a, grid.x_rows, grid.x_cols, grid.solved, grid.w, cplx, cplx);
     xs = xs - xs.mean(1, /*keepdim=*/true);
     at::Tensor cov = detail::batched_cross_covariance(xs, xs);  // [F, C, C]
-    // fourier_cca's floor for the FFT's rounding noise: relative to the layer's largest variance.
-    const double rtol = o.cca.rank_rtol.value_or(static_cast<double>(c) * eps);
-    const double floor = rtol * rtol * at::real(cov.diagonal(0, -2, -1)).max().item<double>();
-    auto w = detail::batched_whitening(cov, non_constant, fopt, floor);
+    auto w = detail::batched_whitening(cov, non_constant, fopt,
+                                       detail::spectral_noise_floor(a, cov, o.cca.rank_rtol, real));
     z[l] = at::matmul(xs, w.whitening);  // [F, N, C]
     rank[l] = w.rank;
   }
@@ -983,6 +984,7 @@ Grid GridAccumulator::result() const {
     lm.cov = state.at("comoment." + id).mul_(scale);
     lm.features = lm.cov.size(0);
     lm.non_constant = state.at("max." + id) != state.at("min." + id);
+    lm.input_dtype = s.acc.input_dtypes().at(l);
   }
   CrossMap cross;
   for (const auto& [a, b] : s.acc.pair_indices()) {

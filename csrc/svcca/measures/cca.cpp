@@ -33,8 +33,10 @@ CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tenso
 }
 
 PairFactors factor_pair(const char* fn, const PairMoments& m, const FactorOptions& options) {
-  return {factor_layer(fn, "x", m.sxx, m.x_non_constant, options),
-          factor_layer(fn, "y", m.syy, m.y_non_constant, options)};
+  return {factor_layer(fn, "x", m.sxx, m.x_non_constant,
+                       with_input_floor(options, m.x_input_dtype, m.x_mean, m.sxx)),
+          factor_layer(fn, "y", m.syy, m.y_non_constant,
+                       with_input_floor(options, m.y_input_dtype, m.y_mean, m.syy))};
 }
 
 CcaResult cca_from_moments(const char* fn, const PairMoments& m, const CcaOptions& options) {

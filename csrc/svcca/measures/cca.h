@@ -18,7 +18,10 @@ struct CcaOptions {
   // are always dropped. 0: drop only constant features.
   double variance_cutoff = 0.0;
   // Eigen-directions of a layer's covariance with eigenvalue <= rank_rtol * largest are treated
-  // as exact zeros (rank deficiency) and dropped. nullopt: n_features * machine epsilon.
+  // as exact zeros (rank deficiency) and dropped. nullopt: n_features * machine epsilon of the
+  // compute dtype, and directions below the rounding level of the input dtype are dropped too
+  // (detail::input_noise_floor; float32 values carry 24 bits), so a layer's CCA with itself is
+  // 1. A value: that relative test alone.
   std::optional<double> rank_rtol;
   // Precision of the numerics (svcca.h).
   Precision precision = Precision::kFloat64;

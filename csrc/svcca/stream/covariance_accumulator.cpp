@@ -296,6 +296,8 @@ detail::PairMoments CovarianceAccumulator::moments(const char* fn, const std::st
   m.x_non_constant = max_[a] != min_[a];
   m.y_non_constant = max_[b] != min_[b];
   m.result_dtype = at::promote_types(input_dtypes_[a], input_dtypes_[b]);
+  m.x_input_dtype = input_dtypes_[a];
+  m.y_input_dtype = input_dtypes_[b];
   return m;
 }
 

@@ -110,6 +110,8 @@ class CovarianceAccumulator {
   const std::vector<std::pair<int64_t, int64_t>>& pair_indices() const { return pairs_; }
   // Feature counts (empty before the first batch).
   const std::vector<int64_t>& n_features() const { return p_; }
+  // dtypes of each layer's batches (empty before the first batch).
+  const std::vector<at::ScalarType>& input_dtypes() const { return input_dtypes_; }
 
  private:
   // The layers the overloads without names use: the first two (or the first, twice).

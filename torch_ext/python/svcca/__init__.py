@@ -78,7 +78,8 @@ def cca(x, y, epsilon=0.0, variance_cutoff=0.0, rank_rtol=None, precision="float
 
     ``epsilon``: ridge relative to each layer's largest feature variance. ``variance_cutoff``:
     drop features with variance <= cutoff * largest (constant features are always dropped).
-    ``rank_rtol``: eigenvalues <= rank_rtol * largest count as zero (default p * machine eps).
+    ``rank_rtol``: eigenvalues <= rank_rtol * largest count as zero (default p * machine eps
+    of the compute dtype, plus a floor at the rounding level of the input dtype).
     ``precision``: ``"float64"`` (default) or ``"input"``.
     Raises ValueError / TypeError on bad input (n <= p, NaN, mismatched n, ...).
     """
