@@ -88,8 +88,6 @@ at::Tensor non_constant_columns(const at::Tensor& x) {
   return x.amax(0) != x.amin(0);
 }
 
-namespace {
-
 double machine_eps(at::ScalarType t) {
   switch (t) {
     case at::kHalf:
@@ -104,6 +102,8 @@ double machine_eps(at::ScalarType t) {
       return std::numeric_limits<double>::epsilon();
   }
 }
+
+namespace {
 
 // Number of leading entries of the descending, non-negative `values` to keep under `options`.
 int64_t truncated_count(const at::Tensor& values, int64_t rank, const FactorOptions& options) {

@@ -101,6 +101,10 @@ struct LayerFactors {
   bool all_kept = false;    // k == p (no index_select needed)
 };
 
+// Machine epsilon of a floating dtype (real or complex; half and bfloat16 too): 2^-52 for
+// float64, 2^-23 for float32.
+double machine_eps(at::ScalarType t);
+
 // The variance that rounding a layer's values to `input_dtype` can put in any direction of its
 // covariance: (p * eps)^2 * max_j E[x_j^2], with eps the dtype's machine epsilon and
 // E[x_j^2] = var_j + mean_j^2 (a value's rounding error scales with its magnitude, mean included;

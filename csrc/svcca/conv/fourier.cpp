@@ -4,7 +4,6 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <limits>
 
 #include "svcca/checks.h"
 
@@ -100,13 +99,9 @@ double spectral_noise_floor(const at::Tensor& acts_nchw, const at::Tensor& cov,
                             std::optional<double> rank_rtol, at::ScalarType compute_real) {
   const double max_var = at::real(cov.diagonal(0, -2, -1)).max().item<double>();
   if (rank_rtol) return *rank_rtol * *rank_rtol * max_var;
-  auto eps = [](at::ScalarType t) {
-    return t == at::kFloat ? static_cast<double>(std::numeric_limits<float>::epsilon())
-                           : std::numeric_limits<double>::epsilon();
-  };
   const double c = static_cast<double>(acts_nchw.size(1));
-  const double fft = c * eps(compute_real);
-  const double in = c * eps(acts_nchw.scalar_type());
+  const double fft = c * machine_eps(compute_real);
+  const double in = c * machine_eps(acts_nchw.scalar_type());
   const double hw = static_cast<double>(acts_nchw.size(2) * acts_nchw.size(3));
   const double mean_square =
       acts_nchw.to(compute_real).square().mean({0, 2, 3}).max().item<double>();

@@ -4,20 +4,11 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
-#include <limits>
 
 #include "svcca/checks.h"
 
 namespace svcca {
 namespace detail {
-namespace {
-
-double machine_eps(at::ScalarType t) {
-  return t == at::kFloat ? std::numeric_limits<float>::epsilon()
-                         : std::numeric_limits<double>::epsilon();
-}
-
-}  // namespace
 
 void check_debiased_examples(const char* fn, int64_t n) {
   TORCH_CHECK_VALUE(n >= 4, fn, ": x and y must have at least 4 examples (dim 0) for debiased CKA ",
