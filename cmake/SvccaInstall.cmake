@@ -20,7 +20,8 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/svccaConfigVersion.cmake
 install(FILES ${PROJECT_BINARY_DIR}/svccaConfig.cmake ${PROJECT_BINARY_DIR}/svccaConfigVersion.cmake
   DESTINATION ${SVCCA_INSTALL_CMAKEDIR})
 if(TARGET svcca_ops)
-  install(FILES ${PROJECT_SOURCE_DIR}/torch_ext/python/svcca/__init__.py
-    DESTINATION ${CMAKE_INSTALL_LIBDIR}/python/svcca)
+  # The whole package: __init__ imports its sibling modules.
+  file(GLOB svcca_python_files ${PROJECT_SOURCE_DIR}/torch_ext/python/svcca/*.py)
+  install(FILES ${svcca_python_files} DESTINATION ${CMAKE_INSTALL_LIBDIR}/python/svcca)
   install(TARGETS svcca_ops LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/python/svcca)
 endif()
