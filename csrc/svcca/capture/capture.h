@@ -85,17 +85,18 @@ struct LayerInfo {
 // Taps inside loops and tuple elements always clone.
 //
 // Memory (CaptureOptions::reuse_buffers, the default when detaching): a TappedModule keeps a pool
-// of record buffers. A record is written into a pooled buffer of its size that nothing references
-// any more (the caller dropped every record and view of it), so the forward's own buffer is
-// freed as in a plain forward and its memory reused by later ops; a shared record (no copy
-// needed) with no such buffer is recorded as is and its buffer joins the pool. A value recorded
-// twice (a ReLU and the block that returns it) is copied once: both records share the copy.
-// While pooling, an in-place op that rewrites a recorded value runs in place and the tap copies
-// (into the pool) instead of running it out of place. Buffers are never shared with a record the
-// caller still holds: held records never change. The cost: after a capture the pool keeps its
-// records' memory even when the caller drops them, until the next capture reuses it (a capture
-// ends by dropping the free buffers it did not use), release_buffers(), or the destruction of
-// the last copy of this TappedModule (copies share the module and the pool).
+// of record buffers, so that a capture does not fault in fresh memory for every record. A copy is
+// written into a pooled buffer of its size that nothing references any more (the caller dropped
+// every record and view of it). A shared record (see Copies) is the forward's buffer itself and
+// joins the pool, in exchange for a free pooled buffer of its size, which goes back to the
+// allocator for the forward's later allocations. A value recorded twice unchanged (a ReLU and the
+// block that returns it) is stored once: both records share it. While pooling, an in-place op
+// that rewrites a recorded value runs in place and the tap copies (into the pool) instead of
+// running it out of place. A buffer the caller still references is never reused: held records
+// and their views never change. The cost: after a capture the pool keeps its records' memory
+// even when the caller drops them, until the next capture reuses or exchanges it (a capture ends
+// by dropping the free buffers it did not use), release_buffers(), or the destruction of the last
+// copy of this TappedModule (copies share the module and the pool).
 //
 //   auto tapped = svcca::TappedModule::load("net.pt");
 //   auto cap = tapped.run({torch::randn({8, 1, 8, 8})}, {"features.*"});
