@@ -4,6 +4,8 @@
 namespace svcca::ops {
 // torch_ext/stream_classes.cpp: torch.classes.svcca.CovarianceAccumulator and friends.
 void register_stream_classes(torch::Library& m);
+// torch_ext/monitor_class.cpp: torch.classes.svcca.TrainingMonitor.
+void register_monitor_class(torch::Library& m);
 }  // namespace svcca::ops
 
 TORCH_LIBRARY(svcca, m) {
@@ -72,6 +74,8 @@ TORCH_LIBRARY(svcca, m) {
       "_capture_begin(str[] layers, bool detach, bool shapes_only=False, Any? pool=None) -> ()",
       kConservative));
   m.def(torch::schema("_capture_end() -> (str[], Tensor[])", kConservative));
+  // Training monitor over a TorchScript module (torch_ext/monitor_class.cpp).
+  svcca::ops::register_monitor_class(m);
   m.def(torch::schema(
       "tap_model(str path, str output_path, str method_name=\"forward_tapped\") -> str[]",
       kConservative));

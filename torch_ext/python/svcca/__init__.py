@@ -44,6 +44,7 @@ __all__ = [
     "tap_model",
     "layer_names",
     "list_layers",
+    "TrainingMonitor",
 ]
 
 _LIB_NAME = "libsvcca_ops.so"
@@ -67,6 +68,7 @@ torch.ops.load_library(library_path)
 _ops = torch.ops.svcca
 from svcca.distributed import all_reduce_state  # noqa: E402,F401  (torch.distributed helper)
 from svcca.capture import capture, layer_names, list_layers, tap_model  # noqa: E402,F401
+from svcca.monitor import TrainingMonitor  # noqa: E402,F401
 
 
 def cca(x, y, epsilon=0.0, variance_cutoff=0.0, rank_rtol=None, precision="float64"):
