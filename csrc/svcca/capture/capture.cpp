@@ -656,9 +656,9 @@ at::Tensor pooled_record(Recording& r, const at::Tensor& t, bool copy) {
     // Shared: the record is the forward's buffer itself, so no copy is made; a free pooled
     // buffer of its size goes back to the allocator in exchange, for the forward's next
     // allocations, as the forward's own buffer would in a plain forward. (Copying into the free
-    // buffer instead cost 5-10% more on resnet18 at batch 64: the large activations are mapped
-    // fresh by the allocator in a plain forward too.) A view of a larger buffer is recorded as
-    // it is, as without the pool.
+    // buffer instead, a memcpy of 1.9 GB per resnet18 batch-64 capture, measured 1.08x forward
+    // against 1.03-1.07x: the large activations are mapped fresh by the allocator in a plain
+    // forward too.) A view of a larger buffer is recorded as it is, as without the pool.
     out = t;
     if (covers_storage(t)) r.pool->adopt(t.storage());
   } else if (c10::Storage buffer =
