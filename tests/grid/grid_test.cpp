@@ -349,6 +349,22 @@ TEST_F(GridTest, Float32RoundingNoiseIsNotADirection) {
   expect_cell(f, 0, 0, 1.0, tol::kFloat32);
 }
 
+// An ill-conditioned layer (see CcaConditioningTest): the grid's whitened data is refined as the
+// pair calls are, so the diagonal is 1 and the cells equal the pair calls.
+TEST_F(GridTest, IllConditionedLayerIsRefinedAgainstItsData) {
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor x = at::mm(at::randn({800, 4}, f64), at::randn({4, 4}, f64));
+  x.select(1, 3).copy_(x.select(1, 0) + x.select(1, 1) + 1e-6 * at::randn({800}, f64));
+  at::Tensor y = x.narrow(1, 1, 3) + at::randn({800, 3}, f64);
+  for (GridMeasure m : {GridMeasure::kCca, GridMeasure::kSvcca}) {
+    Grid g = similarity_grid({{"x", x}, {"y", y}}, with(m));
+    expect_cell(g, 0, 0, 1.0, tol::kDecomp64);
+    const double xy = m == GridMeasure::kCca ? cca(x, y).correlations.mean().item<double>()
+                                             : svcca(x, y).score.item<double>();
+    expect_cell(g, 0, 1, xy, tol::kDecomp64);
+  }
+}
+
 class GridStreamTest : public GridMeasureTest {};
 
 TEST_P(GridStreamTest, StreamedEqualsOneShot) {

@@ -1,6 +1,7 @@
 // Tests of svcca::cca: closed forms first, then invariances, over the dtype x device matrix.
 #include "svcca/measures/cca.h"
 #include "svcca/measures/pwcca.h"
+#include "svcca/measures/svcca.h"
 
 #include "support/support.h"
 
@@ -169,6 +170,40 @@ TEST(CcaRoundingTest, Float32RoundingNoiseIsNotADirection) {
   EXPECT_THROWS_WITH_TYPE(cca(flat, y.narrow(0, 0, 300).to(at::kFloat)), c10::ValueError,
                           "x must have a covariance of rank >= 1");
   EXPECT_THROWS_WITH(cca(flat, y.narrow(0, 0, 300).to(at::kFloat)), "rounding level");
+}
+
+// x3 = x0 + x1 + 1e-6 noise: the kept eigenvalues of x span 1e12, so whitening from the
+// covariance alone is accurate to about eps * 1e12 = 2e-4 in the small direction (the layer's
+// CCA with itself came out 0.9973). Such layers are re-orthonormalized against their data: the
+// correlations match a QR-based CCA of the data to float64 decomposition accuracy, and the
+// canonical variates are white.
+TEST(CcaConditioningTest, IllConditionedLayerIsRefinedAgainstItsData) {
+  at::manual_seed(0);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor x = at::mm(at::randn({1000, 4}, f64), at::randn({4, 4}, f64));
+  x.select(1, 3).copy_(x.select(1, 0) + x.select(1, 1) + 1e-6 * at::randn({1000}, f64));
+  at::Tensor y = x.narrow(1, 2, 2) + at::randn({1000, 2}, f64);
+  y = at::cat({y, x.select(1, 3).unsqueeze(1) - x.select(1, 0).unsqueeze(1) -
+                      x.select(1, 1).unsqueeze(1) + 1e-6 * at::randn({1000, 1}, f64)},
+              1);
+  auto self = cca(x, x);
+  ASSERT_EQ(self.x_rank, 4);
+  EXPECT_TRUE(detail::ill_conditioned(
+      detail::factor_pair("test", detail::pair_moments(x, x, Precision::kFloat64), {}).x));
+  EXPECT_ALLCLOSE(self.correlations, at::ones({4}, f64), testing::tol::kDecomp64);
+
+  // Reference: the singular values of Qx^T Qy, Q from the QR of the centered data.
+  auto q = [](const at::Tensor& a) { return std::get<0>(at::linalg_qr(a - a.mean(0), "reduced")); };
+  at::Tensor expected = at::linalg_svdvals(at::mm(q(x).t(), q(y)));
+  auto r = cca(x, y);
+  EXPECT_ALLCLOSE(r.correlations, expected, testing::tol::kDecomp64);
+  at::Tensor hx = at::mm(x - x.mean(0), r.x_weights);
+  at::Tensor hy = at::mm(y - y.mean(0), r.y_weights);
+  EXPECT_ALLCLOSE(at::mm(hx.t(), hx) / 999.0, at::eye(3, f64), testing::tol::kDecomp64);
+  EXPECT_ALLCLOSE(at::mm(hx.t(), hy) / 999.0, at::diag(r.correlations), testing::tol::kDecomp64);
+  SvccaOptions all;
+  all.fraction = 1.0;
+  EXPECT_ALLCLOSE(svcca(x, x, all).score, at::ones({}, f64), testing::tol::kDecomp64);
 }
 
 INSTANTIATE_TEST_SUITE_P(Matrix, CcaTest, ::testing::ValuesIn(testing::dtype_device_matrix()),

@@ -440,10 +440,8 @@ std::vector<at::Tensor> moment_cells(const char* fn, const std::vector<LayerMome
   std::vector<at::Tensor> z(layers.size());
   if (whitened) {
     for (int64_t l : used) {
-      const auto& f = factors[l];
-      at::Tensor xk =
-          f.all_kept ? layers[l].centered : layers[l].centered.index_select(1, f.kept_index);
-      z[l] = at::mm(xk, f.whitening);
+      z[l] = detail::whitened_data(factors[l], layers[l].centered,
+                                   detail::ill_conditioned(factors[l]));
     }
   }
   for (const auto& c : cells) {

@@ -32,6 +32,44 @@ CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tenso
   return {std::get<1>(svd).clamp(0.0, 1.0), std::get<0>(svd), mh(std::get<2>(svd))};
 }
 
+bool ill_conditioned(const LayerFactors& f) {
+  if (f.rank < 2) return false;
+  const double hi = f.eigenvalues[0].item<double>();
+  const double lo = f.eigenvalues[f.rank - 1].item<double>();
+  return hi > kRefineCondition * lo;
+}
+
+at::Tensor whitened_data(LayerFactors& f, const at::Tensor& centered, bool refine) {
+  at::Tensor xk = f.all_kept ? centered : centered.index_select(1, f.kept_index);
+  at::Tensor z = at::mm(xk, f.whitening);
+  if (!refine) return z;
+  const double n1 = static_cast<double>(centered.size(0) - 1);
+  auto chol = at::linalg_cholesky_ex(at::mm(mh(z), z).div_(n1));
+  if (std::get<1>(chol).item<int64_t>() != 0) return z;  // not positive definite: keep as is
+  const at::Tensor& l = std::get<0>(chol);
+  // W L^-T = (L^-1 W^T)^T, and likewise for Z.
+  f.whitening = mh(at::linalg_solve_triangular(l, mh(f.whitening), /*upper=*/false));
+  return mh(at::linalg_solve_triangular(l, mh(z), /*upper=*/false));
+}
+
+CcaCore cca_core_from_data(const at::Tensor& zx, const at::Tensor& zy, bool with_vectors) {
+  at::Tensor m = at::mm(mh(zx), zy).div_(static_cast<double>(zx.size(0) - 1));
+  if (!with_vectors) return {at::linalg_svdvals(m).clamp(0.0, 1.0), {}, {}};
+  auto svd = at::linalg_svd(m, /*full_matrices=*/false);
+  return {std::get<1>(svd).clamp(0.0, 1.0), std::get<0>(svd), mh(std::get<2>(svd))};
+}
+
+CcaCore cca_core_of_pair(PairFactors& pf, const PairMoments& m, bool with_vectors) {
+  const bool data = m.x_centered.defined() && m.y_centered.defined();
+  const bool refine_x = data && ill_conditioned(pf.x);
+  const bool refine_y = data && ill_conditioned(pf.y);
+  if (!refine_x && !refine_y) return cca_core(pf.x, pf.y, m.sxy, with_vectors);
+  // The cross term from the data too: through Sxy its rounding would be amplified again.
+  at::Tensor zx = whitened_data(pf.x, m.x_centered, refine_x);
+  at::Tensor zy = whitened_data(pf.y, m.y_centered, refine_y);
+  return cca_core_from_data(zx, zy, with_vectors);
+}
+
 PairFactors factor_pair(const char* fn, const PairMoments& m, const FactorOptions& options) {
   return {factor_layer(fn, "x", m.sxx, m.x_non_constant,
                        with_input_floor(options, m.x_input_dtype, m.x_mean, m.sxx)),
@@ -41,7 +79,7 @@ PairFactors factor_pair(const char* fn, const PairMoments& m, const FactorOption
 
 CcaResult cca_from_moments(const char* fn, const PairMoments& m, const CcaOptions& options) {
   auto pf = factor_pair(fn, m, factor_options(options));
-  auto core = cca_core(pf.x, pf.y, m.sxy);
+  auto core = cca_core_of_pair(pf, m);
   CcaResult r;
   r.correlations = core.correlations.to(m.result_dtype);
   r.x_weights = scatter_rows(at::mm(pf.x.whitening, core.u), pf.x).to(m.result_dtype);

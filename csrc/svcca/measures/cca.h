@@ -43,6 +43,8 @@ struct CcaResult {
 // 2017): the singular values of Wx^T Sxy Wy, with W the whitening of each layer's covariance
 // (eigh, no explicit inverse; rank-deficient directions dropped, so rank-deficient inputs give
 // exact results over the directions they have).
+// A layer whose kept eigenvalues span more than kRefineCondition is refined against its data
+// (detail::whitened_data), so ill-conditioned layers keep float64 accuracy.
 // Throws (c10::ValueError / c10::TypeError) when the inputs are not both 2-D real float tensors
 // on one device with the same n >= 2, contain NaN/Inf, have n < p + 2 on either side (CCA is
 // degenerate there: use svcca), have only constant features, or an option is out of range.
@@ -77,13 +79,31 @@ struct CcaCore {
 CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tensor& sxy,
                  bool with_vectors = true);
 
-void check_cca_options(const char* fn, const CcaOptions& options);
-FactorOptions factor_options(const CcaOptions& options);
-
 // Both layers' factors, built from a pair's moments under one set of factor options.
 struct PairFactors {
   LayerFactors x, y;
 };
+
+// Whitening from a covariance squares the condition number: a direction with eigenvalue
+// lambda is whitened to about eps * lambda_max / lambda. Layers whose kept directions span a
+// larger ratio than this are refined against their data when it is at hand (whitened_data).
+inline constexpr double kRefineCondition = 1e6;
+// Whether f's kept eigenvalues span a ratio above kRefineCondition.
+bool ill_conditioned(const LayerFactors& f);
+// The whitened data Z = X_kept W ([n, r]) of a layer from its centered data ([n, p]). When
+// `refine`, Z is re-orthonormalized against the data (Cholesky of Z^T Z / (n - 1), which is
+// well conditioned, so its factor L is accurate: Z <- Z L^-T) and f.whitening becomes W L^-T, so
+// that Z^T Z / (n - 1) = I to rounding however ill-conditioned the layer is.
+at::Tensor whitened_data(LayerFactors& f, const at::Tensor& centered, bool refine);
+// CCA of two layers from their whitened data: the SVD of Zx^T Zy / (n - 1).
+CcaCore cca_core_from_data(const at::Tensor& zx, const at::Tensor& zy, bool with_vectors = true);
+// cca_core, or, when the pair's moments carry the centered data and a layer is ill-conditioned,
+// cca_core_from_data with that layer refined (its whitening in pf updated to match).
+CcaCore cca_core_of_pair(PairFactors& pf, const PairMoments& m, bool with_vectors = true);
+
+void check_cca_options(const char* fn, const CcaOptions& options);
+FactorOptions factor_options(const CcaOptions& options);
+
 PairFactors factor_pair(const char* fn, const PairMoments& m, const FactorOptions& options);
 
 // CCA from a pair's moments: the one code path behind cca() and the streaming accumulators.

@@ -32,7 +32,7 @@ FactorOptions svcca_factor_options(const SvccaOptions& options) {
 
 SvccaResult svcca_from_moments(const char* fn, const PairMoments& m, const SvccaOptions& options) {
   auto pf = factor_pair(fn, m, svcca_factor_options(options));
-  auto core = cca_core(pf.x, pf.y, m.sxy, /*with_vectors=*/false);
+  auto core = cca_core_of_pair(pf, m, /*with_vectors=*/false);
   SvccaResult r;
   r.correlations = core.correlations.to(m.result_dtype);
   r.score = r.correlations.mean();
