@@ -184,7 +184,8 @@ LayerFactors factor_layer(const char* fn, const char* name, const at::Tensor& co
   // Ridge relative to the largest variance of what the CCA sees: the features for plain CCA,
   // the kept directions (largest eigenvalue) after an SVD reduction, as google/svcca's recipe.
   const double scale = options.truncation == Truncation::kRank ? max_var : lam_max;
-  f.whitening = f.eigenvectors * (f.eigenvalues + options.epsilon * scale).rsqrt();
+  f.ridge = options.epsilon * scale;
+  f.whitening = f.eigenvectors * (f.eigenvalues + f.ridge).rsqrt();
   return f;
 }
 

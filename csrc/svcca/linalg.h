@@ -99,6 +99,7 @@ struct LayerFactors {
   int64_t n_features = 0;   // p
   int64_t rank = 0;         // r
   bool all_kept = false;    // k == p (no index_select needed)
+  double ridge = 0.0;       // added to the eigenvalues before whitening (epsilon * scale)
 };
 
 // Machine epsilon of a floating dtype (real or complex; half and bfloat16 too): 2^-52 for

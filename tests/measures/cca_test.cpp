@@ -204,6 +204,14 @@ TEST(CcaConditioningTest, IllConditionedLayerIsRefinedAgainstItsData) {
   SvccaOptions all;
   all.fraction = 1.0;
   EXPECT_ALLCLOSE(svcca(x, x, all).score, at::ones({}, f64), testing::tol::kDecomp64);
+  // With a ridge the whitening is regularized on purpose and left alone: the CCA of x with
+  // itself is lambda / (lambda + epsilon * largest variance) per eigen-direction.
+  CcaOptions ridge;
+  ridge.epsilon = 1e-3;
+  at::Tensor cov = at::cov(x.t());
+  at::Tensor lam = std::get<0>(at::linalg_eigh(cov)).flip(0);
+  at::Tensor shrunk = lam / (lam + 1e-3 * cov.diagonal().max());
+  EXPECT_ALLCLOSE(cca(x, x, ridge).correlations, shrunk, testing::tol::kDecomp64);
 }
 
 INSTANTIATE_TEST_SUITE_P(Matrix, CcaTest, ::testing::ValuesIn(testing::dtype_device_matrix()),

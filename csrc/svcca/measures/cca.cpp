@@ -33,7 +33,9 @@ CcaCore cca_core(const LayerFactors& fx, const LayerFactors& fy, const at::Tenso
 }
 
 bool ill_conditioned(const LayerFactors& f) {
-  if (f.rank < 2) return false;
+  // A ridge whitens S + ridge on purpose (regularized CCA; it also bounds the conditioning):
+  // re-orthonormalizing against the data would undo it.
+  if (f.rank < 2 || f.ridge > 0.0) return false;
   const double hi = f.eigenvalues[0].item<double>();
   const double lo = f.eigenvalues[f.rank - 1].item<double>();
   return hi > kRefineCondition * lo;

@@ -88,7 +88,8 @@ struct PairFactors {
 // lambda is whitened to about eps * lambda_max / lambda. Layers whose kept directions span a
 // larger ratio than this are refined against their data when it is at hand (whitened_data).
 inline constexpr double kRefineCondition = 1e6;
-// Whether f's kept eigenvalues span a ratio above kRefineCondition.
+// Whether f's kept eigenvalues span a ratio above kRefineCondition (never with a ridge: that
+// whitening is regularized on purpose).
 bool ill_conditioned(const LayerFactors& f);
 // The whitened data Z = X_kept W ([n, r]) of a layer from its centered data ([n, p]). When
 // `refine`, Z is re-orthonormalized against the data (Cholesky of Z^T Z / (n - 1), which is
