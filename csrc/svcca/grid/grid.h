@@ -62,6 +62,14 @@ struct GridOptions {
   Precision precision = Precision::kFloat64;  // compute dtype of the CKA family
 };
 
+// Cells of a grid that are undefined (NaN in Grid::values, null in JSON and CSV), with the one
+// cause they share: e.g. a layer that is constant on the examples (its whole row and column), CCA
+// with fewer than p + 2 examples, a 2-D layer under conv "fold". A grid never fails for them.
+struct UndefinedCells {
+  std::string reason;                              // one line, names the layer(s) and the rule
+  std::vector<std::pair<int64_t, int64_t>> cells;  // (row, col) indices into Grid::values
+};
+
 // A grid of similarities with its labels. values[i][j] is the measure of rows[i] (x) against
 // cols[j] (y). Serialised by svcca/report/report.h.
 struct Grid {
@@ -73,6 +81,9 @@ struct Grid {
   std::string col_label;  // e.g. "layer", "model B layer", "checkpoint", "step"
   int64_t examples = 0;   // examples (rows of each layer before folding) the grid is over
   std::map<std::string, std::string> options;  // every option that affects the numbers
+  // The NaN cells of `values`, grouped by cause (one entry per distinct reason, in row-major order
+  // of their first cell). Empty when every cell is defined.
+  std::vector<UndefinedCells> undefined;
 };
 
 // L x L grid of one model's layers. Every cell equals the one-shot pair call on the layers after
