@@ -129,9 +129,14 @@ int64_t truncated_count(const at::Tensor& values, int64_t rank, const FactorOpti
 
 double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean,
                          const at::Tensor& cov) {
+  return input_noise_floor(input_dtype, mean, at::real(cov.diagonal(0, -2, -1)), cov.size(-1));
+}
+
+double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean,
+                         const at::Tensor& variance, int64_t dims) {
   if (input_dtype == at::ScalarType::Undefined) return 0.0;
-  const double p_eps = static_cast<double>(cov.size(-1)) * machine_eps(input_dtype);
-  at::Tensor second = at::real(cov.diagonal(0, -2, -1)) + at::real(mean * mean.conj());
+  const double p_eps = static_cast<double>(dims) * machine_eps(input_dtype);
+  at::Tensor second = variance + at::real(mean * mean.conj());
   return p_eps * p_eps * second.max().item<double>();
 }
 
@@ -142,6 +147,28 @@ FactorOptions with_input_floor(const FactorOptions& options, at::ScalarType inpu
     f.noise_floor = std::max(f.noise_floor, input_noise_floor(input_dtype, mean, cov));
   }
   return f;
+}
+
+KeptDirections kept_directions(const char* fn, const char* name, const at::Tensor& lam,
+                               int64_t dims, double max_var, const FactorOptions& options) {
+  const double lam_max = lam[0].item<double>();
+  const double rtol =
+      options.rank_rtol.value_or(static_cast<double>(dims) * machine_eps(lam.scalar_type()));
+  const int64_t rank = ((lam > rtol * lam_max) & (lam > options.noise_floor)).sum().item<int64_t>();
+  TORCH_CHECK_VALUE(rank > 0, fn, ": ", name,
+                    " must have a covariance of rank >= 1, but all its eigenvalues are <= ", rtol,
+                    " times the largest",
+                    lam_max <= options.noise_floor
+                        ? " or below the rounding level of its input dtype (its variation is "
+                          "rounding noise)"
+                        : "");
+  KeptDirections kd;
+  kd.rank = truncated_count(lam.narrow(0, 0, rank).clamp_min(0), rank, options);
+  // Ridge relative to the largest variance of what the CCA sees: the features for plain CCA,
+  // the kept directions (largest eigenvalue) after an SVD reduction, as google/svcca's recipe.
+  const double scale = options.truncation == Truncation::kRank ? max_var : lam_max;
+  kd.ridge = options.epsilon * scale;
+  return kd;
 }
 
 LayerFactors factor_layer(const char* fn, const char* name, const at::Tensor& cov,
@@ -166,25 +193,11 @@ LayerFactors factor_layer(const char* fn, const char* name, const at::Tensor& co
   auto eig = at::linalg_eigh(f.cov);
   at::Tensor lam = std::get<0>(eig).flip(0);
   at::Tensor vec = std::get<1>(eig).flip(1);
-  const double lam_max = lam[0].item<double>();
-  const double rtol =
-      options.rank_rtol.value_or(static_cast<double>(k) * machine_eps(cov.scalar_type()));
-  const int64_t rank = ((lam > rtol * lam_max) & (lam > options.noise_floor)).sum().item<int64_t>();
-  TORCH_CHECK_VALUE(rank > 0, fn, ": ", name,
-                    " must have a covariance of rank >= 1, but all its eigenvalues are <= ", rtol,
-                    " times the largest",
-                    lam_max <= options.noise_floor
-                        ? " or below the rounding level of its input dtype (its variation is "
-                          "rounding noise)"
-                        : "");
-  const int64_t r = truncated_count(lam.narrow(0, 0, rank).clamp_min(0), rank, options);
-  f.rank = r;
-  f.eigenvalues = lam.narrow(0, 0, r);
-  f.eigenvectors = vec.narrow(1, 0, r);
-  // Ridge relative to the largest variance of what the CCA sees: the features for plain CCA,
-  // the kept directions (largest eigenvalue) after an SVD reduction, as google/svcca's recipe.
-  const double scale = options.truncation == Truncation::kRank ? max_var : lam_max;
-  f.ridge = options.epsilon * scale;
+  const KeptDirections kd = kept_directions(fn, name, lam, k, max_var, options);
+  f.rank = kd.rank;
+  f.eigenvalues = lam.narrow(0, 0, kd.rank);
+  f.eigenvectors = vec.narrow(1, 0, kd.rank);
+  f.ridge = kd.ridge;
   f.whitening = f.eigenvectors * (f.eigenvalues + f.ridge).rsqrt();
   return f;
 }

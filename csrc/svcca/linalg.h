@@ -116,10 +116,27 @@ double machine_eps(at::ScalarType t);
 // dtype. 0 for an Undefined input dtype.
 double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean, const at::Tensor& cov);
 
+// The same from per-feature variances ([p]) and the dimension `dims` of what is decomposed (p for
+// a covariance, min(n, p) for a Gram matrix of n examples).
+double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean,
+                         const at::Tensor& variance, int64_t dims);
+
 // The default rank rule for a layer: options with noise_floor set to input_noise_floor when
 // rank_rtol is not given (an explicit rank_rtol is used alone, as given).
 FactorOptions with_input_floor(const FactorOptions& options, at::ScalarType input_dtype,
                                const at::Tensor& mean, const at::Tensor& cov);
+
+// The leading directions a layer keeps given its descending eigenvalues `lam` (covariance units)
+// over `dims` dimensions: those above rank_rtol * lam[0] (default dims * machine epsilon of lam's
+// dtype) and above noise_floor, cut by the truncation rule; and the ridge (epsilon times
+// max_var, the largest feature variance, for kRank; times lam[0] after a truncation). Throws,
+// naming fn and name, when none is left.
+struct KeptDirections {
+  int64_t rank = 0;
+  double ridge = 0.0;
+};
+KeptDirections kept_directions(const char* fn, const char* name, const at::Tensor& lam,
+                               int64_t dims, double max_var, const FactorOptions& options);
 
 // Factors of one layer from its covariance `cov` ([p, p]) and optional exact non-constant mask
 // ([p] bool; undefined: a feature is constant when its variance is 0). Throws when no feature

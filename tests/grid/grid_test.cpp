@@ -11,6 +11,7 @@
 
 #include "support/support.h"
 #include "svcca/conv/fourier.h"
+#include "svcca/stream/minibatch_cka.h"
 
 namespace svcca {
 namespace {
@@ -31,7 +32,8 @@ double one_shot(GridMeasure m, const at::Tensor& x, const at::Tensor& y,
   switch (m) {
     case GridMeasure::kLinearCka:
       return linear_cka(x, y).item<double>();
-    case GridMeasure::kDebiasedCka: {
+    case GridMeasure::kDebiasedCka:
+    case GridMeasure::kMinibatchCka: {
       LinearCkaOptions d;
       d.debiased = true;
       return linear_cka(x, y, d).item<double>();
@@ -87,6 +89,34 @@ GridOptions with(GridMeasure m, GridConv c = GridConv::kAuto) {
 void expect_cell(const Grid& g, int64_t i, int64_t j, double expected, testing::Tol t) {
   EXPECT_ALLCLOSE(g.values[i][j], at::scalar_tensor(expected, at::kDouble), t)
       << g.measure << " cell (" << g.rows[i] << ", " << g.cols[j] << ")";
+}
+
+// Cell (i, j) is NaN, and g.undefined lists it under a reason containing `why`, exactly once.
+::testing::AssertionResult Undefined(const Grid& g, int64_t i, int64_t j, const std::string& why) {
+  if (!std::isnan(g.values[i][j].item<double>())) {
+    return ::testing::AssertionFailure()
+           << "cell (" << i << ", " << j << ") is " << g.values[i][j].item<double>() << ", not NaN";
+  }
+  int found = 0;
+  std::string reasons;
+  for (const auto& u : g.undefined) {
+    reasons += "\n  " + u.reason;
+    for (const auto& c : u.cells) {
+      if (c.first == i && c.second == j) {
+        if (u.reason.find(why) == std::string::npos) {
+          return ::testing::AssertionFailure()
+                 << "cell (" << i << ", " << j << ") is undefined for \"" << u.reason
+                 << "\", which does not contain \"" << why << "\"";
+        }
+        ++found;
+      }
+    }
+  }
+  if (found != 1) {
+    return ::testing::AssertionFailure() << "cell (" << i << ", " << j << ") is listed " << found
+                                         << " times among the undefined cells:" << reasons;
+  }
+  return ::testing::AssertionSuccess();
 }
 
 class GridMeasureTest : public ::testing::TestWithParam<GridMeasure> {
@@ -290,9 +320,17 @@ TEST_F(GridTest, FourierReusesLayersOfOneSizeAndFallsBackOtherwise) {
                   tol::kDecomp64);
     }
   }
-  auto few = make_conv_layers({{{8, 2, 2}}}, 9, "f");
-  EXPECT_THROWS_WITH(similarity_grid(few, with(GridMeasure::kCca, GridConv::kFourier)),
-                     "layer \"f0\" must have at least C + 2 = 10 examples for Fourier CCA");
+  // A layer with too few examples, and a 2-D layer: null cells with their reasons; the rest of
+  // the grid is still there.
+  auto few = make_conv_layers({{{8, 2, 2}}, {{2, 2, 2}}}, 9, "f");
+  few.push_back({"fc", at::randn({9, 3}, at::kDouble)});
+  Grid gf = similarity_grid(few, with(GridMeasure::kCca, GridConv::kFourier));
+  EXPECT_TRUE(
+      Undefined(gf, 0, 1, "layer \"f0\" must have at least C + 2 = 10 examples for Fourier CCA"));
+  EXPECT_TRUE(Undefined(gf, 2, 1, "layer \"fc\" must be 4-D"));
+  expect_cell(gf, 1, 1, fourier_cca(few[1].second, few[1].second).mean.item<double>(),
+              tol::kDecomp64);
+  EXPECT_EQ(gf.undefined.size(), 2u);
 }
 
 // ---- Streaming ---------------------------------------------------------------------------------
@@ -405,7 +443,7 @@ TEST_F(GridTest, StreamedDebiasedCkaWithLargeDriftingMeans) {
   Grid biased = similarity_grid(layers, with(GridMeasure::kLinearCka));
   EXPECT_GT((g.values - biased.values).abs().max().item<double>(), 1e-3);
   GridAccumulator few = stream(make_layers({2}, 3, "t"), {}, with(GridMeasure::kDebiasedCka), {3});
-  EXPECT_THROWS_WITH(few.result(), "at least 4 examples");
+  EXPECT_TRUE(Undefined(few.result(), 0, 0, "at least 4 examples"));
 }
 
 TEST_F(GridTest, StreamedFoldAndPoolOfConvLayers) {
@@ -442,6 +480,179 @@ TEST_F(GridTest, OneLayerAndFloat32Streams) {
 
 // ---- Errors ------------------------------------------------------------------------------------
 
+// ---- Wide layers: factors from the Gram side ---------------------------------------------------
+
+// Where both sides apply (p near n), the Gram side gives the numbers of the covariance side.
+TEST_F(GridTest, GramSideEqualsFeatureSide) {
+  auto layers = make_layers({30, 45, 58}, 60, "l");
+  for (GridMeasure m : {GridMeasure::kLinearCka, GridMeasure::kDebiasedCka, GridMeasure::kCca,
+                        GridMeasure::kSvcca}) {
+    GridOptions f = with(m), g = with(m);
+    f.side = FactorSide::kFeatures;
+    g.side = FactorSide::kGram;
+    if (m == GridMeasure::kCca) {
+      auto narrow = make_layers({10, 20, 30}, 60, "c");
+      EXPECT_ALLCLOSE(similarity_grid(narrow, g).values, similarity_grid(narrow, f).values,
+                      tol::kDecomp64)
+          << to_string(m);
+      continue;
+    }
+    EXPECT_ALLCLOSE(similarity_grid(layers, g).values, similarity_grid(layers, f).values,
+                    tol::kDecomp64)
+        << to_string(m);
+  }
+}
+
+// Layers much wider than n (flattened conv layers) go to the Gram side by default; cells equal
+// the one-shot calls, which take the same route, and the Gram form of linear CKA.
+TEST_F(GridTest, WideLayersEqualPairCalls) {
+  auto wide = make_conv_layers({{{8, 9, 9}}, {{16, 5, 5}}, {{4, 12, 12}}}, 24, "w");
+  wide.push_back({"fc", at::randn({24, 10}, at::kDouble)});
+  const Grid cka = similarity_grid(wide, with(GridMeasure::kLinearCka));
+  const Grid deb = similarity_grid(wide, with(GridMeasure::kDebiasedCka));
+  const Grid sv = similarity_grid(wide, with(GridMeasure::kSvcca, GridConv::kFlatten));
+  for (int64_t i = 0; i < 4; ++i) {
+    for (int64_t j = 0; j < 4; ++j) {
+      at::Tensor x = wide[i].second.reshape({24, -1}), y = wide[j].second.reshape({24, -1});
+      LinearCkaOptions gram;
+      gram.form = CkaForm::kGram;
+      expect_cell(cka, i, j, linear_cka(x, y, gram).item<double>(), tol::kDecomp64);
+      gram.debiased = true;
+      expect_cell(deb, i, j, linear_cka(x, y, gram).item<double>(), tol::kDecomp64);
+      expect_cell(sv, i, j, svcca(x, y).score.item<double>(), tol::kDecomp64);
+    }
+  }
+  // The one-shot SVCCA of a wide layer equals that of its Gram proxy U S (same singular values,
+  // same span), computed on the covariance side.
+  at::Tensor x = wide[0].second.reshape({24, -1});
+  at::Tensor xc = x - x.mean(0);
+  auto svd = at::linalg_svd(xc, /*full_matrices=*/false);
+  at::Tensor proxy = std::get<0>(svd) * std::get<1>(svd);
+  at::Tensor y = wide[3].second;
+  EXPECT_ALLCLOSE(svcca(x, y).score, svcca(proxy, y).score, tol::kDecomp64);
+  EXPECT_EQ(svcca(x, y).x_dims, svcca(proxy, y).x_dims);
+}
+
+// CKA's invariances hold in the wide form: orthogonal maps, isotropic scaling (also at extreme
+// scales, which would overflow or underflow the products), translation.
+TEST_F(GridTest, WideCkaInvariances) {
+  auto o = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor x = at::randn({20, 300}, o);
+  at::Tensor y = at::mm(x, at::randn({300, 200}, o)) + 0.5 * at::randn({20, 200}, o);
+  at::Tensor q = std::get<0>(at::linalg_qr(at::randn({300, 300}, o)));
+  const double base = linear_cka(x, y).item<double>();
+  for (const at::Tensor& x2 : {at::mm(x, q), x * 1e-150, x * 1e150, x + 1e3, x * 3.0 - 7.0}) {
+    Grid g = similarity_grid({{"x", x2}}, {{"y", y}});
+    expect_cell(g, 0, 0, base, tol::kDecomp64);
+    EXPECT_ALLCLOSE(linear_cka(x2, y), at::scalar_tensor(base, o), tol::kDecomp64);
+  }
+  Grid self = similarity_grid({{"x", x}, {"xq", at::mm(x, q) * 1e100}});
+  expect_cell(self, 0, 1, 1.0, tol::kDecomp64);
+}
+
+// The builder takes layers one at a time (in any order, model B's too) and keeps factors of
+// O(n * min(n, p)) per layer, not the activations.
+TEST_F(GridTest, BuilderEqualsSimilarityGridAndKeepsOnlyFactors) {
+  auto a = make_conv_layers({{{32, 20, 20}}, {{8, 6, 6}}}, 16, "a");
+  auto b = make_layers({5, 9}, 16, "b");
+  for (GridMeasure m : kAllMeasures) {
+    if (m == GridMeasure::kCca || m == GridMeasure::kPwcca) continue;  // p > n
+    GridBuilder builder({"a0", "a1"}, {"b0", "b1"}, with(m));
+    builder.add("b1", b[1].second, /*col=*/true);
+    builder.add("a1", a[1].second);
+    builder.add("a0", a[0].second);
+    EXPECT_THROWS_WITH(builder.result(), "layer \"b0\" of b was not");
+    builder.add("b0", b[0].second, true);
+    EXPECT_ALLCLOSE(builder.result().values, similarity_grid(a, b, with(m)).values, tol::kDecomp64)
+        << to_string(m);
+    // a0 has 12800 features: its factor is at most n x n (plus n x p1 for narrow layers).
+    EXPECT_LE(builder.factor_bytes(), 4 * 16 * 16 * 8 + 16 * 9 * 8 * 2) << to_string(m);
+  }
+  GridBuilder g({"x", "y"});
+  g.add("x", b[0].second);
+  g.add_undefined("y", "output is not one row per example (shape [3])");
+  Grid r = g.result();
+  expect_cell(r, 0, 0, 1.0, tol::kDecomp64);
+  EXPECT_TRUE(Undefined(r, 0, 1, "not one row per example"));
+  EXPECT_TRUE(Undefined(r, 1, 1, "not one row per example"));
+  EXPECT_THROWS_WITH(g.add("x", b[0].second), "must be added once");
+  EXPECT_THROWS_WITH(g.add("z", b[0].second), "\"z\" is not among them");
+  EXPECT_THROWS_WITH(GridBuilder({"x"}, {}, with(GridMeasure::kCca, GridConv::kFourier)),
+                     "Fourier CCA needs every layer at once");
+}
+
+// A grid never fails for one layer: constant, all-zero (a zero-initialised head) and too-narrow
+// layers give null cells with one reason each, listed once; the other cells are exact.
+TEST_F(GridTest, PartialGridsListEachReasonOnce) {
+  auto layers = make_layers({3, 5, 60, 4}, 40, "l");
+  layers[1].second.zero_();
+  Grid g = similarity_grid(layers, with(GridMeasure::kCca));
+  ASSERT_EQ(g.undefined.size(), 2u);
+  EXPECT_NE(g.undefined[0].reason.find("layer \"l1\""), std::string::npos);
+  EXPECT_EQ(g.undefined[0].cells.size(), 7u);  // row and column of l1
+  EXPECT_NE(g.undefined[1].reason.find("p + 2 = 62"), std::string::npos);
+  EXPECT_EQ(g.undefined[1].cells.size(), 5u);  // row and column of l2 but (1, 2), (2, 1)
+  expect_cell(g, 0, 3, one_shot(GridMeasure::kCca, layers[0].second, layers[3].second),
+              tol::kDecomp64);
+  EXPECT_EQ(at::isnan(g.values).sum().item<int64_t>(), 12);
+}
+
+// [n, t, d] layers (transformer tokens) pool over tokens; "cls" keeps the first token.
+TEST_F(GridTest, PoolAveragesTokens) {
+  auto o = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor tokens = at::randn({30, 7, 5}, o);
+  at::Tensor fc = at::randn({30, 4}, o);
+  NamedActivations layers = {{"t", tokens}, {"fc", fc}};
+  Grid pool = similarity_grid(layers, with(GridMeasure::kCca, GridConv::kPool));
+  expect_cell(pool, 0, 1, one_shot(GridMeasure::kCca, tokens.mean(1), fc), tol::kDecomp64);
+  Grid cls = similarity_grid(layers, with(GridMeasure::kCca, GridConv::kCls));
+  expect_cell(cls, 0, 1, one_shot(GridMeasure::kCca, tokens.select(1, 0), fc), tol::kDecomp64);
+  Grid autod = similarity_grid(layers, with(GridMeasure::kSvcca));
+  expect_cell(autod, 0, 1, one_shot(GridMeasure::kSvcca, tokens.mean(1), fc), tol::kDecomp64);
+}
+
+// minibatch-cka streams per-batch HSIC_1 sums: each cell equals MinibatchCkaAccumulator over the
+// same batches, and one batch of everything is debiased CKA. Wide layers stream too.
+TEST_F(GridTest, MinibatchCkaStreams) {
+  auto layers = make_conv_layers({{{6, 8, 8}}, {{3, 4, 4}}}, 40, "m");
+  layers.push_back({"fc", at::randn({40, 3}, at::kDouble)});
+  GridAccumulator acc = stream(layers, {}, with(GridMeasure::kMinibatchCka), {10});
+  Grid g = acc.result();
+  for (int64_t i = 0; i < 3; ++i) {
+    for (int64_t j = 0; j < 3; ++j) {
+      MinibatchCkaAccumulator ref;
+      for (int64_t s = 0; s < 40; s += 10) {
+        ref.update(layers[i].second.narrow(0, s, 10).reshape({10, -1}),
+                   layers[j].second.narrow(0, s, 10).reshape({10, -1}));
+      }
+      expect_cell(g, i, j, ref.cka().item<double>(), tol::kDecomp64);
+    }
+  }
+  EXPECT_ALLCLOSE(similarity_grid(layers, with(GridMeasure::kMinibatchCka)).values,
+                  similarity_grid(layers, with(GridMeasure::kDebiasedCka)).values, tol::kDecomp64);
+  GridAccumulator small({"fc"}, {}, with(GridMeasure::kMinibatchCka));
+  EXPECT_THROWS_WITH(small.update({{"fc", at::randn({3, 2}, at::kDouble)}}),
+                     "at least 4 examples for minibatch-cka");
+}
+
+// Exact streaming keeps p x p moments: a layer too wide for the budget is refused at the first
+// batch, naming it, its width and the alternatives; nothing is allocated.
+TEST_F(GridTest, StreamingRefusesLayersTooWideForTheBudget) {
+  GridOptions o = with(GridMeasure::kLinearCka);
+  o.memory_bytes = 1 << 20;
+  GridAccumulator acc({"narrow", "wide"}, {}, o);
+  auto d = at::TensorOptions().dtype(at::kDouble);
+  EXPECT_THROWS_WITH(
+      acc.update({{"narrow", at::randn({8, 4}, d)}, {"wide", at::randn({8, 64, 8, 8}, d)}}),
+      "layer \"wide\" has 4096 features");
+  EXPECT_THROWS_WITH(
+      acc.update({{"narrow", at::randn({8, 4}, d)}, {"wide", at::randn({8, 64, 8, 8}, d)}}),
+      "minibatch-cka");
+  EXPECT_EQ(acc.n(), 0);
+  acc.update({{"narrow", at::randn({8, 4}, d)}, {"wide", at::randn({8, 64, 1, 1}, d)}});
+  EXPECT_EQ(acc.n(), 8);
+}
+
 TEST_F(GridTest, TwoModelsWithDifferentExamplesAreRejected) {
   auto a = make_layers({3}, 50, "a");
   auto b = make_layers({3}, 40, "b");
@@ -463,9 +674,16 @@ TEST_F(GridTest, BadLayersAreRejected) {
   vec.push_back({"v", at::randn({20}, at::kDouble)});
   EXPECT_THROWS_WITH(similarity_grid(vec),
                      "layer \"v\" must be a non-empty tensor with at least 2 dims");
+  // A layer with a NaN: its row and column are undefined with the reason, the rest is computed.
   auto nan = make_layers({3, 3}, 20, "l");
   nan[1].second[0][0] = std::nan("");
-  EXPECT_THROWS_WITH(similarity_grid(nan), "layer \"l1\" must contain only finite values");
+  Grid gn = similarity_grid(nan);
+  EXPECT_TRUE(Undefined(gn, 1, 0, "layer \"l1\" must contain only finite values, but got 1 NaN"));
+  EXPECT_TRUE(Undefined(gn, 0, 1, "layer \"l1\" must contain only finite values"));
+  EXPECT_TRUE(Undefined(gn, 1, 1, "layer \"l1\" must contain only finite values"));
+  expect_cell(gn, 0, 0, 1.0, tol::kDecomp64);
+  ASSERT_EQ(gn.undefined.size(), 1u);
+  EXPECT_EQ(gn.undefined[0].cells.size(), 3u);
   auto ints = make_layers({3}, 20, "l");
   ints.push_back({"i", at::ones({20, 3}, at::kLong)});
   EXPECT_THROWS_WITH_TYPE(similarity_grid(ints), c10::TypeError, "layer \"i\"");
@@ -475,14 +693,15 @@ TEST_F(GridTest, OptionsThatDoNotApplyAreRejected) {
   auto layers = make_layers({3, 4}, 30, "l");
   EXPECT_THROWS_WITH(similarity_grid(layers, with(GridMeasure::kLinearCka, GridConv::kFourier)),
                      "conv \"fourier\" must go with measure \"cca\"");
-  EXPECT_THROWS_WITH(similarity_grid(layers, with(GridMeasure::kCca, GridConv::kFold)),
-                     "layer \"l0\" must be 4-D");
+  Grid fold2d = similarity_grid(layers, with(GridMeasure::kCca, GridConv::kFold));
+  EXPECT_TRUE(Undefined(fold2d, 0, 1, "layer \"l0\" must be 4-D"));
+  EXPECT_TRUE(Undefined(fold2d, 1, 1, "layer \"l1\" must be 4-D"));
   GridOptions o = with(GridMeasure::kSvcca);
   o.svcca.fraction = 1.5;
   EXPECT_THROWS_WITH(similarity_grid(layers, o), "fraction");
   EXPECT_THROWS_WITH_TYPE(parse_grid_measure("f", "measure", "ckaa"), c10::ValueError,
                           "f: measure must be one of \"cka\", \"debiased-cka\", \"rbf-cka\", "
-                          "\"cca\", \"svcca\", \"pwcca\", but got \"ckaa\"");
+                          "\"cca\", \"svcca\", \"pwcca\", \"minibatch-cka\", but got \"ckaa\"");
   EXPECT_THROWS_WITH(parse_grid_conv("f", "conv", "x"), "f: conv must be one of \"auto\"");
   EXPECT_EQ(parse_grid_measure("f", "m", "debiased-cka"), GridMeasure::kDebiasedCka);
   EXPECT_EQ(parse_grid_conv("f", "c", "fold"), GridConv::kFold);
@@ -490,24 +709,31 @@ TEST_F(GridTest, OptionsThatDoNotApplyAreRejected) {
 
 TEST_F(GridTest, CellsThatCannotBeComputedNameTheLayer) {
   auto layers = make_layers({3, 40}, 30, "l");
-  EXPECT_THROWS_WITH(
-      similarity_grid(layers, with(GridMeasure::kCca)),
-      "similarity_grid: layer \"l1\" must have at least p + 2 = 42 examples for cca");
+  Grid c = similarity_grid(layers, with(GridMeasure::kCca));
+  EXPECT_TRUE(Undefined(
+      c, 0, 1, "similarity_grid: layer \"l1\" must have at least p + 2 = 42 examples for cca"));
+  EXPECT_TRUE(Undefined(c, 1, 0, "p + 2 = 42"));
+  EXPECT_TRUE(Undefined(c, 1, 1, "p + 2 = 42"));
+  expect_cell(c, 0, 0, 1.0, tol::kDecomp64);
   // svcca copes with p > n.
   Grid g = similarity_grid(layers, with(GridMeasure::kSvcca));
   expect_cell(g, 0, 1, one_shot(GridMeasure::kSvcca, layers[0].second, layers[1].second),
               tol::kDecomp64);
   auto constant = make_layers({3, 4}, 30, "l");
   constant[1].second.fill_(2.0);
-  EXPECT_THROWS_WITH(similarity_grid(constant),
-                     "layer \"l1\" must have at least one non-constant feature");
-  EXPECT_THROWS_WITH(similarity_grid(constant, with(GridMeasure::kCca)),
-                     "layer \"l1\" must have at least one non-constant feature");
+  for (GridMeasure m : kAllMeasures) {
+    Grid gc = similarity_grid(constant, with(m));
+    EXPECT_TRUE(Undefined(gc, 1, 0, "layer \"l1\" must have at least one non-constant feature"))
+        << to_string(m);
+    EXPECT_TRUE(Undefined(gc, 1, 1, "layer \"l1\" must have at least one non-constant feature"))
+        << to_string(m);
+    expect_cell(gc, 0, 0, one_shot(m, constant[0].second, constant[0].second), tol::kDecomp64);
+  }
 }
 
 TEST_F(GridTest, AccumulatorRejectsBadUse) {
   EXPECT_THROWS_WITH(GridAccumulator({"a"}, {}, with(GridMeasure::kRbfCka)),
-                     "GridAccumulator: measure must be one that streams exactly");
+                     "GridAccumulator: measure must be one that streams over batches");
   EXPECT_THROWS_WITH(GridAccumulator({"a", "a"}), "rows must be unique");
   EXPECT_THROWS_WITH(GridAccumulator({}), "rows must name at least one layer");
 

@@ -1,11 +1,14 @@
-// Layer x layer similarity grids: per-layer moments and factors once, cross terms per pair.
+// Layer x layer similarity grids: each layer reduced once to its factor (from the smaller side),
+// one cross term per cell; undefined cells are NaN with a reason; one-shot or streamed.
 #include "svcca/grid/grid.h"
 
 #include <ATen/ATen.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <optional>
@@ -22,56 +25,6 @@ namespace {
 
 constexpr const char* kGridFn = "similarity_grid";
 
-const std::vector<std::pair<GridMeasure, const char*>>& measure_names() {
-  static const std::vector<std::pair<GridMeasure, const char*>> names = {
-      {GridMeasure::kLinearCka, "cka"},  {GridMeasure::kDebiasedCka, "debiased-cka"},
-      {GridMeasure::kRbfCka, "rbf-cka"}, {GridMeasure::kCca, "cca"},
-      {GridMeasure::kSvcca, "svcca"},    {GridMeasure::kPwcca, "pwcca"}};
-  return names;
-}
-
-const std::vector<std::pair<GridConv, const char*>>& conv_names() {
-  static const std::vector<std::pair<GridConv, const char*>> names = {
-      {GridConv::kAuto, "auto"},
-      {GridConv::kFlatten, "flatten"},
-      {GridConv::kPool, "pool"},
-      {GridConv::kFold, "fold"},
-      {GridConv::kFourier, "fourier"}};
-  return names;
-}
-
-template <typename E>
-std::string quoted_list(const std::vector<std::pair<E, const char*>>& names) {
-  std::ostringstream out;
-  for (size_t i = 0; i < names.size(); ++i) out << (i ? ", " : "") << '"' << names[i].second << '"';
-  return out.str();
-}
-
-bool is_cka_family(GridMeasure m) {
-  return m == GridMeasure::kLinearCka || m == GridMeasure::kDebiasedCka ||
-         m == GridMeasure::kRbfCka;
-}
-
-GridConv resolve_conv(GridConv conv, GridMeasure measure) {
-  if (conv != GridConv::kAuto) return conv;
-  return is_cka_family(measure) ? GridConv::kFlatten : GridConv::kPool;
-}
-
-Precision grid_precision(const GridOptions& o) {
-  switch (o.measure) {
-    case GridMeasure::kCca:
-      return o.cca.precision;
-    case GridMeasure::kSvcca:
-      return o.svcca.cca.precision;
-    case GridMeasure::kPwcca:
-      return o.pwcca.cca.precision;
-    case GridMeasure::kRbfCka:
-      return o.rbf.precision;
-    default:
-      return o.precision;
-  }
-}
-
 // Shortest decimal that reads back as the same double.
 std::string num_str(double v) {
   for (int digits : {6, 15, 17}) {
@@ -81,6 +34,322 @@ std::string num_str(double v) {
     if (digits == 17 || std::stod(out.str()) == v) return out.str();
   }
   return {};
+}
+
+// ---- Measures as declarations ------------------------------------------------------------------
+//
+// A grid measure is one declaration (MeasureDecl, in kMeasures below): its name, whether it is of
+// the CKA family (conv auto = flatten), symmetric, how it streams, its option checks and report
+// entries, and a CellMeasure: what it keeps of each layer (a LayerFactor, computed once when the
+// layer is added) and its value for a pair of factors. The grid, the builder, the accumulator,
+// the CLI's names and the Python wrappers read the table; adding a measure is one CellMeasure and
+// one line in kMeasures.
+
+// What a measure keeps of one layer.
+struct LayerFactor {
+  virtual ~LayerFactor() = default;
+  virtual int64_t bytes() const = 0;
+};
+
+class CellMeasure {
+ public:
+  virtual ~CellMeasure() = default;
+  // The factor of one layer ([rows, p] after the conv recipe, finite). Throws c10::Error when the
+  // measure is undefined for the layer (its cells become NaN with the message as the reason).
+  virtual std::shared_ptr<const LayerFactor> factor(const char* fn, const std::string& label,
+                                                    const at::Tensor& mat) const = 0;
+  // The cell of two factors, 0-d. Throws c10::Error when undefined for the pair.
+  virtual at::Tensor cell(const char* fn, const LayerFactor& x, const LayerFactor& y) const = 0;
+};
+
+template <class F>
+struct Held : LayerFactor {
+  explicit Held(F v) : f(std::move(v)) {}
+  int64_t bytes() const override { return f.bytes(); }
+  F f;
+};
+
+template <class F>
+const F& held(const LayerFactor& l) {
+  return static_cast<const Held<F>&>(l).f;
+}
+
+// CCA and PWCCA need rows >= p + 2 (centered data has rank <= rows - 1; below it every
+// correlation is 1 whatever the data).
+void check_rows_for_cca(const char* fn, const std::string& label, const at::Tensor& mat,
+                        const char* measure) {
+  const int64_t rows = mat.size(0), p = mat.size(1);
+  TORCH_CHECK_VALUE(rows >= p + 2, fn, ": ", label, " must have at least p + 2 = ", p + 2,
+                    " examples for ", measure, " (centered data has rank <= n - 1), but got ", rows,
+                    " examples of ", p, " features; use measure svcca, conv pool or more ",
+                    "examples");
+}
+
+class LinearCkaMeasure : public CellMeasure {
+ public:
+  LinearCkaMeasure(bool debiased, Precision precision, FactorSide side)
+      : debiased_(debiased), precision_(precision), side_(side) {}
+  std::shared_ptr<const LayerFactor> factor(const char* fn, const std::string& label,
+                                            const at::Tensor& mat) const override {
+    return std::make_shared<Held<detail::KernelFactor>>(
+        detail::linear_kernel_factor(fn, label.c_str(), mat, precision_, side_, debiased_));
+  }
+  at::Tensor cell(const char* fn, const LayerFactor& x, const LayerFactor& y) const override {
+    return detail::linear_cka_of(fn, held<detail::KernelFactor>(x), held<detail::KernelFactor>(y),
+                                 debiased_);
+  }
+
+ private:
+  bool debiased_;
+  Precision precision_;
+  FactorSide side_;
+};
+
+struct RbfFactor {
+  at::Tensor centered;  // [n, n] centered (or U-centered) kernel matrix
+  at::Tensor self;      // 0-d <kc, kc>
+  int64_t bytes() const { return centered.numel() * centered.element_size(); }
+};
+
+class RbfCkaMeasure : public CellMeasure {
+ public:
+  explicit RbfCkaMeasure(RbfCkaOptions o) : o_(std::move(o)) {}
+  std::shared_ptr<const LayerFactor> factor(const char* fn, const std::string& label,
+                                            const at::Tensor& mat) const override {
+    const int64_t n = mat.size(0);
+    TORCH_CHECK_VALUE(n >= 2, fn, ": ", label, " must have at least 2 examples, but got ", n);
+    if (o_.debiased) detail::check_debiased_examples(fn, n);
+    // The Gram matrix from column blocks (any width); distances are translation invariant, so
+    // the centered Gram gives them without cancellation against large means.
+    detail::GramStats g = detail::centered_gram(mat, detail::compute_dtype(mat, mat, o_.precision));
+    detail::check_not_constant(fn, label.c_str(), g.non_constant);
+    at::Tensor d = detail::squared_distances_from_gram(g.gram);
+    // The Gram is of X_c / scale: the median rule is scale free, an absolute sigma is not.
+    if (o_.sigma) d = d * (g.scale * g.scale);
+    at::Tensor k = detail::rbf_kernel(fn, label.c_str(), d, o_.threshold, o_.sigma);
+    RbfFactor f;
+    f.centered = detail::center_gram(k, o_.debiased);
+    f.self = f.centered.square().sum();
+    detail::check_self_hsic(fn, label.c_str(), f.self, k.square().sum(), n, o_.debiased);
+    return std::make_shared<Held<RbfFactor>>(std::move(f));
+  }
+  at::Tensor cell(const char*, const LayerFactor& x, const LayerFactor& y) const override {
+    const RbfFactor& a = held<RbfFactor>(x);
+    const RbfFactor& b = held<RbfFactor>(y);
+    return (a.centered * b.centered).sum() / (a.self * b.self).sqrt();
+  }
+
+ private:
+  RbfCkaOptions o_;
+};
+
+// cca and svcca: the whitened basis of each layer; a cell is the mean canonical correlation.
+class WhitenedMeasure : public CellMeasure {
+ public:
+  WhitenedMeasure(const char* name, detail::FactorOptions fopt, Precision precision,
+                  FactorSide side, bool needs_rows_above_p)
+      : name_(name),
+        fopt_(std::move(fopt)),
+        precision_(precision),
+        side_(side),
+        needs_rows_above_p_(needs_rows_above_p) {}
+  std::shared_ptr<const LayerFactor> factor(const char* fn, const std::string& label,
+                                            const at::Tensor& mat) const override {
+    if (needs_rows_above_p_) check_rows_for_cca(fn, label, mat, name_);
+    return std::make_shared<Held<detail::WhitenedFactor>>(
+        detail::whitened_factor(fn, label.c_str(), mat, fopt_, precision_, side_));
+  }
+  at::Tensor cell(const char*, const LayerFactor& x, const LayerFactor& y) const override {
+    return detail::canonical_correlations(held<detail::WhitenedFactor>(x),
+                                          held<detail::WhitenedFactor>(y))
+        .mean();
+  }
+
+ private:
+  const char* name_;
+  detail::FactorOptions fopt_;
+  Precision precision_;
+  FactorSide side_;
+  bool needs_rows_above_p_;
+};
+
+// pwcca: covariance-side factors (its weights sum over the layer's own features).
+struct PwccaFactor {
+  std::string label;
+  detail::LayerFactors factors;
+  at::Tensor zca;  // symmetric whitening (reference weighting), else undefined
+  at::Tensor mean, centered;
+  at::Tensor non_constant;
+  int64_t rows = 0;
+  int64_t bytes() const {
+    int64_t b = centered.numel() * centered.element_size();
+    b += factors.cov.numel() * factors.cov.element_size() * 3;  // cov, eigenvectors, whitening
+    if (zca.defined()) b += zca.numel() * zca.element_size();
+    return b;
+  }
+};
+
+class PwccaMeasure : public CellMeasure {
+ public:
+  explicit PwccaMeasure(PwccaOptions o) : o_(std::move(o)) {}
+  std::shared_ptr<const LayerFactor> factor(const char* fn, const std::string& label,
+                                            const at::Tensor& mat) const override {
+    check_rows_for_cca(fn, label, mat, "pwcca");
+    PwccaFactor f;
+    f.label = label;
+    f.rows = mat.size(0);
+    auto c = detail::center(mat, detail::compute_dtype(mat, mat, o_.cca.precision));
+    f.mean = c.mean;
+    f.centered = c.data;
+    f.non_constant = detail::non_constant_columns(mat);
+    at::Tensor cov = detail::covariance(c.data);
+    f.factors = detail::factor_layer(
+        fn, label.c_str(), cov, f.non_constant,
+        detail::with_input_floor(detail::factor_options(o_.cca), mat.scalar_type(), c.mean, cov));
+    if (o_.weighting == PwccaWeighting::kReference) f.zca = detail::symmetric_whitening(f.factors);
+    return std::make_shared<Held<PwccaFactor>>(std::move(f));
+  }
+  at::Tensor cell(const char* fn, const LayerFactor& x, const LayerFactor& y) const override {
+    const PwccaFactor& a = held<PwccaFactor>(x);
+    const PwccaFactor& b = held<PwccaFactor>(y);
+    detail::PairMoments m;
+    m.n = a.rows;
+    m.x_mean = a.mean;
+    m.y_mean = b.mean;
+    m.sxy = detail::cross_covariance(a.centered, b.centered);  // formed for this cell only
+    m.x_centered = a.centered;
+    m.y_centered = b.centered;
+    m.result_dtype = at::kDouble;
+    return detail::pwcca_from_factors(fn, a.factors, b.factors, a.zca, b.zca, m, o_).score;
+  }
+
+ private:
+  PwccaOptions o_;
+};
+
+Precision cka_precision(const GridOptions& o) {
+  return o.precision;
+}
+
+void no_check(const char*, const GridOptions&) {}
+
+void describe_linear(const GridOptions& o, std::map<std::string, std::string>& m) {
+  m["kernel"] = "linear";
+  m["debiased"] = o.measure == GridMeasure::kLinearCka ? "false" : "true";
+  if (o.measure == GridMeasure::kMinibatchCka)
+    m["estimator"] = "minibatch (Nguyen et al. 2021): mean HSIC_1 over batches, then the ratio";
+}
+
+void describe_cca_options(const CcaOptions& c, std::map<std::string, std::string>& m) {
+  m["epsilon"] = num_str(c.epsilon);
+  m["variance_cutoff"] = num_str(c.variance_cutoff);
+  m["rank_rtol"] = c.rank_rtol ? num_str(*c.rank_rtol) : "auto";
+}
+
+std::unique_ptr<CellMeasure> make_linear(const GridOptions& o) {
+  return std::make_unique<LinearCkaMeasure>(o.measure != GridMeasure::kLinearCka, o.precision,
+                                            o.side);
+}
+
+struct MeasureDecl {
+  GridMeasure id;
+  const char* name;
+  bool cka_family;  // conv auto = flatten (else pool)
+  bool symmetric;   // a one-model grid computes the upper triangle
+  bool streams;     // GridAccumulator streams it (exactly through moments, or minibatch-cka)
+  void (*check)(const char* fn, const GridOptions& o);
+  Precision (*precision)(const GridOptions& o);
+  void (*describe)(const GridOptions& o, std::map<std::string, std::string>& m);
+  std::unique_ptr<CellMeasure> (*make)(const GridOptions& o);
+};
+
+const std::vector<MeasureDecl>& measures() {
+  static const std::vector<MeasureDecl> kMeasures = {
+      {GridMeasure::kLinearCka, "cka", true, true, true, no_check, cka_precision, describe_linear,
+       make_linear},
+      {GridMeasure::kDebiasedCka, "debiased-cka", true, true, true, no_check, cka_precision,
+       describe_linear, make_linear},
+      {GridMeasure::kRbfCka, "rbf-cka", true, true, false,
+       [](const char* fn, const GridOptions& o) { detail::check_bandwidth_options(fn, o.rbf); },
+       [](const GridOptions& o) { return o.rbf.precision; },
+       [](const GridOptions& o, std::map<std::string, std::string>& m) {
+         m["kernel"] = "rbf";
+         m["debiased"] = o.rbf.debiased ? "true" : "false";
+         if (o.rbf.sigma) {
+           m["sigma"] = num_str(*o.rbf.sigma);
+         } else {
+           m["threshold"] = num_str(o.rbf.threshold);
+         }
+       },
+       [](const GridOptions& o) -> std::unique_ptr<CellMeasure> {
+         return std::make_unique<RbfCkaMeasure>(o.rbf);
+       }},
+      {GridMeasure::kCca, "cca", false, true, true,
+       [](const char* fn, const GridOptions& o) { detail::check_cca_options(fn, o.cca); },
+       [](const GridOptions& o) { return o.cca.precision; },
+       [](const GridOptions& o, std::map<std::string, std::string>& m) {
+         describe_cca_options(o.cca, m);
+       },
+       [](const GridOptions& o) -> std::unique_ptr<CellMeasure> {
+         return std::make_unique<WhitenedMeasure>("cca", detail::factor_options(o.cca),
+                                                  o.cca.precision, o.side, true);
+       }},
+      {GridMeasure::kSvcca, "svcca", false, true, true,
+       [](const char* fn, const GridOptions& o) { detail::check_svcca_options(fn, o.svcca); },
+       [](const GridOptions& o) { return o.svcca.cca.precision; },
+       [](const GridOptions& o, std::map<std::string, std::string>& m) {
+         describe_cca_options(o.svcca.cca, m);
+         if (o.svcca.dims) {
+           m["dims"] = std::to_string(*o.svcca.dims);
+         } else {
+           m["fraction"] = num_str(o.svcca.fraction);
+           m["keep"] = o.svcca.keep == SvccaKeep::kVariance ? "variance" : "singular_value_mass";
+         }
+       },
+       [](const GridOptions& o) -> std::unique_ptr<CellMeasure> {
+         return std::make_unique<WhitenedMeasure>("svcca", detail::svcca_factor_options(o.svcca),
+                                                  o.svcca.cca.precision, o.side, false);
+       }},
+      {GridMeasure::kPwcca, "pwcca", false, false, true,
+       [](const char* fn, const GridOptions& o) { detail::check_cca_options(fn, o.pwcca.cca); },
+       [](const GridOptions& o) { return o.pwcca.cca.precision; },
+       [](const GridOptions& o, std::map<std::string, std::string>& m) {
+         describe_cca_options(o.pwcca.cca, m);
+         m["weighting"] =
+             o.pwcca.weighting == PwccaWeighting::kReference ? "reference" : "canonical_variates";
+       },
+       [](const GridOptions& o) -> std::unique_ptr<CellMeasure> {
+         return std::make_unique<PwccaMeasure>(o.pwcca);
+       }},
+      {GridMeasure::kMinibatchCka, "minibatch-cka", true, true, true, no_check, cka_precision,
+       describe_linear, make_linear},
+  };
+  return kMeasures;
+}
+
+const MeasureDecl& decl(GridMeasure m) {
+  for (const auto& d : measures()) {
+    if (d.id == m) return d;
+  }
+  TORCH_INTERNAL_ASSERT(false, "similarity_grid: a measure without a declaration");
+}
+
+const std::vector<std::pair<GridConv, const char*>>& conv_names() {
+  static const std::vector<std::pair<GridConv, const char*>> names = {
+      {GridConv::kAuto, "auto"}, {GridConv::kFlatten, "flatten"}, {GridConv::kPool, "pool"},
+      {GridConv::kCls, "cls"},   {GridConv::kFold, "fold"},       {GridConv::kFourier, "fourier"}};
+  return names;
+}
+
+std::string quoted_names(const std::vector<const char*>& names) {
+  std::ostringstream out;
+  for (size_t i = 0; i < names.size(); ++i) out << (i ? ", " : "") << '"' << names[i] << '"';
+  return out.str();
+}
+
+GridConv resolve_conv(GridConv conv, GridMeasure measure) {
+  if (conv != GridConv::kAuto) return conv;
+  return decl(measure).cka_family ? GridConv::kFlatten : GridConv::kPool;
 }
 
 const char* resize_mode_name(ResizeMode m) {
@@ -103,35 +372,23 @@ const char* resize_mode_name(ResizeMode m) {
 
 void check_options(const char* fn, const GridOptions& o) {
   const GridConv conv = resolve_conv(o.conv, o.measure);
-  switch (o.measure) {
-    case GridMeasure::kCca:
-      detail::check_cca_options(fn, o.cca);
-      break;
-    case GridMeasure::kSvcca:
-      detail::check_svcca_options(fn, o.svcca);
-      break;
-    case GridMeasure::kPwcca:
-      detail::check_cca_options(fn, o.pwcca.cca);
-      break;
-    case GridMeasure::kRbfCka:
-      detail::check_bandwidth_options(fn, o.rbf);
-      break;
-    default:
-      break;
-  }
+  decl(o.measure).check(fn, o);
   TORCH_CHECK_VALUE(conv != GridConv::kFourier || o.measure == GridMeasure::kCca, fn,
                     ": conv \"fourier\" must go with measure \"cca\" (the mean Fourier CCA over "
                     "frequencies), but got measure \"",
                     to_string(o.measure), "\"");
   TORCH_CHECK_VALUE(o.recipe.position_stride >= 1, fn,
                     ": recipe.position_stride must be >= 1, but got ", o.recipe.position_stride);
+  TORCH_CHECK_VALUE(o.memory_bytes >= 0, fn, ": memory_bytes must be >= 0, but got ",
+                    o.memory_bytes);
 }
 
 std::map<std::string, std::string> options_map(const GridOptions& o) {
   std::map<std::string, std::string> m;
   const GridConv conv = resolve_conv(o.conv, o.measure);
   m["conv"] = to_string(conv);
-  if (conv == GridConv::kFold || conv == GridConv::kFourier || conv == GridConv::kPool) {
+  if (conv == GridConv::kFold || conv == GridConv::kFourier || conv == GridConv::kPool ||
+      conv == GridConv::kCls) {
     m["layout"] = o.recipe.layout == ConvLayout::kNCHW ? "NCHW" : "NHWC";
   }
   if (conv == GridConv::kFold) {
@@ -140,46 +397,15 @@ std::map<std::string, std::string> options_map(const GridOptions& o) {
     m["resize"] = up ? resize_mode_name(o.recipe.upsample) : "area";
     m["position_stride"] = std::to_string(o.recipe.position_stride);
   }
-  auto cca_opts = [&m](const CcaOptions& c) {
-    m["epsilon"] = num_str(c.epsilon);
-    m["variance_cutoff"] = num_str(c.variance_cutoff);
-    m["rank_rtol"] = c.rank_rtol ? num_str(*c.rank_rtol) : "auto";
-  };
-  const Precision precision = grid_precision(o);
-  m["precision"] = precision == Precision::kFloat64 ? "float64" : "input";
-  switch (o.measure) {
-    case GridMeasure::kLinearCka:
-    case GridMeasure::kDebiasedCka:
-      m["kernel"] = "linear";
-      m["debiased"] = o.measure == GridMeasure::kDebiasedCka ? "true" : "false";
-      break;
-    case GridMeasure::kRbfCka:
-      m["kernel"] = "rbf";
-      m["debiased"] = o.rbf.debiased ? "true" : "false";
-      if (o.rbf.sigma) {
-        m["sigma"] = num_str(*o.rbf.sigma);
-      } else {
-        m["threshold"] = num_str(o.rbf.threshold);
-      }
-      break;
-    case GridMeasure::kCca:
-      cca_opts(o.cca);
-      m["summary"] = conv == GridConv::kFourier ? "mean over frequencies" : "mean correlation";
-      break;
-    case GridMeasure::kSvcca:
-      cca_opts(o.svcca.cca);
-      if (o.svcca.dims) {
-        m["dims"] = std::to_string(*o.svcca.dims);
-      } else {
-        m["fraction"] = num_str(o.svcca.fraction);
-        m["keep"] = o.svcca.keep == SvccaKeep::kVariance ? "variance" : "singular_value_mass";
-      }
-      break;
-    case GridMeasure::kPwcca:
-      cca_opts(o.pwcca.cca);
-      m["weighting"] =
-          o.pwcca.weighting == PwccaWeighting::kReference ? "reference" : "canonical_variates";
-      break;
+  const MeasureDecl& d = decl(o.measure);
+  m["precision"] = d.precision(o) == Precision::kFloat64 ? "float64" : "input";
+  d.describe(o, m);
+  if (o.measure == GridMeasure::kCca)
+    m["summary"] = conv == GridConv::kFourier ? "mean over frequencies" : "mean correlation";
+  if (o.measure != GridMeasure::kPwcca) {
+    m["side"] = o.side == FactorSide::kAuto       ? "auto (gram when features > rows)"
+                : o.side == FactorSide::kFeatures ? "features"
+                                                  : "gram";
   }
   return m;
 }
@@ -191,14 +417,27 @@ std::string layer_label(const std::string& name, const char* side) {
   return s;
 }
 
-void check_layer_tensor(const char* fn, const std::string& label, const at::Tensor& t) {
+// Structure (API misuse: throws): defined, floating, >= 2 dims, non-empty.
+void check_layer_structure(const char* fn, const std::string& label, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.defined(), fn, ": ", label,
                     " must be a defined tensor, but got an undefined one");
   TORCH_CHECK_VALUE(t.dim() >= 2 && t.numel() > 0, fn, ": ", label,
                     " must be a non-empty tensor with at least 2 dims ([n, features] or "
                     "[n, c, h, w]), but got shape ",
                     detail::shape_str(t));
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, fn, ": ", label,
+                   " must be a floating tensor (float32 or float64), but got dtype ",
+                   t.scalar_type());
+}
+
+// Values (data: the layer's cells become undefined): finite.
+void check_layer_values(const char* fn, const std::string& label, const at::Tensor& t) {
   detail::check_matrix(fn, label.c_str(), t.dim() == 2 ? t : t.reshape({t.size(0), -1}));
+}
+
+void check_layer_tensor(const char* fn, const std::string& label, const at::Tensor& t) {
+  check_layer_structure(fn, label, t);
+  check_layer_values(fn, label, t);
 }
 
 // One model's layers (side: nullptr, "a" or "b"): non-empty, unique names, valid tensors.
@@ -210,7 +449,7 @@ void check_layers(const char* fn, const NamedActivations& layers, const char* si
     TORCH_CHECK_VALUE(seen.insert(name).second, fn, ": layer names must be unique",
                       side ? std::string(" within ") + side : std::string(), ", but \"", name,
                       "\" is repeated");
-    check_layer_tensor(fn, layer_label(name, side), t);
+    check_layer_structure(fn, layer_label(name, side), t);
   }
 }
 
@@ -236,30 +475,43 @@ void check_same_examples_and_device(const char* fn, const std::vector<LayerRef>&
   }
 }
 
-// Target spatial size of kFold: the largest (or, pooling down, the smallest) h and w of the grid.
-std::pair<int64_t, int64_t> fold_size(const char* fn, const std::vector<LayerRef>& layers,
+void check_4d_for(const char* fn, const std::string& label, const at::Tensor& acts, GridConv conv) {
+  TORCH_CHECK_VALUE(acts.dim() == 4, fn, ": ", label,
+                    " must be 4-D ([n, c, h, w] or NHWC) for conv \"", to_string(conv),
+                    "\", but got shape ", detail::shape_str(acts));
+}
+
+// Target spatial size of kFold: the largest (or, pooling down, the smallest) h and w of the
+// grid's 4-D layers; {0, 0} when there are none.
+std::pair<int64_t, int64_t> fold_size(const std::vector<LayerRef>& layers,
                                       const ConvRecipe& recipe) {
   const bool up = recipe.match == SpatialMatch::kInterpolateUp;
   int64_t h = up ? 0 : INT64_MAX, w = up ? 0 : INT64_MAX;
+  bool any = false;
   for (const auto& l : layers) {
-    TORCH_CHECK_VALUE(l.acts.dim() == 4, fn, ": ", l.label,
-                      " must be 4-D ([n, c, h, w] or NHWC) for conv \"fold\" and \"fourier\", "
-                      "but got shape ",
-                      detail::shape_str(l.acts));
+    if (l.acts.dim() != 4) continue;
+    any = true;
     at::Tensor t = detail::to_nchw(l.acts, recipe.layout);
     h = up ? std::max(h, t.size(2)) : std::min(h, t.size(2));
     w = up ? std::max(w, t.size(3)) : std::min(w, t.size(3));
   }
+  if (!any) return {0, 0};
   return {h, w};
 }
 
-// A layer's [rows, features] matrix under the (resolved) conv.
-at::Tensor layer_features(const at::Tensor& acts, GridConv conv, const ConvRecipe& recipe,
+// A layer's [rows, features] matrix under the (resolved) conv. Throws (the layer's cells are
+// undefined) for a layer the conv does not apply to.
+at::Tensor layer_features(const char* fn, const std::string& label, const at::Tensor& acts,
+                          GridConv conv, const ConvRecipe& recipe,
                           std::pair<int64_t, int64_t> fold_hw) {
+  if (conv == GridConv::kFold) check_4d_for(fn, label, acts, conv);
   if (acts.dim() == 2) return acts;
   switch (conv) {
     case GridConv::kPool:
+    case GridConv::kCls:
       if (acts.dim() == 4) return global_avg_pool(acts, recipe.layout);
+      // [n, t, d]: transformer tokens (batch first): the mean over tokens, or the first token.
+      if (acts.dim() == 3) return conv == GridConv::kCls ? acts.select(1, 0) : acts.mean(1);
       return acts.reshape({acts.size(0), acts.size(1), -1}).mean(2);
     case GridConv::kFold: {
       const bool up = recipe.match == SpatialMatch::kInterpolateUp;
@@ -297,20 +549,113 @@ std::vector<Cell> grid_cells(int64_t n_rows, int64_t n_cols, bool two_models, bo
   return cells;
 }
 
-// Re-raises an error of one cell with the pair's names in front, keeping its type.
-[[noreturn]] void rethrow_for_cell(const char* fn, const c10::Error& e, const std::string& x,
-                                   const std::string& y) {
-  const std::string msg = e.what_without_backtrace();
-  if (dynamic_cast<const c10::ValueError*>(&e) != nullptr) {
-    TORCH_CHECK_VALUE(false, fn, ": the cell of ", x, " (row) and ", y,
-                      " (column) cannot be computed: ", msg);
+std::string message_of(const c10::Error& e) {
+  std::string m = e.what_without_backtrace();
+  for (char& c : m) {
+    if (c == '\n' || c == '\r') c = ' ';
   }
-  if (dynamic_cast<const c10::TypeError*>(&e) != nullptr) {
-    TORCH_CHECK_TYPE(false, fn, ": the cell of ", x, " (row) and ", y,
-                     " (column) cannot be computed: ", msg);
+  return m;
+}
+
+// Per cell: its value, or why it is undefined.
+struct CellValues {
+  std::vector<at::Tensor> values;    // 0-d, undefined where reasons[k] is set
+  std::vector<std::string> reasons;  // empty: defined
+};
+
+// Evaluates every cell: a layer with a reason makes its cells undefined with that reason; a cell
+// that throws is undefined with the message. `compute` returns a 0-d tensor.
+template <class F>
+CellValues evaluate_cells(const std::vector<Cell>& cells,
+                          const std::vector<std::string>& layer_reason,
+                          const std::vector<std::string>& labels, F&& compute) {
+  CellValues out;
+  out.values.resize(cells.size());
+  out.reasons.resize(cells.size());
+  for (size_t k = 0; k < cells.size(); ++k) {
+    const Cell& c = cells[k];
+    if (!layer_reason[c.x].empty()) {
+      out.reasons[k] = layer_reason[c.x];
+    } else if (!layer_reason[c.y].empty()) {
+      out.reasons[k] = layer_reason[c.y];
+    } else {
+      try {
+        out.values[k] = compute(c);
+      } catch (const c10::Error& e) {
+        out.reasons[k] = "the cell of " + labels[c.x] + " (row) and " + labels[c.y] +
+                         " (column) cannot be computed: " + message_of(e);
+      }
+    }
   }
-  TORCH_CHECK(false, fn, ": the cell of ", x, " (row) and ", y,
-              " (column) cannot be computed: ", msg);
+  return out;
+}
+
+Grid assemble(const std::vector<std::string>& rows, const std::vector<std::string>& cols,
+              bool two_models, const std::vector<Cell>& cells, const CellValues& cv,
+              int64_t examples, const GridOptions& o) {
+  Grid g;
+  g.rows = rows;
+  g.cols = cols;
+  g.measure = to_string(o.measure);
+  g.row_label = two_models ? "model A layer" : "layer";
+  g.col_label = two_models ? "model B layer" : "layer";
+  g.examples = examples;
+  g.options = options_map(o);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::vector<at::Tensor> flat;
+  std::vector<size_t> where;
+  for (size_t k = 0; k < cells.size(); ++k) {
+    if (!cv.reasons[k].empty()) continue;
+    flat.push_back(cv.values[k].detach().reshape({}).to(at::kDouble));
+    where.push_back(k);
+  }
+  std::vector<double> vals(cells.size(), nan);
+  std::vector<std::string> reasons = cv.reasons;
+  if (!flat.empty()) {
+    // One transfer for all cells (not one .item() per cell).
+    at::Tensor stacked = at::stack(flat).to(at::kCPU).contiguous();
+    const double* p = stacked.data_ptr<double>();
+    for (size_t i = 0; i < where.size(); ++i) {
+      vals[where[i]] = p[i];
+      if (!std::isfinite(p[i])) {
+        reasons[where[i]] = "the measure gave a non-finite value (" + num_str(p[i]) +
+                            ") for a pair of layers; please report it with the layers' shapes";
+        vals[where[i]] = nan;
+      }
+    }
+  }
+  g.values = at::full({static_cast<int64_t>(rows.size()), static_cast<int64_t>(cols.size())}, nan,
+                      at::kDouble);
+  auto acc = g.values.accessor<double, 2>();
+  // Undefined cells grouped by reason, in row-major order of their first cell.
+  std::vector<std::pair<int64_t, int64_t>> undefined_at;
+  std::vector<std::string> undefined_why;
+  for (size_t k = 0; k < cells.size(); ++k) {
+    const auto& c = cells[k];
+    acc[c.row][c.col] = vals[k];
+    if (c.mirror) acc[c.col][c.row] = vals[k];
+    if (reasons[k].empty()) continue;
+    undefined_at.push_back({c.row, c.col});
+    undefined_why.push_back(reasons[k]);
+    if (c.mirror) {
+      undefined_at.push_back({c.col, c.row});
+      undefined_why.push_back(reasons[k]);
+    }
+  }
+  std::vector<size_t> order(undefined_at.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return undefined_at[a] < undefined_at[b]; });
+  std::map<std::string, size_t> index;
+  for (size_t i : order) {
+    auto it = index.find(undefined_why[i]);
+    if (it == index.end()) {
+      it = index.emplace(undefined_why[i], g.undefined.size()).first;
+      g.undefined.push_back({undefined_why[i], {}});
+    }
+    g.undefined[it->second].cells.push_back(undefined_at[i]);
+  }
+  return g;
 }
 
 // Per-layer second-order statistics, from data or from an accumulator's state.
@@ -326,27 +671,20 @@ struct LayerMoments {
   at::ScalarType input_dtype = at::ScalarType::Undefined;
 };
 
-// Cross-covariances keyed by (min, max) layer index: streamed ones, or computed from the centered
-// data when a cell first asks for them (so measures that do not need them never pay for them).
+// Streamed cross-covariances keyed by (min, max) layer index.
 using CrossMap = std::map<std::pair<int64_t, int64_t>, at::Tensor>;
 
-at::Tensor sxy_of(const std::vector<LayerMoments>& layers, CrossMap& cross, int64_t a, int64_t b) {
+at::Tensor sxy_of(const std::vector<LayerMoments>& layers, const CrossMap& cross, int64_t a,
+                  int64_t b) {
   if (a == b) return layers[a].cov;
   const std::pair<int64_t, int64_t> key{std::min(a, b), std::max(a, b)};
   auto it = cross.find(key);
-  if (it == cross.end()) {
-    const auto& lo = layers[key.first];
-    const auto& hi = layers[key.second];
-    TORCH_INTERNAL_ASSERT(
-        lo.centered.defined() && hi.centered.defined(),
-        "similarity_grid: a cross-covariance was neither streamed nor computable");
-    it = cross.emplace(key, detail::cross_covariance(lo.centered, hi.centered)).first;
-  }
+  TORCH_INTERNAL_ASSERT(it != cross.end(), "GridAccumulator: a cross-covariance was not streamed");
   return a < b ? it->second : it->second.t();
 }
 
-detail::PairMoments pair_of(const std::vector<LayerMoments>& layers, CrossMap& cross, int64_t a,
-                            int64_t b) {
+detail::PairMoments pair_of(const std::vector<LayerMoments>& layers, const CrossMap& cross,
+                            int64_t a, int64_t b) {
   detail::PairMoments m;
   m.n = layers[a].rows;
   m.x_mean = layers[a].mean;
@@ -364,49 +702,25 @@ detail::PairMoments pair_of(const std::vector<LayerMoments>& layers, CrossMap& c
   return m;
 }
 
-// Layers that some cell uses.
-std::vector<int64_t> used_layers(const std::vector<Cell>& cells, size_t n_layers) {
-  std::vector<bool> used(n_layers, false);
-  for (const auto& c : cells) used[c.x] = used[c.y] = true;
-  std::vector<int64_t> out;
-  for (size_t l = 0; l < n_layers; ++l) {
-    if (used[l]) out.push_back(static_cast<int64_t>(l));
-  }
-  return out;
-}
-
-// Cell values (0-d tensors, in cells' order) of the moment-based measures: cka, debiased-cka,
-// cca, svcca, pwcca. Each layer's factors (eigh, whitening, ZCA) are computed once.
-std::vector<at::Tensor> moment_cells(const char* fn, const std::vector<LayerMoments>& layers,
-                                     CrossMap& cross, const std::vector<Cell>& cells,
-                                     const GridOptions& o) {
-  std::vector<at::Tensor> out;
-  out.reserve(cells.size());
-  const std::vector<int64_t> used = used_layers(cells, layers.size());
-  const int64_t rows = layers.front().rows;
-  auto guarded = [&](const Cell& c, auto&& compute) {
-    try {
-      out.push_back(compute());
-    } catch (const c10::Error& e) {
-      rethrow_for_cell(fn, e, layers[c.x].label, layers[c.y].label);
+// Cells of the streamed moment measures (cka, cca, svcca, pwcca) from every layer's moments and
+// the streamed cross-covariances; each layer's factors (eigh, whitening, ZCA) once.
+CellValues streamed_cells(const char* fn, const std::vector<LayerMoments>& layers,
+                          const CrossMap& cross, const std::vector<Cell>& cells,
+                          const GridOptions& o) {
+  std::vector<std::string> reasons(layers.size()), labels;
+  for (const auto& l : layers) labels.push_back(l.label);
+  if (o.measure == GridMeasure::kLinearCka) {
+    for (size_t l = 0; l < layers.size(); ++l) {
+      try {
+        detail::check_not_constant(fn, labels[l].c_str(), layers[l].non_constant);
+      } catch (const c10::Error& e) {
+        reasons[l] = message_of(e);
+      }
     }
-  };
-
-  if (o.measure == GridMeasure::kLinearCka || o.measure == GridMeasure::kDebiasedCka) {
-    const bool debiased = o.measure == GridMeasure::kDebiasedCka;
-    TORCH_CHECK_VALUE(rows >= 2, fn, ": layers must have at least 2 examples, but got ", rows);
-    if (debiased) detail::check_debiased_examples(fn, rows);
-    for (int64_t l : used)
-      detail::check_not_constant(fn, layers[l].label.c_str(), layers[l].non_constant);
-    for (const auto& c : cells) {
-      guarded(c, [&] {
-        return detail::linear_cka_from_moments(fn, pair_of(layers, cross, c.x, c.y), debiased);
-      });
-    }
-    return out;
+    return evaluate_cells(cells, reasons, labels, [&](const Cell& c) {
+      return detail::linear_cka_from_moments(fn, pair_of(layers, cross, c.x, c.y), false);
+    });
   }
-
-  // CCA family: factors once per layer.
   detail::FactorOptions fopt;
   if (o.measure == GridMeasure::kCca) fopt = detail::factor_options(o.cca);
   if (o.measure == GridMeasure::kSvcca) fopt = detail::svcca_factor_options(o.svcca);
@@ -415,147 +729,107 @@ std::vector<at::Tensor> moment_cells(const char* fn, const std::vector<LayerMome
   std::vector<at::Tensor> zca(layers.size());
   const bool need_zca =
       o.measure == GridMeasure::kPwcca && o.pwcca.weighting == PwccaWeighting::kReference;
-  for (int64_t l : used) {
+  for (size_t l = 0; l < layers.size(); ++l) {
     const auto& lm = layers[l];
-    if (o.measure != GridMeasure::kSvcca) {
-      TORCH_CHECK_VALUE(lm.rows >= lm.features + 2, fn, ": ", lm.label,
-                        " must have at least p + 2 = ", lm.features + 2, " examples for ",
-                        to_string(o.measure), " (centered data has rank <= n - 1), but got ",
-                        lm.rows, " examples of ", lm.features,
-                        " features; use measure svcca or fewer features");
-    } else {
-      TORCH_CHECK_VALUE(lm.rows >= 2, fn, ": ", lm.label,
-                        " must have at least 2 examples, but got ", lm.rows);
-    }
-    factors[l] =
-        detail::factor_layer(fn, lm.label.c_str(), lm.cov, lm.non_constant,
-                             detail::with_input_floor(fopt, lm.input_dtype, lm.mean, lm.cov));
-    if (need_zca) zca[l] = detail::symmetric_whitening(factors[l]);
-  }
-  // With the data at hand, cca and svcca cells need only each layer's whitened data
-  // Z = X_kept W ([rows, r]): Wx^T Sxy Wy = Zx^T Zy / (rows - 1). A pair then costs rows * rx * ry
-  // (SVCCA keeps r < p directions) instead of rows * px * py plus two O(p^3) products.
-  bool whitened = o.measure == GridMeasure::kCca || o.measure == GridMeasure::kSvcca;
-  for (int64_t l : used) whitened = whitened && layers[l].centered.defined();
-  std::vector<at::Tensor> z(layers.size());
-  if (whitened) {
-    for (int64_t l : used) {
-      z[l] = detail::whitened_data(factors[l], layers[l].centered,
-                                   detail::ill_conditioned(factors[l]));
+    try {
+      if (o.measure != GridMeasure::kSvcca) {
+        check_rows_for_cca(fn, lm.label, at::empty({lm.rows, lm.features}, at::kMeta),
+                           to_string(o.measure).c_str());
+      }
+      factors[l] =
+          detail::factor_layer(fn, lm.label.c_str(), lm.cov, lm.non_constant,
+                               detail::with_input_floor(fopt, lm.input_dtype, lm.mean, lm.cov));
+      if (need_zca) zca[l] = detail::symmetric_whitening(factors[l]);
+    } catch (const c10::Error& e) {
+      reasons[l] = message_of(e);
     }
   }
-  for (const auto& c : cells) {
-    guarded(c, [&]() -> at::Tensor {
-      if (whitened) {
-        at::Tensor m = at::mm(detail::mh(z[c.x]), z[c.y]).div_(static_cast<double>(rows - 1));
-        // Singular values of a whitened cross-covariance are cosines: clamp rounding above 1.
-        return at::linalg_svdvals(m).clamp(0.0, 1.0).mean();
-      }
-      if (o.measure == GridMeasure::kPwcca) {
-        return detail::pwcca_from_factors(fn, factors[c.x], factors[c.y], zca[c.x], zca[c.y],
-                                          pair_of(layers, cross, c.x, c.y), o.pwcca)
-            .score;
-      }
-      return detail::cca_core(factors[c.x], factors[c.y], sxy_of(layers, cross, c.x, c.y),
-                              /*with_vectors=*/false)
-          .correlations.mean();
-    });
-  }
-  return out;
+  return evaluate_cells(cells, reasons, labels, [&](const Cell& c) -> at::Tensor {
+    if (o.measure == GridMeasure::kPwcca) {
+      return detail::pwcca_from_factors(fn, factors[c.x], factors[c.y], zca[c.x], zca[c.y],
+                                        pair_of(layers, cross, c.x, c.y), o.pwcca)
+          .score;
+    }
+    return detail::cca_core(factors[c.x], factors[c.y], sxy_of(layers, cross, c.x, c.y),
+                            /*with_vectors=*/false)
+        .correlations.mean();
+  });
 }
 
-std::vector<at::Tensor> rbf_cells(const char* fn, const std::vector<LayerRef>& refs,
-                                  const std::vector<at::Tensor>& mats,
-                                  const std::vector<Cell>& cells, const GridOptions& o) {
-  const RbfCkaOptions& r = o.rbf;
-  const int64_t n = mats.front().size(0);
-  TORCH_CHECK_VALUE(n >= 2, fn, ": layers must have at least 2 examples, but got ", n);
-  if (r.debiased) detail::check_debiased_examples(fn, n);
-  std::vector<at::Tensor> kc(mats.size()), self(mats.size());
-  for (int64_t l : used_layers(cells, mats.size())) {
-    const char* label = refs[l].label.c_str();
-    detail::check_not_constant(fn, label, detail::non_constant_columns(mats[l]));
-    const auto dtype = detail::compute_dtype(mats[l], mats[l], r.precision);
-    at::Tensor k =
-        detail::rbf_gram(fn, label, detail::center(mats[l], dtype).data, r.threshold, r.sigma);
-    kc[l] = detail::center_gram(k, r.debiased);
-    self[l] = kc[l].square().sum();
-    detail::check_self_hsic(fn, label, self[l], k.square().sum(), n, r.debiased);
-  }
-  std::vector<at::Tensor> out;
-  for (const auto& c : cells) {
-    out.push_back((kc[c.x] * kc[c.y]).sum() / (self[c.x] * self[c.y]).sqrt());
-  }
-  return out;
-}
-
-// Fourier CCA cells. When every layer has one spatial size, the frequency grid is shared and each
-// layer's own work is done once: FFT at the solved frequencies, centering, batched covariance and
-// whitening W, and the whitened spectra Z = X W ([F, N, C]); a pair is then Zx^H Zy / (N - 1)
+// Fourier CCA cells. When every 4-D layer has one spatial size, the frequency grid is shared and
+// each layer's own work is done once: FFT at the solved frequencies, centering, batched covariance
+// and whitening W, and the whitened spectra Z = X W ([F, N, C]); a pair is then Zx^H Zy / (N - 1)
 // (= Wx^H Sxy Wy, what fourier_cca decomposes) and batched svdvals, with fourier_cca's rules for
 // valid correlations, mirrored frequencies and the mean. Layers of different sizes crop the
-// frequency grid per pair, so there each cell runs fourier_cca itself.
-std::vector<at::Tensor> fourier_cells(const char* fn, const std::vector<LayerRef>& refs,
-                                      const std::vector<Cell>& cells, const GridOptions& o) {
-  std::vector<at::Tensor> nchw;
+// frequency grid per pair, so there each cell runs fourier_cca itself. layer_reason: set for
+// layers that are undefined already (not 4-D, non-finite); filled here for the others.
+CellValues fourier_cells(const char* fn, const std::vector<LayerRef>& refs,
+                         const std::vector<Cell>& cells, std::vector<std::string> layer_reason,
+                         const GridOptions& o) {
+  std::vector<std::string> labels;
+  std::vector<at::Tensor> nchw(refs.size());
+  int64_t h = -1, w = -1;
   bool same_size = true;
-  for (const auto& r : refs) {
-    nchw.push_back(detail::to_nchw(r.acts, o.recipe.layout));
-    same_size = same_size && nchw.back().size(2) == nchw.front().size(2) &&
-                nchw.back().size(3) == nchw.front().size(3);
+  for (size_t l = 0; l < refs.size(); ++l) {
+    labels.push_back(refs[l].label);
+    if (!layer_reason[l].empty()) continue;
+    nchw[l] = detail::to_nchw(refs[l].acts, o.recipe.layout);
+    if (h < 0) h = nchw[l].size(2), w = nchw[l].size(3);
+    same_size = same_size && nchw[l].size(2) == h && nchw[l].size(3) == w;
   }
-  std::vector<at::Tensor> out;
-  if (!same_size) {
+  if (h < 0 || !same_size) {
     FourierCcaOptions f;
     f.layout = o.recipe.layout;
     f.epsilon = o.cca.epsilon;
     f.variance_cutoff = o.cca.variance_cutoff;
     f.rank_rtol = o.cca.rank_rtol;
     f.precision = o.cca.precision;
-    for (const auto& c : cells) {
-      try {
-        out.push_back(fourier_cca(refs[c.x].acts, refs[c.y].acts, f).mean);
-      } catch (const c10::Error& e) {
-        rethrow_for_cell(fn, e, refs[c.x].label, refs[c.y].label);
-      }
-    }
-    return out;
+    return evaluate_cells(cells, layer_reason, labels, [&](const Cell& c) {
+      return fourier_cca(refs[c.x].acts, refs[c.y].acts, f).mean;
+    });
   }
 
   at::ScalarType real = at::kDouble;
   if (o.cca.precision == Precision::kInput) {
-    real = nchw.front().scalar_type();
-    for (const auto& t : nchw) real = at::promote_types(real, t.scalar_type());
+    real = at::ScalarType::Undefined;
+    for (const auto& t : nchw) {
+      if (t.defined())
+        real = real == at::ScalarType::Undefined ? t.scalar_type()
+                                                 : at::promote_types(real, t.scalar_type());
+    }
   }
   const at::ScalarType cplx = real == at::kFloat ? at::kComplexFloat : at::kComplexDouble;
-  const int64_t n = nchw.front().size(0);
-  const auto grid = detail::frequency_grid(nchw.front().size(2), nchw.front().size(3),
-                                           nchw.front().size(2), nchw.front().size(3),
-                                           /*conjugate_symmetry=*/true);
+  const int64_t n = refs.front().acts.size(0);
+  const auto grid = detail::frequency_grid(h, w, h, w, /*conjugate_symmetry=*/true);
   detail::FactorOptions fopt = detail::factor_options(o.cca);
   std::vector<at::Tensor> z(refs.size()), rank(refs.size());
-  for (int64_t l : used_layers(cells, refs.size())) {
-    const at::Tensor& a = nchw[l];
-    const int64_t c = a.size(1);
-    TORCH_CHECK_VALUE(n >= c + 2, fn, ": ", refs[l].label, " must have at least C + 2 = ", c + 2,
-                      " examples for Fourier CCA (each frequency is one CCA of the channels over "
-                      "the examples), but got shape ",
-                      detail::shape_str(refs[l].acts));
-    at::Tensor non_constant = (a.amax(0) != a.amin(0)).flatten(1).any(1);
-    TORCH_CHECK_VALUE(non_constant.any().item<bool>(), fn, ": ", refs[l].label,
-                      " must have at least one non-constant channel, but all ", c,
-                      " channels are constant over the examples");
-    at::Tensor xs =
-        detail::spectra_at(a, grid.x_rows, grid.x_cols, grid.solved, grid.w, cplx, cplx);
-    xs = xs - xs.mean(1, /*keepdim=*/true);
-    at::Tensor cov = detail::batched_cross_covariance(xs, xs);  // [F, C, C]
-    auto w = detail::batched_whitening(cov, non_constant, fopt,
-                                       detail::spectral_noise_floor(a, cov, o.cca.rank_rtol, real));
-    z[l] = at::matmul(xs, w.whitening);  // [F, N, C]
-    rank[l] = w.rank;
+  for (size_t l = 0; l < refs.size(); ++l) {
+    if (!layer_reason[l].empty()) continue;
+    try {
+      const at::Tensor& a = nchw[l];
+      const int64_t c = a.size(1);
+      TORCH_CHECK_VALUE(n >= c + 2, fn, ": ", refs[l].label, " must have at least C + 2 = ", c + 2,
+                        " examples for Fourier CCA (each frequency is one CCA of the channels "
+                        "over the examples), but got shape ",
+                        detail::shape_str(refs[l].acts));
+      at::Tensor non_constant = (a.amax(0) != a.amin(0)).flatten(1).any(1);
+      TORCH_CHECK_VALUE(non_constant.any().item<bool>(), fn, ": ", refs[l].label,
+                        " must have at least one non-constant channel, but all ", c,
+                        " channels are constant over the examples");
+      at::Tensor xs =
+          detail::spectra_at(a, grid.x_rows, grid.x_cols, grid.solved, grid.w, cplx, cplx);
+      xs = xs - xs.mean(1, /*keepdim=*/true);
+      at::Tensor cov = detail::batched_cross_covariance(xs, xs);  // [F, C, C]
+      auto wh = detail::batched_whitening(
+          cov, non_constant, fopt, detail::spectral_noise_floor(a, cov, o.cca.rank_rtol, real));
+      z[l] = at::matmul(xs, wh.whitening);  // [F, N, C]
+      rank[l] = wh.rank;
+    } catch (const c10::Error& e) {
+      layer_reason[l] = message_of(e);
+    }
   }
-  const at::Tensor src = at::tensor(grid.source, at::kLong).to(nchw.front().device());
-  for (const auto& c : cells) {
+  const at::Tensor src = at::tensor(grid.source, at::kLong).to(refs.front().acts.device());
+  return evaluate_cells(cells, layer_reason, labels, [&](const Cell& c) {
     at::Tensor m = at::matmul(detail::mh(z[c.x]), z[c.y]).div_(static_cast<double>(n - 1));
     // Singular values of a whitened cross-covariance are cosines: clamp rounding above 1.
     at::Tensor s = at::linalg_svdvals(m).clamp(0.0, 1.0);  // [F, k]
@@ -563,38 +837,165 @@ std::vector<at::Tensor> fourier_cells(const char* fn, const std::vector<LayerRef
     at::Tensor valid = at::arange(k, s.options().dtype(at::kLong)).unsqueeze(0) <
                        at::minimum(rank[c.x], rank[c.y]).unsqueeze(1);
     s = (s * valid.to(s.scalar_type())).index_select(0, src);
-    out.push_back(s.sum() / valid.index_select(0, src).sum().to(s.scalar_type()));
-  }
-  return out;
+    return s.sum() / valid.index_select(0, src).sum().to(s.scalar_type());
+  });
 }
 
-Grid assemble(const std::vector<std::string>& rows, const std::vector<std::string>& cols,
-              bool two_models, const std::vector<Cell>& cells, const std::vector<at::Tensor>& vals,
-              int64_t examples, const GridOptions& o) {
-  Grid g;
-  g.rows = rows;
-  g.cols = cols;
-  g.measure = to_string(o.measure);
-  g.row_label = two_models ? "model A layer" : "layer";
-  g.col_label = two_models ? "model B layer" : "layer";
-  g.examples = examples;
-  g.options = options_map(o);
-  std::vector<at::Tensor> flat;
-  flat.reserve(vals.size());
-  for (const auto& v : vals) flat.push_back(v.detach().reshape({}).to(at::kDouble));
-  // One transfer for all cells (not one .item() per cell).
-  at::Tensor stacked = at::stack(flat).to(at::kCPU).contiguous();
-  const double* p = stacked.data_ptr<double>();
-  g.values = at::full({static_cast<int64_t>(rows.size()), static_cast<int64_t>(cols.size())},
-                      std::numeric_limits<double>::quiet_NaN(), at::kDouble);
-  auto acc = g.values.accessor<double, 2>();
-  for (size_t k = 0; k < cells.size(); ++k) {
-    const auto& c = cells[k];
-    acc[c.row][c.col] = p[k];
-    if (c.mirror) acc[c.col][c.row] = p[k];
+}  // namespace
+
+// ---- GridBuilder -------------------------------------------------------------------------------
+
+struct GridBuilder::Impl {
+  std::vector<std::string> rows, cols;
+  bool two_models = false;
+  GridOptions options;
+  GridConv conv = GridConv::kFlatten;
+  std::unique_ptr<CellMeasure> measure;
+  std::optional<std::pair<int64_t, int64_t>> fold_hw;
+  // Per layer of the union rows ++ cols:
+  std::vector<std::string> labels;
+  std::vector<bool> added;
+  std::vector<std::string> reasons;  // layer undefined: why
+  std::vector<std::shared_ptr<const LayerFactor>> factors;
+  int64_t examples = -1;
+  std::string examples_from;  // label of the first layer added with data
+  std::string first_shape;
+  std::optional<at::Device> device;
+
+  size_t index_of(const char* fn, const std::string& name, bool col) const {
+    TORCH_CHECK_VALUE(!col || two_models, fn,
+                      ": col must be false for a one-model grid (built "
+                      "without cols), but layer \"",
+                      name, "\" was added as a column");
+    const auto& names = col ? cols : rows;
+    auto it = std::find(names.begin(), names.end(), name);
+    TORCH_CHECK_VALUE(it != names.end(), fn, ": ", col ? "cols" : "rows",
+                      " must include every layer added, but \"", name, "\" is not among them");
+    const size_t i = static_cast<size_t>(it - names.begin()) + (col ? rows.size() : 0);
+    TORCH_CHECK_VALUE(!added[i], fn, ": ", labels[i],
+                      " must be added once, but it was added again");
+    return i;
   }
-  return g;
+};
+
+namespace {
+
+void check_names(const char* fn, const std::vector<std::string>& names, const char* what) {
+  TORCH_CHECK_VALUE(!names.empty(), fn, ": ", what, " must name at least one layer, but got none");
+  std::set<std::string> seen;
+  for (const auto& n : names) {
+    TORCH_CHECK_VALUE(seen.insert(n).second, fn, ": ", what, " must be unique, but \"", n,
+                      "\" is repeated");
+  }
 }
+
+}  // namespace
+
+GridBuilder::GridBuilder(std::vector<std::string> rows, std::vector<std::string> cols,
+                         GridOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  constexpr const char* fn = "GridBuilder";
+  check_options(fn, options);
+  check_names(fn, rows, "rows");
+  if (!cols.empty()) check_names(fn, cols, "cols");
+  Impl& s = *impl_;
+  s.conv = resolve_conv(options.conv, options.measure);
+  TORCH_CHECK_VALUE(s.conv != GridConv::kFourier, fn,
+                    ": conv must not be \"fourier\" here (Fourier CCA needs every layer at once: "
+                    "use similarity_grid), but got \"fourier\"");
+  s.two_models = !cols.empty();
+  for (const auto& r : rows) s.labels.push_back(layer_label(r, s.two_models ? "a" : nullptr));
+  for (const auto& c : cols) s.labels.push_back(layer_label(c, "b"));
+  s.rows = std::move(rows);
+  s.cols = std::move(cols);
+  s.added.assign(s.labels.size(), false);
+  s.reasons.assign(s.labels.size(), {});
+  s.factors.resize(s.labels.size());
+  s.measure = decl(options.measure).make(options);
+  s.options = std::move(options);
+}
+
+GridBuilder::~GridBuilder() = default;
+GridBuilder::GridBuilder(GridBuilder&&) noexcept = default;
+GridBuilder& GridBuilder::operator=(GridBuilder&&) noexcept = default;
+
+void GridBuilder::set_fold_size(int64_t h, int64_t w) {
+  TORCH_CHECK_VALUE(h >= 1 && w >= 1, "GridBuilder::set_fold_size: h and w must be >= 1, but got ",
+                    h, " and ", w);
+  impl_->fold_hw = std::make_pair(h, w);
+}
+
+void GridBuilder::add(const std::string& name, const at::Tensor& acts, bool col) {
+  constexpr const char* fn = "similarity_grid";
+  Impl& s = *impl_;
+  const size_t i = s.index_of("GridBuilder::add", name, col);
+  const std::string& label = s.labels[i];
+  check_layer_structure(fn, label, acts);
+  if (s.examples < 0) {
+    s.examples = acts.size(0);
+    s.examples_from = label;
+    s.first_shape = detail::shape_str(acts);
+    s.device = acts.device();
+  }
+  const char* who = s.two_models ? "a and b" : "layers";
+  TORCH_CHECK_VALUE(acts.size(0) == s.examples, fn, ": ", who,
+                    " must have the same number of examples (dim 0), but got ", s.examples_from,
+                    " with shape ", s.first_shape, " and ", label, " with shape ",
+                    detail::shape_str(acts));
+  TORCH_CHECK_VALUE(acts.device() == *s.device, fn, ": ", who,
+                    " must be on the same device, but got ", s.examples_from, " on ", *s.device,
+                    " and ", label, " on ", acts.device());
+  if (s.conv == GridConv::kFold && acts.dim() == 4) {
+    TORCH_CHECK_VALUE(s.fold_hw.has_value(),
+                      "GridBuilder::add: conv \"fold\" needs set_fold_size "
+                      "before the first layer is added");
+  }
+  s.added[i] = true;
+  try {
+    check_layer_values(fn, label, acts);
+    at::Tensor mat = layer_features(fn, label, acts, s.conv, s.options.recipe,
+                                    s.fold_hw.value_or(std::make_pair<int64_t, int64_t>(0, 0)));
+    s.factors[i] = s.measure->factor(fn, label, mat);
+  } catch (const c10::Error& e) {
+    s.reasons[i] = message_of(e);
+  }
+}
+
+void GridBuilder::add_undefined(const std::string& name, const std::string& reason, bool col) {
+  Impl& s = *impl_;
+  const size_t i = s.index_of("GridBuilder::add_undefined", name, col);
+  TORCH_CHECK_VALUE(!reason.empty(), "GridBuilder::add_undefined: reason must not be empty");
+  s.added[i] = true;
+  s.reasons[i] = reason;
+}
+
+int64_t GridBuilder::factor_bytes() const {
+  int64_t b = 0;
+  for (const auto& f : impl_->factors) {
+    if (f) b += f->bytes();
+  }
+  return b;
+}
+
+Grid GridBuilder::result() const {
+  constexpr const char* fn = "similarity_grid";
+  const Impl& s = *impl_;
+  for (size_t i = 0; i < s.added.size(); ++i) {
+    TORCH_CHECK_VALUE(s.added[i], "GridBuilder::result: every layer must be added first, but ",
+                      s.labels[i], " was not");
+  }
+  const MeasureDecl& d = decl(s.options.measure);
+  const auto cells = grid_cells(static_cast<int64_t>(s.rows.size()),
+                                static_cast<int64_t>(s.two_models ? s.cols.size() : s.rows.size()),
+                                s.two_models, d.symmetric);
+  const CellValues cv = evaluate_cells(cells, s.reasons, s.labels, [&](const Cell& c) {
+    return s.measure->cell(fn, *s.factors[c.x], *s.factors[c.y]);
+  });
+  return assemble(s.rows, s.two_models ? s.cols : s.rows, s.two_models, cells, cv,
+                  std::max<int64_t>(s.examples, 0), s.options);
+}
+
+namespace {
 
 Grid grid_impl(const NamedActivations& a, const NamedActivations* b, const GridOptions& o) {
   const char* fn = kGridFn;
@@ -614,81 +1015,65 @@ Grid grid_impl(const NamedActivations& a, const NamedActivations* b, const GridO
       refs.push_back({name, layer_label(name, "b"), t});
       col_names.push_back(name);
     }
-  } else {
-    col_names = row_names;
   }
   check_same_examples_and_device(fn, refs, two_models);
-
   const GridConv conv = resolve_conv(o.conv, o.measure);
-  const bool symmetric = o.measure != GridMeasure::kPwcca;
-  const auto cells = grid_cells(static_cast<int64_t>(row_names.size()),
-                                static_cast<int64_t>(col_names.size()), two_models, symmetric);
-  const int64_t examples = refs.front().acts.size(0);
 
-  std::vector<at::Tensor> vals;
   if (conv == GridConv::kFourier) {
-    fold_size(fn, refs, o.recipe);  // every layer 4-D
-    vals = fourier_cells(fn, refs, cells, o);
-    return assemble(row_names, col_names, two_models, cells, vals, examples, o);
+    std::vector<std::string> reasons(refs.size());
+    for (size_t l = 0; l < refs.size(); ++l) {
+      try {
+        check_4d_for(fn, refs[l].label, refs[l].acts, conv);
+        check_layer_values(fn, refs[l].label, refs[l].acts);
+      } catch (const c10::Error& e) {
+        reasons[l] = message_of(e);
+      }
+    }
+    const auto cells =
+        grid_cells(static_cast<int64_t>(row_names.size()),
+                   static_cast<int64_t>(two_models ? col_names.size() : row_names.size()),
+                   two_models, decl(o.measure).symmetric);
+    const CellValues cv = fourier_cells(fn, refs, cells, std::move(reasons), o);
+    return assemble(row_names, two_models ? col_names : row_names, two_models, cells, cv,
+                    refs.front().acts.size(0), o);
   }
-  std::pair<int64_t, int64_t> hw{0, 0};
-  if (conv == GridConv::kFold) hw = fold_size(fn, refs, o.recipe);
-  std::vector<at::Tensor> mats;
-  for (const auto& r : refs) mats.push_back(layer_features(r.acts, conv, o.recipe, hw));
 
-  if (o.measure == GridMeasure::kRbfCka) {
-    vals = rbf_cells(fn, refs, mats, cells, o);
-    return assemble(row_names, col_names, two_models, cells, vals, examples, o);
+  GridBuilder builder(row_names, col_names, o);
+  if (conv == GridConv::kFold) {
+    const auto hw = fold_size(refs, o.recipe);
+    if (hw.first > 0) builder.set_fold_size(hw.first, hw.second);
   }
-
-  // Compute dtype: float64, or (kInput) the promoted dtype of all layers, so that every pair
-  // runs in one dtype.
-  at::ScalarType dtype = at::kDouble;
-  if (grid_precision(o) == Precision::kInput) {
-    dtype = mats.front().scalar_type();
-    for (const auto& m : mats) dtype = at::promote_types(dtype, m.scalar_type());
+  for (const auto& [name, t] : a) builder.add(name, t, false);
+  if (two_models) {
+    for (const auto& [name, t] : *b) builder.add(name, t, true);
   }
-  std::vector<LayerMoments> layers(mats.size());
-  for (int64_t l : used_layers(cells, mats.size())) {
-    auto c = detail::center(mats[l], dtype);
-    LayerMoments& lm = layers[l];
-    lm.label = refs[l].label;
-    lm.rows = mats[l].size(0);
-    lm.features = mats[l].size(1);
-    lm.mean = c.mean;
-    lm.centered = c.data;
-    lm.cov = detail::covariance(c.data);
-    lm.non_constant = detail::non_constant_columns(mats[l]);
-    lm.input_dtype = mats[l].scalar_type();
-  }
-  CrossMap cross;
-  vals = moment_cells(fn, layers, cross, cells, o);
-  return assemble(row_names, col_names, two_models, cells, vals, examples, o);
+  return builder.result();
 }
 
 }  // namespace
 
 GridMeasure parse_grid_measure(const char* fn, const std::string& name, const std::string& value) {
-  for (const auto& [m, s] : measure_names()) {
-    if (value == s) return m;
+  std::vector<const char*> names;
+  for (const auto& d : measures()) {
+    if (value == d.name) return d.id;
+    names.push_back(d.name);
   }
-  TORCH_CHECK_VALUE(false, fn, ": ", name, " must be one of ", quoted_list(measure_names()),
-                    ", but got \"", value, "\"");
+  TORCH_CHECK_VALUE(false, fn, ": ", name, " must be one of ", quoted_names(names), ", but got \"",
+                    value, "\"");
 }
 
 std::string to_string(GridMeasure measure) {
-  for (const auto& [m, s] : measure_names()) {
-    if (m == measure) return s;
-  }
-  return "?";
+  return decl(measure).name;
 }
 
 GridConv parse_grid_conv(const char* fn, const std::string& name, const std::string& value) {
+  std::vector<const char*> names;
   for (const auto& [c, s] : conv_names()) {
     if (value == s) return c;
+    names.push_back(s);
   }
-  TORCH_CHECK_VALUE(false, fn, ": ", name, " must be one of ", quoted_list(conv_names()),
-                    ", but got \"", value, "\"");
+  TORCH_CHECK_VALUE(false, fn, ": ", name, " must be one of ", quoted_names(names), ", but got \"",
+                    value, "\"");
 }
 
 std::string to_string(GridConv conv) {
@@ -705,6 +1090,34 @@ Grid similarity_grid(const NamedActivations& layers, const GridOptions& options)
 Grid similarity_grid(const NamedActivations& a, const NamedActivations& b,
                      const GridOptions& options) {
   return grid_impl(a, &b, options);
+}
+
+int64_t default_memory_budget() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t value = 0;
+  std::string unit;
+  int64_t total = 0, available = 0;
+  while (in >> key >> value >> unit) {
+    if (key == "MemTotal:") total = value * 1024;
+    if (key == "MemAvailable:") available = value * 1024;
+  }
+  if (total <= 0 || available <= 0) return int64_t{1} << 30;
+  return std::min(total / 4, available / 2);
+}
+
+int64_t peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      std::istringstream fields(line.substr(6));
+      int64_t kb = 0;
+      fields >> kb;
+      return kb * 1024;
+    }
+  }
+  return 0;
 }
 
 // ---- Streaming ---------------------------------------------------------------------------------
@@ -726,6 +1139,16 @@ struct GridAccumulator::Impl {
   // sum a_i x'_j and sum a_j x'_i. float64, on the layers' device.
   std::vector<at::Tensor> shift, sum_aa, sum_ax;
   std::map<std::pair<int64_t, int64_t>, std::array<at::Tensor, 3>> pair_sums;
+  // minibatch-cka: sum over batches of b (b - 3) HSIC_1 / (b (b - 3)) for every pair of layers of
+  // the union, [L, L] float64 (the CovarianceAccumulator is not used).
+  at::Tensor minibatch_hsic;
+  int64_t batches = 0;
+  int64_t memory_bytes = 0;  // budget of the exact state
+
+  void add_minibatch(const char* fn, const std::vector<at::Tensor>& mats,
+                     const std::vector<LayerRef>& refs);
+  void check_state_size(const char* fn, const std::vector<at::Tensor>& mats,
+                        const std::vector<LayerRef>& refs) const;
 
   void add_debiased_sums(const std::vector<at::Tensor>& mats);
   at::Tensor streamed_debiased_cka(const char* fn, const std::map<std::string, at::Tensor>& state,
@@ -742,15 +1165,6 @@ struct GridAccumulator::Impl {
 };
 
 namespace {
-
-void check_names(const char* fn, const std::vector<std::string>& names, const char* what) {
-  TORCH_CHECK_VALUE(!names.empty(), fn, ": ", what, " must name at least one layer, but got none");
-  std::set<std::string> seen;
-  for (const auto& n : names) {
-    TORCH_CHECK_VALUE(seen.insert(n).second, fn, ": ", what, " must be unique, but \"", n,
-                      "\" is repeated");
-  }
-}
 
 // Internal accumulator layer names: A's layers then B's, by index (A and B may share names).
 CovarianceAccumulatorOptions accumulator_options(size_t n_rows, size_t n_cols) {
@@ -877,21 +1291,22 @@ GridAccumulator::GridAccumulator(std::vector<std::string> rows, std::vector<std:
   check_names(fn, rows, "rows");
   if (!cols.empty()) check_names(fn, cols, "cols");
   const GridMeasure m = options.measure;
-  TORCH_CHECK_VALUE(m == GridMeasure::kLinearCka || m == GridMeasure::kDebiasedCka ||
-                        m == GridMeasure::kCca || m == GridMeasure::kSvcca ||
-                        m == GridMeasure::kPwcca,
-                    fn,
-                    ": measure must be one that streams exactly through moments (\"cka\", "
-                    "\"debiased-cka\", \"cca\", \"svcca\" or \"pwcca\"), but got \"",
-                    to_string(m),
-                    "\" (it needs every example at once: use similarity_grid, or "
-                    "MinibatchCkaAccumulator for the minibatch estimator)");
+  std::vector<const char*> streaming;
+  for (const auto& d : measures()) {
+    if (d.streams) streaming.push_back(d.name);
+  }
+  TORCH_CHECK_VALUE(decl(m).streams, fn, ": measure must be one that streams over batches (",
+                    quoted_names(streaming), "), but got \"", to_string(m),
+                    "\" (it needs every example at once: leave out the batches and compute the "
+                    "grid from all examples, or use \"minibatch-cka\", a minibatch estimator)");
   TORCH_CHECK_VALUE(resolve_conv(options.conv, m) != GridConv::kFourier, fn,
                     ": conv must not be \"fourier\" when streaming (it needs every example at "
                     "once), but got \"fourier\"");
   auto acc_options = accumulator_options(rows.size(), cols.size());
+  const int64_t budget = options.memory_bytes > 0 ? options.memory_bytes : default_memory_budget();
   impl_ = std::make_unique<Impl>(std::move(rows), std::move(cols), std::move(options),
                                  std::move(acc_options));
+  impl_->memory_bytes = budget;
 }
 
 GridAccumulator::~GridAccumulator() = default;
@@ -922,17 +1337,13 @@ void GridAccumulator::update(const NamedActivations& a, const NamedActivations& 
   check_same_examples_and_device(fn, refs, s.two_models);
 
   std::pair<int64_t, int64_t> hw{0, 0};
-  if (s.conv == GridConv::kFold)
-    hw = s.fold_hw ? *s.fold_hw : fold_size(fn, refs, s.options.recipe);
-  std::vector<at::Tensor> mats;
-  for (const auto& r : refs) {
-    if (s.conv == GridConv::kFold) {
-      TORCH_CHECK_VALUE(r.acts.dim() == 4, fn, ": ", r.label,
-                        " must be 4-D ([n, c, h, w] or NHWC) for conv \"fold\", but got shape ",
-                        detail::shape_str(r.acts));
-    }
-    mats.push_back(layer_features(r.acts, s.conv, s.options.recipe, hw));
+  if (s.conv == GridConv::kFold) {
+    for (const auto& r : refs) check_4d_for(fn, r.label, r.acts, s.conv);
+    hw = s.fold_hw ? *s.fold_hw : fold_size(refs, s.options.recipe);
   }
+  std::vector<at::Tensor> mats;
+  for (const auto& r : refs)
+    mats.push_back(layer_features(fn, r.label, r.acts, s.conv, s.options.recipe, hw));
   // CovarianceAccumulator checks these too, but only knows its internal layer numbers.
   for (size_t l = 0; l < mats.size() && !s.features.empty(); ++l) {
     TORCH_CHECK_VALUE(mats[l].size(1) == s.features[l], fn, ": ", refs[l].label, " must have ",
@@ -943,8 +1354,13 @@ void GridAccumulator::update(const NamedActivations& a, const NamedActivations& 
                      " must have dtype ", s.dtypes[l], " as in earlier batches, but got ",
                      mats[l].scalar_type());
   }
-  s.acc.update(mats);
-  if (s.options.measure == GridMeasure::kDebiasedCka) s.add_debiased_sums(mats);
+  if (s.options.measure == GridMeasure::kMinibatchCka) {
+    s.add_minibatch(fn, mats, refs);
+  } else {
+    if (s.features.empty()) s.check_state_size(fn, mats, refs);
+    s.acc.update(mats);
+    if (s.options.measure == GridMeasure::kDebiasedCka) s.add_debiased_sums(mats);
+  }
   if (s.features.empty()) {
     for (const auto& m : mats) {
       s.features.push_back(m.size(1));
@@ -965,18 +1381,45 @@ Grid GridAccumulator::result() const {
   TORCH_CHECK_VALUE(s.examples > 0, fn,
                     ": the accumulator must have seen at least one batch, but "
                     "it is empty");
+  const size_t n_layers = s.rows.size() + s.cols.size();
+  std::vector<std::string> labels(n_layers);
+  for (size_t l = 0; l < n_layers; ++l) {
+    const bool is_row = l < s.rows.size();
+    labels[l] = is_row ? layer_label(s.rows[l], s.two_models ? "a" : nullptr)
+                       : layer_label(s.cols[l - s.rows.size()], "b");
+  }
+  const bool symmetric = decl(s.options.measure).symmetric;
+  const auto cells = grid_cells(static_cast<int64_t>(s.rows.size()),
+                                static_cast<int64_t>(s.two_models ? s.cols.size() : s.rows.size()),
+                                s.two_models, symmetric);
+  std::vector<std::string> reasons(n_layers);
+  if (s.options.measure == GridMeasure::kMinibatchCka) {
+    at::Tensor h = s.minibatch_hsic.to(at::kCPU);
+    for (size_t l = 0; l < n_layers; ++l) {
+      const double self = h[l][l].item<double>();
+      if (!(self > 0.0)) {
+        reasons[l] = std::string(fn) + ": " + labels[l] +
+                     " must have a positive mean unbiased HSIC with itself over the batches, but "
+                     "got " +
+                     num_str(self) + " (a constant layer)";
+      }
+    }
+    const CellValues cv = evaluate_cells(cells, reasons, labels, [&](const Cell& c) {
+      return s.minibatch_hsic[c.x][c.y] /
+             (s.minibatch_hsic[c.x][c.x] * s.minibatch_hsic[c.y][c.y]).sqrt();
+    });
+    return assemble(s.rows, s.two_models ? s.cols : s.rows, s.two_models, cells, cv, s.examples,
+                    s.options);
+  }
   const int64_t rows = s.acc.n();
   TORCH_CHECK_VALUE(rows >= 2, fn, ": layers must have at least 2 examples, but got ", rows);
   const auto state = s.acc.state();
-  const size_t n_layers = s.rows.size() + s.cols.size();
   const double scale = 1.0 / static_cast<double>(rows - 1);
   std::vector<LayerMoments> layers(n_layers);
   for (size_t l = 0; l < n_layers; ++l) {
     const std::string id = std::to_string(l);
     LayerMoments& lm = layers[l];
-    const bool is_row = l < s.rows.size();
-    lm.label = is_row ? layer_label(s.rows[l], s.two_models ? "a" : nullptr)
-                      : layer_label(s.cols[l - s.rows.size()], "b");
+    lm.label = labels[l];
     lm.rows = rows;
     lm.mean = state.at("mean." + id);
     lm.cov = state.at("comoment." + id).mul_(scale);
@@ -988,28 +1431,75 @@ Grid GridAccumulator::result() const {
   for (const auto& [a, b] : s.acc.pair_indices()) {
     cross[{a, b}] = state.at("cross." + std::to_string(a) + "." + std::to_string(b)).mul_(scale);
   }
-  const bool symmetric = s.options.measure != GridMeasure::kPwcca;
-  const auto cells = grid_cells(static_cast<int64_t>(s.rows.size()),
-                                static_cast<int64_t>(s.two_models ? s.cols.size() : s.rows.size()),
-                                s.two_models, symmetric);
-  std::vector<at::Tensor> vals;
+  CellValues cv;
   if (s.options.measure == GridMeasure::kDebiasedCka) {
-    detail::check_debiased_examples(fn, rows);
-    for (const auto& lm : layers) detail::check_not_constant(fn, lm.label.c_str(), lm.non_constant);
     const auto raw = s.acc.state();  // co-moments (the covariances above were scaled in place)
-    for (const auto& c : cells) {
+    for (size_t l = 0; l < n_layers; ++l) {
       try {
-        vals.push_back(
-            s.streamed_debiased_cka(fn, raw, std::min(c.x, c.y), std::max(c.x, c.y), rows));
+        detail::check_debiased_examples(fn, rows);
+        detail::check_not_constant(fn, labels[l].c_str(), layers[l].non_constant);
       } catch (const c10::Error& e) {
-        rethrow_for_cell(fn, e, layers[c.x].label, layers[c.y].label);
+        reasons[l] = message_of(e);
       }
     }
+    cv = evaluate_cells(cells, reasons, labels, [&](const Cell& c) {
+      return s.streamed_debiased_cka(fn, raw, std::min(c.x, c.y), std::max(c.x, c.y), rows);
+    });
   } else {
-    vals = moment_cells(fn, layers, cross, cells, s.options);
+    cv = streamed_cells(fn, layers, cross, cells, s.options);
   }
-  return assemble(s.rows, s.two_models ? s.cols : s.rows, s.two_models, cells, vals, s.examples,
+  return assemble(s.rows, s.two_models ? s.cols : s.rows, s.two_models, cells, cv, s.examples,
                   s.options);
+}
+
+// minibatch-cka: each layer's U-centered Gram matrix of the batch (from column blocks, so any
+// width), then every pair's <U(K), U(L)> / (b (b - 3)) at once as one product of the flattened
+// matrices.
+void GridAccumulator::Impl::add_minibatch(const char* fn, const std::vector<at::Tensor>& mats,
+                                          const std::vector<LayerRef>& refs) {
+  const int64_t b = mats.front().size(0);
+  TORCH_CHECK_VALUE(b >= 4, fn,
+                    ": every batch must have at least 4 examples for minibatch-cka "
+                    "(the unbiased HSIC estimator divides by b - 3), but got a batch of ",
+                    b, " (", refs.front().label, " with shape ",
+                    detail::shape_str(refs.front().acts), ")");
+  std::vector<at::Tensor> flat;
+  for (const auto& m : mats) {
+    // Batches add up at their true scale: the Gram of X_c / scale, times scale^2.
+    detail::GramStats g = detail::centered_gram(m, at::kDouble);
+    at::Tensor k = g.gram * (g.scale * g.scale);
+    flat.push_back(detail::center_gram(k, /*unbiased=*/true).reshape({-1}));
+  }
+  at::Tensor u = at::stack(flat);  // [L, b^2]
+  at::Tensor h = at::mm(u, u.t()).div_(static_cast<double>(b * (b - 3)));
+  minibatch_hsic = minibatch_hsic.defined() ? minibatch_hsic + h : h;
+  ++batches;
+}
+
+// The exact streaming state is 8 (sum p_l^2 + sum over kept pairs p_a p_b) bytes: refuse before
+// allocating it when it exceeds the budget.
+void GridAccumulator::Impl::check_state_size(const char* fn, const std::vector<at::Tensor>& mats,
+                                             const std::vector<LayerRef>& refs) const {
+  double bytes = 0.0;
+  size_t widest = 0;
+  for (size_t l = 0; l < mats.size(); ++l) {
+    const double p = static_cast<double>(mats[l].size(1));
+    bytes += 8.0 * p * p;
+    if (mats[l].size(1) > mats[widest].size(1)) widest = l;
+  }
+  for (const auto& [a, b] : acc.pair_indices()) {
+    bytes += 8.0 * static_cast<double>(mats[a].size(1)) * static_cast<double>(mats[b].size(1));
+  }
+  TORCH_CHECK_VALUE(bytes <= static_cast<double>(memory_bytes), fn, ": exact streaming of \"",
+                    to_string(options.measure), "\" keeps p x p moments of every layer and pair (",
+                    num_str(bytes / 1073741824.0),
+                    " GiB here), which must fit the memory budget of ",
+                    num_str(static_cast<double>(memory_bytes) / 1073741824.0), " GiB, but ",
+                    refs[widest].label, " has ", mats[widest].size(1), " features (shape ",
+                    detail::shape_str(refs[widest].acts), " under conv \"", to_string(conv),
+                    "\"); use measure \"minibatch-cka\" (a different estimator), conv \"pool\", "
+                    "fewer layers, or all examples at once (no batches: wide layers are then "
+                    "reduced to n x n Gram matrices)");
 }
 
 }  // namespace svcca

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "svcca/conv/recipes.h"
+#include "svcca/factors.h"
 #include "svcca/measures/cca.h"
 #include "svcca/measures/cka.h"
 #include "svcca/measures/pwcca.h"
@@ -32,8 +33,15 @@ enum class GridMeasure {
   kCca,          // "cca"
   kSvcca,        // "svcca"
   kPwcca,        // "pwcca" (not symmetric: the one-model grid is the full L x L matrix)
+  // "minibatch-cka": the minibatch CKA estimator of Nguyen et al. (2021), a different estimator
+  // from the others: Song's unbiased HSIC_1 averaged over the batches of GridAccumulator, then the
+  // ratio (MinibatchCkaAccumulator's definition, linear kernel). Its value depends on how the
+  // examples are split into batches; with one batch of all examples (similarity_grid) it equals
+  // debiased-cka. Streams over batches with O(b^2) memory per layer, whatever its width.
+  kMinibatchCka,
 };
-// "cka" | "debiased-cka" | "rbf-cka" | "cca" | "svcca" | "pwcca"; throws listing them otherwise.
+// "cka" | "debiased-cka" | "rbf-cka" | "cca" | "svcca" | "pwcca" | "minibatch-cka"; throws
+// listing them otherwise.
 GridMeasure parse_grid_measure(const char* fn, const std::string& name, const std::string& value);
 std::string to_string(GridMeasure measure);
 
@@ -41,13 +49,18 @@ std::string to_string(GridMeasure measure);
 enum class GridConv {
   kAuto,     // kFlatten for the CKA family, kPool for the CCA family (the documented default)
   kFlatten,  // [n, c*h*w] (Kornblith et al. 2019)
-  kPool,     // global average over the spatial axes: [n, c] (2-D layers pass unchanged)
-  kFold,     // positions become examples, [n*h*w, c]; every layer of the grid must be 4-D;
-             // layers are brought to the largest h x w of the grid with recipe.upsample
-  kFourier,  // measure kCca only, every layer 4-D: the mean over frequencies of fourier_cca
-             // (per-layer FFT and whitening reused when all layers share h x w)
+  kPool,     // [n, c, h, w] (and [n, c, d, h, w]): global average over the spatial axes, [n, c];
+             // [n, t, d] (transformer tokens, batch first): the mean over tokens, [n, d];
+             // 2-D layers pass unchanged
+  kCls,      // as kPool, but [n, t, d] layers keep their first (CLS) token, [n, d]
+  kFold,     // positions become examples, [n*h*w, c]; layers are brought to the largest h x w of
+             // the grid's 4-D layers with recipe.upsample; cells of a layer that is not 4-D are
+             // undefined (null, with the reason)
+  kFourier,  // measure kCca only: the mean over frequencies of fourier_cca (per-layer FFT and
+             // whitening reused when all layers share h x w); cells of a layer that is not 4-D
+             // are undefined (null, with the reason)
 };
-// "auto" | "flatten" | "pool" | "fold" | "fourier"; throws listing them otherwise.
+// "auto" | "flatten" | "pool" | "cls" | "fold" | "fourier"; throws listing them otherwise.
 GridConv parse_grid_conv(const char* fn, const std::string& name, const std::string& value);
 std::string to_string(GridConv conv);
 
@@ -60,7 +73,20 @@ struct GridOptions {
   PwccaOptions pwcca = {};  // kPwcca
   RbfCkaOptions rbf = {};   // kRbfCka
   Precision precision = Precision::kFloat64;  // compute dtype of the CKA family
+  // Side each layer's factors are taken from (svcca/factors.h): kAuto takes the n x n Gram matrix
+  // of a layer with more features than rows (linear CKA, debiased CKA, svcca; rbf-cka always
+  // works from Gram matrices) and the covariance otherwise. cca and pwcca need rows >= p + 2, so
+  // they always take the covariance side (kGram is honoured by cca, ignored by pwcca).
+  FactorSide side = FactorSide::kAuto;
+  // Memory budget in bytes for GridAccumulator's exact streaming state (0: default_memory_budget).
+  int64_t memory_bytes = 0;
 };
+
+// A default memory budget derived from the machine: min(MemTotal / 4, MemAvailable / 2) from
+// /proc/meminfo (1 GiB where it cannot be read).
+int64_t default_memory_budget();
+// The peak resident set size of this process so far (VmHWM), in bytes; 0 where unknown.
+int64_t peak_rss_bytes();
 
 // Cells of a grid that are undefined (NaN in Grid::values, null in JSON and CSV), with the one
 // cause they share: e.g. a layer that is constant on the examples (its whole row and column), CCA
@@ -86,18 +112,19 @@ struct Grid {
   std::vector<UndefinedCells> undefined;
 };
 
-// L x L grid of one model's layers. Every cell equals the one-shot pair call on the layers after
-// the conv recipe (linear_cka, cca(...).correlations.mean(), svcca(...).score, pwcca(...).score
-// with the row layer as x, rbf_cka) up to rounding. Cost: each layer is centered (float64 by
-// default), its covariance and factors (eigh, whitening) computed once, then one cross-covariance
-// per pair; memory holds every layer's centered [rows, p] data and covariances. rbf-cka holds one
-// centered [n, n] kernel matrix per layer. Precision::kInput computes every pair in the dtype
-// promoted over all layers. Symmetric measures compute the upper triangle and mirror it.
-// Throws when fewer than one layer is given, names repeat, a layer is not a finite float tensor
-// with >= 2 dims, layers disagree on the number of examples or device (names them and their
-// shapes), an option does not apply (kFourier with a measure other than cca, kFold / kFourier
-// with a layer that is not 4-D), or a cell cannot be computed (the message names the layer, e.g.
-// cca and pwcca need rows >= p + 2, or the pair of layers).
+// L x L grid of one model's layers. Every defined cell equals the one-shot pair call on the
+// layers after the conv recipe (linear_cka, cca(...).correlations.mean(), svcca(...).score,
+// pwcca(...).score with the row layer as x, rbf_cka) up to rounding. Each layer is reduced once
+// to its factor (GridBuilder; svcca/factors.h: the centered data or the n x n Gram matrix for
+// the CKA family, the whitened basis Z for cca and svcca, covariance factors for pwcca, the
+// centered RBF kernel for rbf-cka), then one cross term per cell, formed and dropped. Precision::
+// kInput computes each layer in its own dtype. Symmetric measures compute the upper triangle.
+// A cell whose measure is undefined for its layers (a layer that is constant or has non-finite
+// values, cca / pwcca with rows < p + 2, a layer that is not 4-D under fold / fourier, a failed
+// decomposition) is NaN with its reason in Grid::undefined; the grid itself never fails for it.
+// Throws when no layer is given, names repeat, a layer is not a float tensor with >= 2 dims,
+// layers disagree on the number of examples or device (names them and their shapes), or an
+// option does not apply (kFourier with a measure other than cca).
 Grid similarity_grid(const NamedActivations& layers, const GridOptions& options = {});
 // La x Lb grid of model A's layers (rows) against model B's (cols), on the same examples.
 Grid similarity_grid(const NamedActivations& a, const NamedActivations& b,
@@ -106,10 +133,13 @@ Grid similarity_grid(const NamedActivations& a, const NamedActivations& b,
 // Streams a grid over batches: exact for cka, cca, svcca and pwcca (float64 moments through
 // CovarianceAccumulator, so the result equals similarity_grid on all rows to ~1e-10, whatever
 // the batch sizes) and for debiased-cka (plus O(p) fourth-moment sums per layer and pair, see
-// detail::debiased_cka_from_sums); rbf-cka and conv kFourier need every example at once and throw
-// at construction. kFold's target size comes from the first batch. pwcca's reference weighting
-// has no QR fallback from moments (see pwcca.h). Memory is O((sum of features)^2), independent
-// of n.
+// detail::debiased_cka_from_sums); minibatch-cka keeps three scalars per cell (each batch needs
+// >= 4 rows). rbf-cka and conv kFourier need every example at once and throw at construction.
+// kFold's target size comes from the first batch. pwcca's reference weighting has no QR fallback
+// from moments (see pwcca.h). Memory of the exact measures is 8 (sum of features)^2 bytes,
+// independent of n: the first batch throws (naming the widest layer, its width and the
+// alternatives) when that exceeds options.memory_bytes. Undefined cells are NaN with reasons, as
+// in similarity_grid.
 class GridAccumulator {
  public:
   // rows: layer names of model A; cols: of model B, or empty for a one-model grid.
@@ -127,6 +157,47 @@ class GridAccumulator {
   int64_t n() const;
   // The grid over every example seen. Throws before the first batch or when a cell cannot be
   // computed (as similarity_grid).
+  Grid result() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Builds a grid one layer at a time, so that a layer's activations can be released as soon as
+// they are added: add() reduces the layer to its factor at once (svcca/factors.h; nothing of the
+// tensor is kept), result() computes every cell from the factors, forming each cross term and
+// dropping it. Memory: the factors, O(sum over layers of rows * min(rows, p)) for the moment
+// measures (rows^2 per layer for rbf-cka), never O((sum of features)^2). similarity_grid is
+// GridBuilder over its layers; the CLI adds layers pass by pass under a memory budget.
+//   svcca::GridBuilder b({"conv1", "fc"});  b.add("conv1", a1);  b.add("fc", a2);
+//   svcca::Grid g = b.result();
+class GridBuilder {
+ public:
+  // rows: model A's layers (or the one model's); cols: model B's, empty for a one-model grid.
+  // Throws on empty or repeated names and on options that do not apply (kFourier: use
+  // similarity_grid, which needs every layer at once).
+  GridBuilder(std::vector<std::string> rows, std::vector<std::string> cols = {},
+              GridOptions options = {});
+  ~GridBuilder();
+  GridBuilder(GridBuilder&&) noexcept;
+  GridBuilder& operator=(GridBuilder&&) noexcept;
+
+  // conv kFold: the h x w every 4-D layer is brought to (the largest of the grid's 4-D layers,
+  // as similarity_grid takes it). Needed before the first add() under kFold.
+  void set_fold_size(int64_t h, int64_t w);
+  // Adds layer `name` (of model B when `col`): [n, ...] activations, reduced to its factor now.
+  // A layer whose factor is undefined (constant, non-finite values, too few rows for the
+  // measure, not 4-D under kFold) is recorded with its reason. Throws on an unknown or repeated
+  // name, a tensor that is not floating with >= 2 dims, or a number of examples (or a device)
+  // that differs from the layers added before.
+  void add(const std::string& name, const at::Tensor& acts, bool col = false);
+  // Records layer `name` as undefined for `reason` (e.g. its output is not one row per example):
+  // its cells are NaN with that reason.
+  void add_undefined(const std::string& name, const std::string& reason, bool col = false);
+  // Bytes held by the factors so far.
+  int64_t factor_bytes() const;
+  // The grid. Throws when a layer was not added (naming it).
   Grid result() const;
 
  private:

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "svcca/checks.h"
+#include "svcca/factors.h"
 
 namespace svcca {
 namespace detail {
@@ -135,7 +136,18 @@ at::Tensor debiased_cka_from_sums(const char* fn, const DebiasedSums& s, int64_t
 
 at::Tensor rbf_gram(const char* fn, const char* name, const at::Tensor& xc, double threshold,
                     std::optional<double> sigma) {
-  at::Tensor d = squared_distances(xc);
+  return rbf_kernel(fn, name, squared_distances(xc), threshold, sigma);
+}
+
+at::Tensor squared_distances_from_gram(const at::Tensor& k) {
+  const int64_t n = k.size(0);
+  at::Tensor sq = k.diagonal();
+  at::Tensor d = sq.unsqueeze(1) + sq.unsqueeze(0) - k * 2.0;
+  return d.clamp_min(0.0) * (at::ones({n, n}, d.options()) - at::eye(n, d.options()));
+}
+
+at::Tensor rbf_kernel(const char* fn, const char* name, const at::Tensor& d, double threshold,
+                      std::optional<double> sigma) {
   at::Tensor two_sigma_sq;
   if (sigma) {
     two_sigma_sq = at::scalar_tensor(2.0 * *sigma * *sigma, d.options());
@@ -165,6 +177,15 @@ at::Tensor linear_cka(const at::Tensor& x, const at::Tensor& y, const LinearCkaO
   detail::check_pair(fn, x, y);
   if (options.debiased) detail::check_debiased_examples(fn, x.size(0));
 
+  const int64_t n = x.size(0);
+  if (options.form == CkaForm::kFeatures && (x.size(1) > n || y.size(1) > n)) {
+    // A wide layer (p > n): its n x n Gram matrix from column blocks, never a [p, p] product.
+    auto fx = detail::linear_kernel_factor(fn, "x", x, options.precision, FactorSide::kAuto,
+                                           options.debiased);
+    auto fy = detail::linear_kernel_factor(fn, "y", y, options.precision, FactorSide::kAuto,
+                                           options.debiased);
+    return detail::linear_cka_of(fn, fx, fy, options.debiased).to(detail::result_dtype(x, y));
+  }
   if (options.form == CkaForm::kFeatures) {
     return detail::linear_cka_from_moments(fn, detail::pair_moments(x, y, options.precision),
                                            options.debiased);
@@ -190,10 +211,18 @@ at::Tensor rbf_cka(const at::Tensor& x, const at::Tensor& y, const RbfCkaOptions
   // Distances are translation invariant; centering first keeps ||a||^2 + ||b||^2 - 2 a.b from
   // cancelling when the features have large means.
   const auto dtype = detail::compute_dtype(x, y, options.precision);
-  at::Tensor k =
-      detail::rbf_gram(fn, "x", detail::center(x, dtype).data, options.threshold, options.sigma);
-  at::Tensor l =
-      detail::rbf_gram(fn, "y", detail::center(y, dtype).data, options.threshold, options.sigma);
+  // Wide layers (p > n): distances from the n x n Gram matrix, formed from column blocks.
+  auto kernel = [&](const char* name, const at::Tensor& t) {
+    if (t.size(1) <= t.size(0))
+      return detail::rbf_gram(fn, name, detail::center(t, dtype).data, options.threshold,
+                              options.sigma);
+    detail::GramStats g = detail::centered_gram(t, dtype);
+    at::Tensor d = detail::squared_distances_from_gram(g.gram);
+    if (options.sigma) d = d * (g.scale * g.scale);
+    return detail::rbf_kernel(fn, name, d, options.threshold, options.sigma);
+  };
+  at::Tensor k = kernel("x", x);
+  at::Tensor l = kernel("y", y);
   return detail::gram_cka(fn, k, l, options.debiased).to(detail::result_dtype(x, y));
 }
 

@@ -34,6 +34,8 @@ namespace svcca {
 // Which computation linear CKA uses; both give the same number (tests check it).
 enum class CkaForm {
   // Feature space: products of [p, p] matrices, O(n p^2) time and O(p^2) memory, no n x n matrix.
+  // A layer with p > n is taken from its n x n Gram matrix instead (built from column blocks,
+  // svcca/factors.h), so wide layers never form a [p, p] matrix.
   // Debiased, with X, Y centered, d_x = (||x_i||^2)_i the squared row norms and s_x = X^T 1 the
   // column sums (zero after centering), the terms of HSIC_1 expand into
   //   tr(K~ L~)       = ||X^T Y||_F^2 - d_x . d_y
@@ -115,6 +117,13 @@ at::Tensor squared_distances(const at::Tensor& xc);
 // numpy's median over all n^2 entries). Throws, naming fn and name, when that median is 0.
 at::Tensor rbf_gram(const char* fn, const char* name, const at::Tensor& xc, double threshold,
                     std::optional<double> sigma);
+
+// Squared distances [n, n] between the rows of a layer from its (centered) Gram matrix k:
+// k_ii + k_jj - 2 k_ij, with an exact zero diagonal and no negative rounding.
+at::Tensor squared_distances_from_gram(const at::Tensor& k);
+// The RBF kernel matrix of squared distances d ([n, n]), bandwidth as rbf_gram.
+at::Tensor rbf_kernel(const char* fn, const char* name, const at::Tensor& d, double threshold,
+                      std::optional<double> sigma);
 
 // Linear CKA (biased, feature space) from a pair's moments: ||sxy||_F^2 / (||sxx||_F ||syy||_F),
 // the (n - 1) normalization cancelling. The debiased estimate also needs m.x_centered and

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include "svcca/checks.h"
+#include "svcca/factors.h"
 
 namespace svcca {
 
@@ -47,6 +48,21 @@ SvccaResult svcca(const at::Tensor& x, const at::Tensor& y, const SvccaOptions& 
   constexpr const char* fn = "svcca";
   detail::check_pair(fn, x, y);
   detail::check_svcca_options(fn, options);
+  const int64_t n = x.size(0);
+  if (x.size(1) > n || y.size(1) > n) {
+    // A wide layer (p > n): its SVD from the n x n Gram matrix (svcca/factors.h), never a
+    // [p, p] covariance.
+    const auto fopt = detail::svcca_factor_options(options);
+    const auto p = options.cca.precision;
+    auto fx = detail::whitened_factor(fn, "x", x, fopt, p, FactorSide::kAuto);
+    auto fy = detail::whitened_factor(fn, "y", y, fopt, p, FactorSide::kAuto);
+    SvccaResult r;
+    r.correlations = detail::canonical_correlations(fx, fy).to(detail::result_dtype(x, y));
+    r.score = r.correlations.mean();
+    r.x_dims = fx.rank;
+    r.y_dims = fy.rank;
+    return r;
+  }
   return detail::svcca_from_moments(fn, detail::pair_moments(x, y, options.cca.precision), options);
 }
 

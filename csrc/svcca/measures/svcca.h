@@ -42,7 +42,9 @@ struct SvccaResult {
 // SVCCA similarity of x: [n, p1] and y: [n, p2]. The SVD of the centered activations is taken
 // from the eigendecomposition of their covariance (same singular vectors, s_i^2 = (n-1) lambda_i),
 // so the reduction costs no pass over the data beyond the covariance products; CCA then runs on
-// the kept directions. p may exceed n (the reduction keeps at most rank <= n - 1 directions).
+// the kept directions. p may exceed n (the reduction keeps at most rank <= n - 1 directions): a
+// layer with p > n is reduced from its n x n Gram matrix instead (svcca/factors.h; same numbers),
+// so a flattened conv layer of any width costs O(n^2 p) time and O(n^2) memory.
 // Throws like cca, and when fraction is outside [0, 1] or dims < 1.
 SvccaResult svcca(const at::Tensor& x, const at::Tensor& y, const SvccaOptions& options = {});
 
