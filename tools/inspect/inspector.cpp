@@ -6,6 +6,9 @@
 #include <fnmatch.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -102,6 +105,11 @@ GridOptions grid_options(const char* fn, const std::string& measure, const std::
   return o;
 }
 
+// The conv a grid will use ("flatten", "pool", "fold", ...), auto resolved by the measure.
+std::string resolve_conv_name(const GridOptions& o) {
+  return to_string(resolved_conv(o));
+}
+
 InputSource make_input(const char* fn, const InputSpec& spec) {
   if (!spec.file.empty()) return InputSource::from_file(spec.file);
   if (spec.shape.empty()) {
@@ -122,14 +130,21 @@ at::Tensor to_model_dtype(const TappedModule& model, at::Tensor x) {
   return x;
 }
 
-// Runs `model` on one batch and keeps the first output of every selected layer that is a
-// floating tensor (integer outputs such as argmax are no activations to compare).
+std::string batch_text(int64_t start, int64_t count, int64_t n) {
+  return "examples " + std::to_string(start + 1) + "-" + std::to_string(start + count) + " of " +
+         std::to_string(n);
+}
+
+// Runs `model` on one batch and keeps every record of the selected layers that is a floating
+// tensor (integer outputs such as argmax are no activations to compare), one per call: a module
+// called k times gives "name#1" ... "name#k".
 NamedActivations capture(const TappedModule& model, const std::string& path,
                          const std::vector<std::string>& layers, const at::Tensor& batch,
                          const InputSource& input) {
   Capture cap;
   const at::Tensor x = to_model_dtype(model, batch);
   try {
+    at::NoGradGuard no_grad;
     cap = model.run({x}, layers);
   } catch (const std::exception& e) {
     throw InputError(quoted(path) + " rejected the input (" + input.description() +
@@ -137,7 +152,7 @@ NamedActivations capture(const TappedModule& model, const std::string& path,
                      dtype_name(c10::toString(x.scalar_type())) + "): " + model_error(e));
   }
   NamedActivations out;
-  for (auto& [name, value] : cap.first_values()) {
+  for (auto& [name, value] : cap.per_call_values()) {
     if (value.defined() && value.is_floating_point() && value.dim() >= 1)
       out.emplace_back(name, value);
   }
@@ -149,9 +164,169 @@ NamedActivations capture(const TappedModule& model, const std::string& path,
   return out;
 }
 
-std::string batch_text(int64_t start, int64_t count, int64_t n) {
-  return "examples " + std::to_string(start + 1) + "-" + std::to_string(start + count) + " of " +
-         std::to_string(n);
+bool glob_match(const std::string& pattern, const std::string& name) {
+  // fnmatch without FNM_PATHNAME: '*' also crosses dots, as TappedModule::select's globs.
+  return fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
+}
+
+std::string gib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / 1073741824.0);
+  return buf;
+}
+
+// One record of a model (a layer's output at one call) as the grid will see it.
+struct PlannedLayer {
+  std::string name;            // record name ("layer1.0.conv1", "blk#2", "out:0")
+  std::string module;          // the module path select() knows
+  std::vector<int64_t> shape;  // per example (dim 0 dropped)
+  at::ScalarType dtype = at::kFloat;
+  int64_t bytes_per_example = 0;
+  std::string undefined;  // why its cells will be null (not one row per example), else empty
+};
+
+// Which records a model gives for the selected layers, from a forward on the first examples.
+std::vector<PlannedLayer> discover(const TappedModule& model, const std::string& path,
+                                   const std::vector<std::string>& modules, const RunSpec& run,
+                                   const InputSource& input) {
+  const int64_t probe = std::min<int64_t>(2, input.n());
+  const NamedActivations acts = capture(model, path, modules, input.batch(0, probe), input);
+  std::vector<PlannedLayer> out;
+  for (const auto& [name, t] : acts) {
+    bool excluded = false;
+    for (const auto& pattern : run.exclude) excluded = excluded || glob_match(pattern, name);
+    if (excluded) continue;
+    PlannedLayer l;
+    l.name = name;
+    l.module = name.substr(0, name.find_first_of("#:"));
+    l.dtype = t.scalar_type();
+    if (t.dim() < 2 || t.size(0) != probe) {
+      l.undefined = "layer \"" + name + "\" does not give one row per example (output shape " +
+                    shape_string(t.sizes()) + " for a batch of " + std::to_string(probe) +
+                    "), so it cannot be compared";
+    } else {
+      l.shape.assign(t.sizes().begin() + 1, t.sizes().end());
+      l.bytes_per_example = (t.numel() / probe) * static_cast<int64_t>(t.element_size());
+    }
+    out.push_back(std::move(l));
+  }
+  if (out.empty()) {
+    throw UsageError("--exclude leaves no layer of " + quoted(path) + " (" +
+                     join(run.exclude, ",") + ")");
+  }
+  return out;
+}
+
+int64_t parameter_bytes(const TappedModule& model) {
+  int64_t b = 0;
+  for (const at::Tensor& p : model.module().parameters()) b += p.numel() * p.element_size();
+  for (const at::Tensor& p : model.module().buffers()) b += p.numel() * p.element_size();
+  return b;
+}
+
+// What a pass plan costs and holds.
+struct PassPlan {
+  std::vector<std::vector<size_t>> groups;  // indices into the layers, one group per pass
+  int64_t chunk = 1;                        // examples per forward
+  int64_t budget = 0;
+};
+
+// Groups the layers (in order) into passes whose activations for all n examples fit the budget
+// beside the model, the factors (8 n min(n, p) per layer, twice for the work of reducing it) and
+// the forward's own working memory (`chunk` examples through the model, estimated as 4 times the
+// largest activation per example). `copies`: how many models' groups are held at once. Throws
+// UsageError when one layer alone cannot fit.
+PassPlan plan_passes(const std::vector<PlannedLayer>& layers, int64_t n, int64_t budget,
+                     int64_t fixed_bytes, int copies, const std::string& what) {
+  PassPlan plan;
+  plan.budget = budget;
+  int64_t largest = 1;
+  double factors = 0.0;
+  for (const auto& l : layers) {
+    largest = std::max(largest, l.bytes_per_example);
+    const double p = static_cast<double>(l.bytes_per_example) / 4.0;
+    factors += 16.0 * static_cast<double>(n) * std::min(static_cast<double>(n), p);
+  }
+  // The forward: a small share of the budget, at most 64 examples, at least 1.
+  plan.chunk = std::clamp<int64_t>(budget / 16 / (4 * largest), 1, std::min<int64_t>(64, n));
+  const double forward = 4.0 * static_cast<double>(largest) * static_cast<double>(plan.chunk);
+  const double reduce = static_cast<double>(std::max<int64_t>(detail::kGramBlockBytes, 8 * n * n));
+  const double avail = (static_cast<double>(budget) - static_cast<double>(fixed_bytes) - factors -
+                        forward - reduce) /
+                       copies;
+  std::vector<size_t> group;
+  double held = 0.0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!layers[i].undefined.empty()) continue;
+    const double bytes = static_cast<double>(layers[i].bytes_per_example) * static_cast<double>(n);
+    if (bytes > avail) {
+      const double need = static_cast<double>(budget) - avail * copies + bytes * copies;
+      throw UsageError("--memory " + gib(static_cast<double>(budget)) + " is too small for " +
+                       what + ": layer '" + layers[i].name + "' alone needs " + gib(bytes) +
+                       " for " + std::to_string(n) + " examples, beside " +
+                       gib(static_cast<double>(budget) - std::max(avail, 0.0) * copies) +
+                       " for the model, the factors and the forward; give --memory " +
+                       gib(need * 1.1) +
+                       " or more, fewer examples, --conv pool, or leave it "
+                       "out with --exclude");
+    }
+    if (!group.empty() && held + bytes > avail) {
+      plan.groups.push_back(group);
+      group.clear();
+      held = 0.0;
+    }
+    group.push_back(i);
+    held += bytes;
+  }
+  if (!group.empty()) plan.groups.push_back(group);
+  return plan;
+}
+
+// Runs `model` over all n examples in chunks, recording the layers of `group` into one [n, ...]
+// buffer each (allocated once; the records of a chunk are copied in and dropped).
+std::vector<at::Tensor> capture_group(const TappedModule& model, const std::string& path,
+                                      std::vector<PlannedLayer>& layers,
+                                      const std::vector<size_t>& group, const InputSource& input,
+                                      int64_t chunk, const std::string& pass_text,
+                                      const Progress& progress) {
+  const int64_t n = input.n();
+  std::vector<std::string> modules;
+  for (size_t i : group) {
+    if (std::find(modules.begin(), modules.end(), layers[i].module) == modules.end())
+      modules.push_back(layers[i].module);
+  }
+  std::vector<at::Tensor> buffers(group.size());
+  for (size_t g = 0; g < group.size(); ++g) {
+    std::vector<int64_t> shape{n};
+    shape.insert(shape.end(), layers[group[g]].shape.begin(), layers[group[g]].shape.end());
+    buffers[g] = at::empty(shape, at::TensorOptions().dtype(layers[group[g]].dtype));
+  }
+  for (int64_t start = 0; start < n; start += chunk) {
+    const int64_t count = std::min(chunk, n - start);
+    if (progress) progress(pass_text + batch_text(start, count, n));
+    const NamedActivations acts = capture(model, path, modules, input.batch(start, count), input);
+    for (size_t g = 0; g < group.size(); ++g) {
+      PlannedLayer& l = layers[group[g]];
+      if (!l.undefined.empty()) continue;
+      auto it =
+          std::find_if(acts.begin(), acts.end(), [&](const auto& a) { return a.first == l.name; });
+      std::vector<int64_t> want{count};
+      want.insert(want.end(), l.shape.begin(), l.shape.end());
+      if (it == acts.end() || it->second.sizes() != at::IntArrayRef(want)) {
+        l.undefined = "layer \"" + l.name + "\" " +
+                      (it == acts.end() ? std::string("was not recorded for ")
+                                        : "changed its output shape to " +
+                                              shape_string(it->second.sizes()) + " for ") +
+                      batch_text(start, count, n) + " (it gave " +
+                      shape_string(buffers[g].sizes().slice(1)) + " per example before)";
+        buffers[g] = at::Tensor();
+        continue;
+      }
+      buffers[g].narrow(0, start, count).copy_(it->second);
+    }
+  }
+  model.release_buffers();
+  return buffers;
 }
 
 int64_t effective_batch(const char* fn, int64_t batch_size, int64_t n) {
@@ -172,12 +347,6 @@ std::unique_ptr<GridAccumulator> make_accumulator(const char* fn, std::vector<st
     throw UsageError(std::string(fn) + ": --batch-size cannot be used here: " + message_of(e) +
                      " (leave out --batch-size to use every example in one batch)");
   }
-}
-
-std::vector<std::string> names_of(const NamedActivations& acts) {
-  std::vector<std::string> names;
-  for (const auto& [name, t] : acts) names.push_back(name);
-  return names;
 }
 
 std::string patterns_text(const std::vector<std::string>& patterns) {
@@ -233,56 +402,227 @@ InspectionReport inspect_layers(const LayersRequest& request) {
   return report;
 }
 
+namespace {
+
+// Batch boundaries for streaming: batches of b, except that a last batch too small for the
+// measure (minibatch-cka needs >= 4 rows) joins the one before it.
+std::vector<std::pair<int64_t, int64_t>> batch_bounds(int64_t n, int64_t b, int64_t min_rows) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t start = 0; start < n; start += b) out.push_back({start, std::min(b, n - start)});
+  if (out.size() > 1 && out.back().second < min_rows) {
+    out[out.size() - 2].second += out.back().second;
+    out.pop_back();
+  }
+  return out;
+}
+
+// The first batch of a streaming accumulator is where a layer too wide for the exact state is
+// found (grid.h): that is a usage error (the user picks the measure and the batching).
+template <class F>
+void first_update(F&& update) {
+  try {
+    update();
+  } catch (const c10::ValueError& e) {
+    const std::string m = message_of(e);
+    if (m.find("memory budget") != std::string::npos) throw UsageError("--batch-size: " + m);
+    throw;
+  }
+}
+
+struct Models {
+  std::vector<TappedModule> models;
+  std::vector<std::vector<std::string>> modules;  // selected module paths per model
+  std::vector<std::unique_ptr<EvalMode>> eval;    // eval mode while the command runs
+};
+
+Models load_models(const std::vector<std::string>& paths, const RunSpec& run) {
+  Models m;
+  for (const std::string& path : paths) {
+    m.models.push_back(load_model(path));
+    m.modules.push_back(select_layers(m.models.back(), path, run.layers));
+  }
+  if (!run.train_mode) {
+    for (const auto& model : m.models) m.eval.push_back(std::make_unique<EvalMode>(model.module()));
+  }
+  return m;
+}
+
+int64_t budget_of(const RunSpec& run) {
+  return run.memory_bytes > 0 ? run.memory_bytes : default_memory_budget();
+}
+
+void record_run_options(Grid& grid, const RunSpec& run, int64_t budget, int64_t passes,
+                        int64_t chunk) {
+  grid.options["memory_budget"] = std::to_string(budget);
+  grid.options["passes"] = std::to_string(passes);
+  if (chunk > 0) grid.options["forward_batch"] = std::to_string(chunk);
+  grid.options["peak_memory"] = std::to_string(peak_rss_bytes());
+  grid.options["mode"] = run.train_mode ? "train (as saved)" : "eval";
+  if (!run.exclude.empty()) grid.options["exclude"] = join(run.exclude, ",");
+}
+
+// The largest h x w of the 4-D (per example 3-D) layers, for conv fold (NCHW or NHWC).
+std::pair<int64_t, int64_t> planned_fold_size(const std::vector<std::vector<PlannedLayer>>& all,
+                                              const GridOptions& o) {
+  int64_t h = 0, w = 0;
+  for (const auto& layers : all) {
+    for (const auto& l : layers) {
+      if (l.shape.size() != 3) continue;
+      const bool nhwc = o.recipe.layout == ConvLayout::kNHWC;
+      h = std::max(h, nhwc ? l.shape[0] : l.shape[1]);
+      w = std::max(w, nhwc ? l.shape[1] : l.shape[2]);
+    }
+  }
+  return {h, w};
+}
+
+}  // namespace
+
 InspectionReport inspect_grid(const GridRequest& request, const Progress& progress) {
   TORCH_INTERNAL_ASSERT(request.models.size() == 1 || request.models.size() == 2);
-  const GridOptions options = grid_options("grid", request.measure, request.conv);
-  std::vector<TappedModule> models;
-  std::vector<std::vector<std::string>> layers;
-  for (const std::string& path : request.models) {
-    models.push_back(load_model(path));
-    layers.push_back(select_layers(models.back(), path, request.layers));
-  }
+  GridOptions options = grid_options("grid", request.measure, request.conv);
+  RunSpec run = request.run;
+  run.layers = request.layers;
+  const int64_t budget = budget_of(run);
+  options.memory_bytes = budget;
   const InputSource input = make_input("grid", request.input);
   const int64_t n = input.n();
   const int64_t b = effective_batch("grid", request.batch_size, n);
+  if (b < n) make_accumulator("grid", {"x"}, {}, options);  // options that cannot stream: now
+  Models m = load_models(request.models, run);
+  const size_t n_models = m.models.size();
+
+  std::vector<std::vector<PlannedLayer>> planned;
+  for (size_t i = 0; i < n_models; ++i) {
+    if (progress) progress("grid: finding the layers of " + request.models[i]);
+    planned.push_back(discover(m.models[i], request.models[i], m.modules[i], run, input));
+  }
+  std::vector<std::vector<std::string>> names(2);
+  for (size_t i = 0; i < n_models; ++i) {
+    for (const auto& l : planned[i]) names[i].push_back(l.name);
+  }
 
   Grid grid;
-  std::unique_ptr<GridAccumulator> acc;
-  for (int64_t start = 0; start < n; start += b) {
-    const int64_t count = std::min(b, n - start);
-    if (progress)
-      progress("grid: running the model" + std::string(models.size() > 1 ? "s" : "") + " on " +
-               batch_text(start, count, n));
-    const at::Tensor x = input.batch(start, count);
-    std::vector<NamedActivations> acts;
-    for (size_t m = 0; m < models.size(); ++m) {
-      acts.push_back(capture(models[m], request.models[m], layers[m], x, input));
+  int64_t passes = 0, chunk = 0;
+  if (b < n) {
+    // Streaming: every selected layer of each batch into the accumulator.
+    const auto bounds = batch_bounds(n, b, options.measure == GridMeasure::kMinibatchCka ? 4 : 1);
+    std::vector<std::vector<std::string>> kept(2);
+    std::vector<std::string> skipped;
+    for (size_t i = 0; i < n_models; ++i) {
+      for (const auto& l : planned[i]) {
+        (l.undefined.empty() ? kept[i] : skipped).push_back(l.name);
+      }
     }
-    if (b >= n) {
-      if (progress) progress("grid: computing " + to_string(options.measure));
-      grid = acts.size() == 1 ? similarity_grid(acts[0], options)
-                              : similarity_grid(acts[0], acts[1], options);
-      break;
+    auto acc = make_accumulator("grid", kept[0], kept[1], options);
+    for (const auto& [start, count] : bounds) {
+      if (progress)
+        progress("grid: running the model" + std::string(n_models > 1 ? "s" : "") + " on " +
+                 batch_text(start, count, n));
+      const at::Tensor x = input.batch(start, count);
+      std::vector<NamedActivations> acts(2);
+      for (size_t i = 0; i < n_models; ++i) {
+        for (auto& [name, t] : capture(m.models[i], request.models[i], m.modules[i], x, input)) {
+          if (std::find(kept[i].begin(), kept[i].end(), name) != kept[i].end())
+            acts[i].emplace_back(name, t);
+        }
+      }
+      if (start == 0) {
+        first_update([&] { acc->update(acts[0], acts[1]); });
+      } else {
+        acc->update(acts[0], acts[1]);
+      }
     }
-    if (!acc) {
-      acc = make_accumulator("grid", names_of(acts[0]),
-                             acts.size() == 2 ? names_of(acts[1]) : std::vector<std::string>{},
-                             options);
-    }
-    acts.size() == 1 ? acc->update(acts[0]) : acc->update(acts[0], acts[1]);
-  }
-  if (acc) {
     if (progress) progress("grid: computing " + to_string(options.measure));
     grid = acc->result();
+    passes = static_cast<int64_t>(bounds.size());
+    if (!skipped.empty()) grid.options["skipped_layers"] = join(skipped, ",");
+  } else if (resolve_conv_name(options) == "fourier") {
+    // Fourier CCA needs every layer at once: one pass that must fit the budget.
+    std::vector<NamedActivations> acts(2);
+    for (size_t i = 0; i < n_models; ++i) {
+      PassPlan plan =
+          plan_passes(planned[i], n, budget, parameter_bytes(m.models[i]), 1, "conv fourier");
+      if (plan.groups.size() > 1) {
+        throw UsageError("--conv fourier needs every layer at once, but the selected layers of " +
+                         quoted(request.models[i]) + " need " + std::to_string(plan.groups.size()) +
+                         " passes within --memory " + gib(static_cast<double>(budget)) +
+                         "; select fewer layers with --layers or --exclude, or give more memory");
+      }
+      std::vector<size_t> all;
+      for (const auto& g : plan.groups) all.insert(all.end(), g.begin(), g.end());
+      auto buffers = capture_group(m.models[i], request.models[i], planned[i], all, input,
+                                   plan.chunk, "grid: ", progress);
+      for (size_t g = 0; g < all.size(); ++g) {
+        if (buffers[g].defined()) acts[i].emplace_back(planned[i][all[g]].name, buffers[g]);
+      }
+      passes += 1;
+      chunk = plan.chunk;
+    }
+    if (progress) progress("grid: computing " + to_string(options.measure));
+    grid = n_models == 1 ? similarity_grid(acts[0], options)
+                         : similarity_grid(acts[0], acts[1], options);
+  } else {
+    // Exact: each model in passes of layers that fit the budget; each layer reduced to its
+    // factor as soon as its pass is done, then released.
+    GridBuilder builder(names[0], names[1], options);
+    if (resolve_conv_name(options) == "fold") {
+      const auto hw = planned_fold_size(planned, options);
+      if (hw.first > 0) builder.set_fold_size(hw.first, hw.second);
+    }
+    int64_t fixed = 0;
+    for (const auto& model : m.models) fixed += parameter_bytes(model);
+    std::vector<PassPlan> plans;
+    int64_t total_passes = 0;
+    for (size_t i = 0; i < n_models; ++i) {
+      plans.push_back(
+          plan_passes(planned[i], n, budget, fixed, 1, "the grid of " + quoted(request.models[i])));
+      total_passes += static_cast<int64_t>(plans.back().groups.size());
+    }
+    int64_t pass = 0, reduced = 0;
+    const size_t n_layers = names[0].size() + names[1].size();
+    for (size_t i = 0; i < n_models; ++i) {
+      const bool col = i == 1;
+      for (const auto& l : planned[i]) {
+        if (!l.undefined.empty()) builder.add_undefined(l.name, l.undefined, col);
+      }
+      for (const auto& group : plans[i].groups) {
+        ++pass;
+        const std::string pass_text = "grid: pass " + std::to_string(pass) + "/" +
+                                      std::to_string(total_passes) + " (" +
+                                      std::to_string(group.size()) + " layers), ";
+        auto buffers = capture_group(m.models[i], request.models[i], planned[i], group, input,
+                                     plans[i].chunk, pass_text, progress);
+        for (size_t g = 0; g < group.size(); ++g) {
+          const PlannedLayer& l = planned[i][group[g]];
+          if (progress) {
+            progress("grid: pass " + std::to_string(pass) + "/" + std::to_string(total_passes) +
+                     ", reducing layer " + std::to_string(++reduced) + "/" +
+                     std::to_string(n_layers) + " " + l.name);
+          }
+          if (buffers[g].defined()) {
+            builder.add(l.name, buffers[g], col);
+          } else {
+            builder.add_undefined(l.name, l.undefined, col);
+          }
+          buffers[g] = at::Tensor();  // released before the next layer is reduced
+        }
+      }
+      chunk = plans[i].chunk;
+    }
+    passes = total_passes;
+    if (progress) progress("grid: computing " + to_string(options.measure));
+    grid = builder.result();
   }
 
-  if (models.size() == 2) {
+  if (n_models == 2) {
     const bool same = stem(request.models[0]) == stem(request.models[1]);
     grid.row_label = (same ? std::string("model A") : stem(request.models[0])) + " layer";
     grid.col_label = (same ? std::string("model B") : stem(request.models[1])) + " layer";
     grid.options["other_model"] = request.models[1];
   }
   grid.options["model"] = request.models[0];
+  record_run_options(grid, run, budget, passes, chunk);
   return model_grid_report("grid", request.models, input, n, b, request.layers, std::move(grid));
 }
 
@@ -389,98 +729,163 @@ InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress
     throw UsageError("dynamics: CHECKPOINTS must be two or more model files, but got " +
                      std::to_string(t_count));
   }
-  const GridOptions options = grid_options("dynamics", request.measure, request.conv);
+  GridOptions options = grid_options("dynamics", request.measure, request.conv);
+  RunSpec run = request.run;
+  run.layers = request.layers;
+  const int64_t budget = budget_of(run);
+  options.memory_bytes = budget;
+  const InputSource input = make_input("dynamics", request.input);
+  const int64_t n = input.n();
+  const int64_t b = effective_batch("dynamics", request.batch_size, n);
+  if (b < n) make_accumulator("dynamics", {"x"}, {"x"}, options);
+  if (resolve_conv_name(options) == "fourier") {
+    throw UsageError(
+        "dynamics: --conv fourier is not supported here (it needs every layer at "
+        "once); use grid with two checkpoints");
+  }
+  if (progress) progress("dynamics: loading " + std::to_string(t_count) + " checkpoints");
   std::vector<TappedModule> models;
+  std::vector<std::unique_ptr<EvalMode>> eval;
   for (size_t t = 0; t < t_count; ++t) {
-    if (progress) progress("dynamics: loading " + request.checkpoints[t]);
     models.push_back(load_model(request.checkpoints[t]));
+    if (!run.train_mode) eval.push_back(std::make_unique<EvalMode>(models.back().module()));
   }
   const std::string& final_path = request.checkpoints.back();
-  const std::vector<std::string> names = select_layers(models.back(), final_path, request.layers);
+  const std::vector<std::string> modules = select_layers(models.back(), final_path, run.layers);
   for (size_t t = 0; t + 1 < t_count; ++t) {
     const auto& have = models[t].layer_names();
-    for (const std::string& name : names) {
+    for (const std::string& name : modules) {
       if (std::find(have.begin(), have.end(), name) == have.end()) {
         throw InputError(quoted(request.checkpoints[t]) + " has no layer '" + name + "', which " +
                          quoted(final_path) + " has (checkpoints must share one architecture)");
       }
     }
   }
-  const InputSource input = make_input("dynamics", request.input);
-  const int64_t n = input.n();
-  const int64_t b = effective_batch("dynamics", request.batch_size, n);
+  std::vector<PlannedLayer> planned = discover(models.back(), final_path, modules, run, input);
+  const size_t n_layers = planned.size();
 
-  // Layer l at checkpoint t against layer l at the final checkpoint: a 1 x 1 grid per cell, so
-  // only the diagonal of each checkpoint's layers-by-layers grid is computed.
-  std::vector<std::string> layer_names;
-  std::vector<std::vector<double>> values;  // [layer][checkpoint]
+  // Layer l at checkpoint t against layer l at the final checkpoint: a 1 x 1 grid per cell.
+  std::vector<std::vector<double>> values(n_layers, std::vector<double>(t_count, NAN));
+  std::vector<std::vector<std::string>> reasons(n_layers, std::vector<std::string>(t_count));
   std::map<std::string, std::string> cell_options;
-  // Streaming: one accumulator per (checkpoint, layer).
-  std::vector<std::vector<std::unique_ptr<GridAccumulator>>> accs(t_count);
-
-  for (int64_t start = 0; start < n; start += b) {
-    const int64_t count = std::min(b, n - start);
-    const at::Tensor x = input.batch(start, count);
-    if (progress)
-      progress("dynamics: " + final_path + (b < n ? ", " + batch_text(start, count, n) : ""));
-    const NamedActivations final_acts = capture(models.back(), final_path, names, x, input);
-    if (layer_names.empty()) {
-      layer_names = names_of(final_acts);
-      values.assign(layer_names.size(), std::vector<double>(t_count, 0.0));
-    }
-    for (size_t t = 0; t < t_count; ++t) {
-      if (progress) {
-        progress("dynamics: checkpoint " + std::to_string(t + 1) + "/" + std::to_string(t_count) +
-                 (b < n ? ", " + batch_text(start, count, n) : ""));
-      }
-      const NamedActivations acts =
-          t + 1 == t_count ? final_acts
-                           : capture(models[t], request.checkpoints[t], names, x, input);
-      for (size_t l = 0; l < layer_names.size(); ++l) {
-        const std::string& name = layer_names[l];
-        const auto it =
-            std::find_if(acts.begin(), acts.end(), [&](const auto& a) { return a.first == name; });
-        if (it == acts.end()) {
-          throw InputError(quoted(request.checkpoints[t]) + ": layer '" + name +
-                           "' produced no floating-point tensor for this input");
-        }
-        const NamedActivations row{*it};
-        const NamedActivations col{final_acts[l]};
-        if (b >= n) {
-          const Grid cell = similarity_grid(row, col, options);
-          values[l][t] = cell.values[0][0].item<double>();
-          if (cell_options.empty()) cell_options = cell.options;
-        } else {
-          if (accs[t].empty()) accs[t].resize(layer_names.size());
-          if (!accs[t][l]) accs[t][l] = make_accumulator("dynamics", {name}, {name}, options);
-          accs[t][l]->update(row, col);
-        }
-      }
-    }
-  }
+  auto take = [&](size_t l, size_t t, const Grid& cell) {
+    values[l][t] = cell.values[0][0].item<double>();
+    if (!cell.undefined.empty()) reasons[l][t] = cell.undefined.front().reason;
+    if (cell_options.empty()) cell_options = cell.options;
+  };
+  int64_t passes = 0, chunk = 0;
   if (b < n) {
-    for (size_t t = 0; t < t_count; ++t) {
-      for (size_t l = 0; l < layer_names.size(); ++l) {
-        const Grid cell = accs[t][l]->result();
-        values[l][t] = cell.values[0][0].item<double>();
-        if (cell_options.empty()) cell_options = cell.options;
+    // Streaming: one accumulator per (checkpoint, layer).
+    const auto bounds = batch_bounds(n, b, options.measure == GridMeasure::kMinibatchCka ? 4 : 1);
+    std::vector<std::vector<std::unique_ptr<GridAccumulator>>> accs(t_count);
+    for (const auto& [start, count] : bounds) {
+      const at::Tensor x = input.batch(start, count);
+      const NamedActivations final_acts = capture(models.back(), final_path, modules, x, input);
+      for (size_t t = 0; t < t_count; ++t) {
+        if (progress) {
+          progress("dynamics: checkpoint " + std::to_string(t + 1) + "/" + std::to_string(t_count) +
+                   ", " + batch_text(start, count, n));
+        }
+        const NamedActivations acts =
+            t + 1 == t_count ? final_acts
+                             : capture(models[t], request.checkpoints[t], modules, x, input);
+        if (accs[t].empty()) accs[t].resize(n_layers);
+        for (size_t l = 0; l < n_layers; ++l) {
+          const std::string& name = planned[l].name;
+          if (!planned[l].undefined.empty()) continue;
+          auto find = [&](const NamedActivations& set) {
+            return std::find_if(set.begin(), set.end(),
+                                [&](const auto& a) { return a.first == name; });
+          };
+          const auto it = find(acts);
+          const auto fit = find(final_acts);
+          if (it == acts.end() || fit == final_acts.end()) {
+            throw InputError(quoted(request.checkpoints[t]) + ": layer '" + name +
+                             "' produced no floating-point tensor for this input");
+          }
+          if (!accs[t][l]) accs[t][l] = make_accumulator("dynamics", {name}, {name}, options);
+          if (start == 0) {
+            first_update([&] { accs[t][l]->update({*it}, {*fit}); });
+          } else {
+            accs[t][l]->update({*it}, {*fit});
+          }
+        }
       }
     }
+    for (size_t t = 0; t < t_count; ++t) {
+      for (size_t l = 0; l < n_layers; ++l) {
+        if (accs[t][l]) take(l, t, accs[t][l]->result());
+      }
+    }
+    passes = static_cast<int64_t>(bounds.size());
+  } else {
+    // Exact: the final checkpoint's layers in passes that fit the budget twice (the final
+    // activations beside one checkpoint's), each checkpoint run once per pass.
+    int64_t fixed = 0;
+    for (const auto& model : models) fixed += parameter_bytes(model);
+    const PassPlan plan = plan_passes(planned, n, budget, fixed, 2, "dynamics");
+    chunk = plan.chunk;
+    int64_t pass = 0;
+    for (const auto& group : plan.groups) {
+      ++pass;
+      const std::string head = "dynamics: pass " + std::to_string(pass) + "/" +
+                               std::to_string(plan.groups.size()) + ", ";
+      auto final_buffers = capture_group(models.back(), final_path, planned, group, input,
+                                         plan.chunk, head + "final checkpoint, ", progress);
+      for (size_t t = 0; t < t_count; ++t) {
+        std::vector<PlannedLayer> mine = planned;
+        std::vector<at::Tensor> buffers =
+            t + 1 == t_count
+                ? final_buffers
+                : capture_group(models[t], request.checkpoints[t], mine, group, input, plan.chunk,
+                                head + "checkpoint " + std::to_string(t + 1) + ", ", progress);
+        for (size_t g = 0; g < group.size(); ++g) {
+          const size_t l = group[g];
+          const std::string& name = planned[l].name;
+          GridBuilder cell({name}, {name}, options);
+          if (buffers[g].defined()) {
+            cell.add(name, buffers[g]);
+          } else {
+            cell.add_undefined(name, (t + 1 == t_count ? planned[l] : mine[l]).undefined);
+          }
+          if (final_buffers[g].defined()) {
+            cell.add(name, final_buffers[g], true);
+          } else {
+            cell.add_undefined(name, planned[l].undefined, true);
+          }
+          take(l, t, cell.result());
+        }
+      }
+    }
+    passes = static_cast<int64_t>(plan.groups.size());
   }
 
   Grid grid;
-  grid.rows = layer_names;
   std::set<std::string> seen;
+  for (size_t l = 0; l < n_layers; ++l) grid.rows.push_back(planned[l].name);
   for (size_t t = 0; t < t_count; ++t) {
     std::string label = stem(request.checkpoints[t]);
     if (!seen.insert(label).second) label = std::to_string(t) + ":" + label;
     grid.cols.push_back(label);
   }
-  grid.values = at::empty({static_cast<int64_t>(layer_names.size()), static_cast<int64_t>(t_count)},
+  grid.values = at::empty({static_cast<int64_t>(n_layers), static_cast<int64_t>(t_count)},
                           at::TensorOptions().dtype(at::kDouble));
   auto v = grid.values.accessor<double, 2>();
-  for (size_t l = 0; l < layer_names.size(); ++l) {
-    for (size_t t = 0; t < t_count; ++t) v[l][t] = values[l][t];
+  std::map<std::string, size_t> reason_index;
+  for (size_t l = 0; l < n_layers; ++l) {
+    for (size_t t = 0; t < t_count; ++t) {
+      std::string why = reasons[l][t];
+      if (why.empty() && !planned[l].undefined.empty()) why = planned[l].undefined;
+      v[l][t] = why.empty() ? values[l][t] : NAN;
+      if (why.empty()) continue;
+      auto it = reason_index.find(why);
+      if (it == reason_index.end()) {
+        it = reason_index.emplace(why, grid.undefined.size()).first;
+        grid.undefined.push_back({why, {}});
+      }
+      grid.undefined[it->second].cells.push_back(
+          {static_cast<int64_t>(l), static_cast<int64_t>(t)});
+    }
   }
   grid.measure = to_string(options.measure) + "-to-final";
   grid.row_label = "layer";
@@ -489,8 +894,49 @@ InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress
   grid.options = cell_options;
   grid.options["checkpoints"] = join(request.checkpoints, ",");
   grid.options["final"] = final_path;
+  record_run_options(grid, run, budget, passes, chunk);
   return model_grid_report("dynamics", request.checkpoints, input, n, b, request.layers,
                            std::move(grid));
+}
+
+int64_t parse_memory(const std::string& option, const std::string& text) {
+  size_t used = 0;
+  double value = 0.0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  std::string unit = text.substr(used);
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  static const std::map<std::string, double> kUnits = {{"", 1.0},
+                                                       {"B", 1.0},
+                                                       {"K", 1024.0},
+                                                       {"KB", 1024.0},
+                                                       {"KIB", 1024.0},
+                                                       {"M", 1048576.0},
+                                                       {"MB", 1048576.0},
+                                                       {"MIB", 1048576.0},
+                                                       {"G", 1073741824.0},
+                                                       {"GB", 1073741824.0},
+                                                       {"GIB", 1073741824.0},
+                                                       {"T", 1099511627776.0},
+                                                       {"TB", 1099511627776.0},
+                                                       {"TIB", 1099511627776.0}};
+  const auto it = kUnits.find(unit);
+  if (used == 0 || it == kUnits.end() || !std::isfinite(value) || value <= 0.0 ||
+      value * it->second >= 9.2e18) {
+    throw UsageError(option + " must be a positive size such as 6G, 512M or 1.5GiB, but got '" +
+                     text + "'");
+  }
+  const double bytes = value * it->second;
+  if (bytes < 64.0 * 1048576.0) {
+    throw UsageError(option +
+                     " must be at least 64M (svcca needs room for the model's forward), "
+                     "but got '" +
+                     text + "'");
+  }
+  return static_cast<int64_t>(bytes);
 }
 
 InspectionReport inspect_tap(const TapRequest& request) {

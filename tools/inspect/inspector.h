@@ -52,13 +52,24 @@ struct LayersRequest {
   InputSpec input;
 };
 
+// How the models are run: which layers, in which mode, within which memory budget.
+struct RunSpec {
+  std::vector<std::string> layers;  // patterns (capture.h: TappedModule::select); empty: all
+  std::vector<std::string>
+      exclude;               // globs (* crosses dots) on record names, e.g. "*.bn*", "blk#2"
+  int64_t memory_bytes = 0;  // budget; 0: svcca::default_memory_budget()
+  bool train_mode = false;   // false: every capture runs in eval mode (flags restored)
+};
+
 struct GridRequest {
   std::vector<std::string> models;  // one model (L x L) or two (A layers x B layers)
   InputSpec input;
   std::string measure = "cka";
   std::string conv = "auto";
   std::vector<std::string> layers;  // patterns (capture.h: TappedModule::select); empty: all
-  int64_t batch_size = 0;           // 0: all examples in one batch
+  int64_t batch_size = 0;           // 0: exact from all examples (captured in passes); else
+                                    // stream B examples at a time (GridAccumulator)
+  RunSpec run;                      // exclude, memory, train mode (run.layers is `layers`)
 };
 
 struct CompareRequest {
@@ -76,7 +87,11 @@ struct DynamicsRequest {
   std::string conv = "auto";
   std::vector<std::string> layers;
   int64_t batch_size = 0;
+  RunSpec run;
 };
+
+// Parses a memory size: "6G", "512M", "1.5GiB", "800000000" (bytes); names `option` in errors.
+int64_t parse_memory(const std::string& option, const std::string& text);
 
 struct TapRequest {
   std::string model;

@@ -20,19 +20,27 @@ namespace {
 
 using namespace svcca::inspect;
 
-constexpr const char* kMeasures = "cka|debiased-cka|rbf-cka|cca|svcca|pwcca";
-constexpr const char* kConvs = "auto|flatten|pool|fold|fourier";
+constexpr const char* kMeasures = "cka|debiased-cka|rbf-cka|cca|svcca|pwcca|minibatch-cka";
+constexpr const char* kConvs = "auto|flatten|pool|cls|fold|fourier";
 
 constexpr const char* kFooter = R"(
 Examples are dim 0 of every input and activation (a [N, 1, 8, 8] input is N images).
 Inputs: --input FILE (a .pt tensor saved by torch.save in Python or torch::save/pickle_save in
 C++, or a .npy; float inputs take the model's dtype), or --input-shape N,... for random normal
-values from --seed. --batch-size B feeds B examples at a time through the streaming
-accumulators (exact for cka, cca, svcca and pwcca).
+values from --seed. Models run in eval mode (--train-mode: as saved), without gradients.
+Without --batch-size the grid is exact over all examples: layers are captured in passes that fit
+--memory (default: min(RAM/4, available/2)), each reduced to its factor (wide layers to an n x n
+Gram matrix) as soon as it is captured. --batch-size B instead streams B examples at a time
+(exact for cka, debiased-cka, cca, svcca and pwcca, whose p x p state must fit --memory;
+minibatch-cka is the minibatch estimator of Nguyen et al. 2021, for layers of any width).
 Measures: cka (linear CKA), debiased-cka, rbf-cka, cca (mean canonical correlation), svcca,
-pwcca. --conv says how layers of more than 2 dims become [examples, features]: auto (flatten for
-the CKA family, pool for the CCA family), flatten, pool (global average), fold (positions become
-examples), fourier (CCA family: mean over spatial frequencies).
+pwcca, minibatch-cka. --conv says how layers of more than 2 dims become [examples, features]:
+auto (flatten for the CKA family, pool for the CCA family), flatten, pool (global average over
+space; [N, T, D] token layers: the mean over tokens), cls ([N, T, D]: the first token), fold
+(positions become examples), fourier (cca: mean over spatial frequencies).
+A module called k times gives layers name#1 ... name#k. Cells a measure cannot compute (a
+constant layer, cca with fewer than p + 2 examples, a 2-D layer under fold) are null, with their
+reasons in the JSON and on stderr; --strict makes them an error (exit 1).
 
 Exit codes:
   0  success
@@ -58,6 +66,30 @@ void add_input_options(CLI::App* sub, InputSpec& input, std::string& shape_text)
   file->excludes(shape);
   shape->excludes(file);
   sub->add_option("--seed", input.seed, "seed of the random examples")->capture_default_str();
+}
+
+// --exclude, --memory, --strict, --train-mode (grid, dynamics).
+void add_run_options(CLI::App* sub, RunSpec& run, std::string& memory, bool& strict) {
+  sub->add_option("--exclude", run.exclude,
+                  "leave out layers matching these globs (* crosses dots, e.g. '*.bn*,fc'); "
+                  "repeat or comma-separate")
+      ->delimiter(',');
+  sub->add_option("--memory", memory,
+                  "memory budget, e.g. 6G or 512M (default: min(RAM/4, available/2))");
+  sub->add_flag("--strict", strict, "an undefined (null) cell is an error (exit 1)");
+  sub->add_flag("--train-mode", run.train_mode,
+                "run the model in the mode it was saved in (default: eval mode)");
+}
+
+// One line per distinct reason, for stderr.
+std::string undefined_lines(const svcca::Grid& grid) {
+  size_t cells = 0;
+  for (const auto& u : grid.undefined) cells += u.cells.size();
+  std::string s = std::to_string(cells) + " of " + std::to_string(grid.values.numel()) +
+                  " cells are undefined (null):\n";
+  for (const auto& u : grid.undefined)
+    s += "  " + std::to_string(u.cells.size()) + " cells: " + u.reason + "\n";
+  return s;
 }
 
 }  // namespace
@@ -87,7 +119,8 @@ int main(int argc, char** argv) {
 
   // grid
   GridRequest grid_req;
-  std::string grid_shape, grid_out;
+  std::string grid_shape, grid_out, grid_memory;
+  bool grid_strict = false;
   auto* grid = app.add_subcommand(
       "grid",
       "similarity of every pair of a model's layers, or of two models' layers (e.g. two "
@@ -103,7 +136,8 @@ int main(int argc, char** argv) {
           "layer names, globs (conv*, layer1.*) or re:REGEX; repeat or comma-separate; default all")
       ->delimiter(',');
   grid->add_option("--batch-size", grid_req.batch_size,
-                   "examples per batch (default: all at once)");
+                   "stream B examples at a time (default: exact over all examples, in passes)");
+  add_run_options(grid, grid_req.run, grid_memory, grid_strict);
   grid->add_option("--out", grid_out, "folder for the grid files (created if missing)")->required();
 
   // compare
@@ -132,7 +166,8 @@ int main(int argc, char** argv) {
 
   // dynamics
   DynamicsRequest dyn_req;
-  std::string dyn_shape, dyn_out;
+  std::string dyn_shape, dyn_out, dyn_memory;
+  bool dyn_strict = false;
   auto* dynamics =
       app.add_subcommand("dynamics",
                          "each layer's similarity to the same layer of the final checkpoint, over "
@@ -147,6 +182,7 @@ int main(int argc, char** argv) {
   dynamics->add_option("--layers", dyn_req.layers, "layer names, globs or re:REGEX; default all")
       ->delimiter(',');
   dynamics->add_option("--batch-size", dyn_req.batch_size, "examples per batch (default: all)");
+  add_run_options(dynamics, dyn_req.run, dyn_memory, dyn_strict);
   dynamics->add_option("--out", dyn_out, "folder for the files (created if missing)")->required();
 
   // tap
@@ -191,6 +227,7 @@ int main(int argc, char** argv) {
   try {
     InspectionReport report;
     std::string out_dir;
+    bool strict = false;
     if (*layers) {
       layers_req.has_input = !layers_req.input.file.empty() || !layers_shape.empty();
       if (!layers_shape.empty())
@@ -198,20 +235,31 @@ int main(int argc, char** argv) {
       report = inspect_layers(layers_req);
     } else if (*grid) {
       if (!grid_shape.empty()) grid_req.input.shape = parse_shape("--input-shape", grid_shape);
+      if (!grid_memory.empty()) grid_req.run.memory_bytes = parse_memory("--memory", grid_memory);
       report = inspect_grid(grid_req, progress);
       out_dir = grid_out;
+      strict = grid_strict;
     } else if (*compare) {
       compare_req.neurons_first = layout == "neurons-first";
       report = inspect_compare(compare_req);
       out_dir = compare_out;
     } else if (*dynamics) {
       if (!dyn_shape.empty()) dyn_req.input.shape = parse_shape("--input-shape", dyn_shape);
+      if (!dyn_memory.empty()) dyn_req.run.memory_bytes = parse_memory("--memory", dyn_memory);
       report = inspect_dynamics(dyn_req, progress);
       out_dir = dyn_out;
+      strict = dyn_strict;
     } else if (*tap) {
       report = inspect_tap(tap_req);
     }
     end_progress();
+    if (report.has_grid && !report.grid.undefined.empty()) {
+      if (strict) {
+        std::cerr << "svcca-inspect: --strict: " << undefined_lines(report.grid);
+        return kExitRuntime;
+      }
+      if (!quiet) std::cerr << "svcca-inspect: " << undefined_lines(report.grid);
+    }
     if (!out_dir.empty()) write_files(report, out_dir);
     if (json || format == "json") {
       std::cout << render_json(report).dump(2) << "\n";

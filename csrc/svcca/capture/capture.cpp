@@ -987,23 +987,33 @@ Capture TappedModule::run(const std::vector<c10::IValue>& inputs,
   return capture;
 }
 
+EvalMode::EvalMode(const torch::jit::Module& module) {
+  for (const jit::Module& m : module.modules()) {
+    if (!m.type()->hasAttribute("training")) continue;
+    modes_.emplace_back(m, m.is_training());
+    jit::Module(m)._ivalue()->setAttr("training", false);
+  }
+}
+
+EvalMode::~EvalMode() {
+  for (auto& [m, training] : modes_) m._ivalue()->setAttr("training", training);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Capture::per_call_values() const {
+  std::unordered_map<std::string, int64_t> calls, seen;
+  for (const auto& r : records) ++calls[r.name];
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& r : records) {
+    const int64_t k = ++seen[r.name];
+    out.emplace_back(calls[r.name] > 1 ? r.name + "#" + std::to_string(k) : r.name, r.value);
+  }
+  return out;
+}
+
 std::vector<LayerInfo> TappedModule::list_layers(const std::vector<c10::IValue>& inputs) const {
   // Eval mode for the one forward, so that listing does not update BatchNorm running statistics;
   // every module's own flag is restored afterwards.
-  std::vector<std::pair<jit::Module, bool>> modes;
-  for (const jit::Module& m : module_.modules()) modes.emplace_back(m, m.is_training());
-  struct ModeRestore {
-    std::vector<std::pair<jit::Module, bool>>& modes;
-    ~ModeRestore() {
-      for (auto& [m, training] : modes) {
-        if (m.type()->hasAttribute("training")) m._ivalue()->setAttr("training", training);
-      }
-    }
-  } restore{modes};
-  for (auto& mode : modes) {
-    if (mode.first.type()->hasAttribute("training"))
-      mode.first._ivalue()->setAttr("training", false);
-  }
+  EvalMode eval(module_);
 
   at::NoGradGuard no_grad;
   begin_through_ops({}, true, /*shapes_only=*/true);

@@ -35,6 +35,23 @@ struct Capture {
   std::vector<at::Tensor> values(const std::string& name) const;
   // The first record of every name, keyed by name, in first-call order.
   std::vector<std::pair<std::string, at::Tensor>> first_values() const;
+  // Every record in call order, named by module path, and "<name>#<k>" (k = 1, 2, ...: the k-th
+  // call) for a module called more than once in this forward.
+  std::vector<std::pair<std::string, at::Tensor>> per_call_values() const;
+};
+
+// Puts every module of `module` in eval mode for the guard's lifetime and restores each one's own
+// training flag afterwards (also when an exception unwinds). Not thread-safe: do not run the same
+// module on another thread meanwhile.
+class EvalMode {
+ public:
+  explicit EvalMode(const torch::jit::Module& module);
+  ~EvalMode();
+  EvalMode(const EvalMode&) = delete;
+  EvalMode& operator=(const EvalMode&) = delete;
+
+ private:
+  std::vector<std::pair<torch::jit::Module, bool>> modes_;
 };
 
 struct CaptureOptions {

@@ -1092,6 +1092,10 @@ Grid similarity_grid(const NamedActivations& a, const NamedActivations& b,
   return grid_impl(a, &b, options);
 }
 
+GridConv resolved_conv(const GridOptions& options) {
+  return resolve_conv(options.conv, options.measure);
+}
+
 int64_t default_memory_budget() {
   std::ifstream in("/proc/meminfo");
   std::string key;

@@ -82,6 +82,9 @@ struct GridOptions {
   int64_t memory_bytes = 0;
 };
 
+// The conv `options` resolve to (kAuto: kFlatten for the CKA family, kPool for the CCA family).
+GridConv resolved_conv(const GridOptions& options);
+
 // A default memory budget derived from the machine: min(MemTotal / 4, MemAvailable / 2) from
 // /proc/meminfo (1 GiB where it cannot be read).
 int64_t default_memory_budget();
