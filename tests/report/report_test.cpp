@@ -41,6 +41,7 @@ Grid small_grid() {
   g.col_label = "model B layer";
   g.examples = 1234;
   g.options = {{"conv", "flatten"}, {"precision", "float64"}};
+  g.undefined = {{"layer \"fc\" is constant on the examples", {{1, 1}}}};
   return g;
 }
 
@@ -79,9 +80,43 @@ TEST(Report, JsonRoundTrip) {
   // Exact: nlohmann writes doubles with round-trip precision.
   at::Tensor finite = at::isfinite(g.values);
   EXPECT_TRUE(at::equal(back.values.masked_select(finite), g.values.masked_select(finite)));
+  // The reasons of the NaN cells, always present.
+  ASSERT_EQ(back.undefined.size(), 1u);
+  EXPECT_EQ(back.undefined[0].reason, "layer \"fc\" is constant on the examples");
+  EXPECT_EQ(back.undefined[0].cells, (std::vector<std::pair<int64_t, int64_t>>{{1, 1}}));
+  EXPECT_EQ(j["undefined"][0]["cells"], nlohmann::json::parse("[[1, 1]]"));
+  Grid defined = small_grid();
+  defined.undefined.clear();
+  EXPECT_EQ(grid_to_json(defined)["undefined"], nlohmann::json::array());
   // Infinity is not JSON either.
   g.values[0][0] = INFINITY;
   EXPECT_TRUE(grid_to_json(g)["values"][0][0].is_null());
+}
+
+TEST(Report, JsonWithoutUndefinedReadsAsOlderFiles) {
+  Grid g = small_grid();
+  g.undefined.push_back({"second cause", {{0, 2}, {1, 0}}});
+  nlohmann::json j = grid_to_json(g);
+  Grid back = grid_from_json(j);
+  ASSERT_EQ(back.undefined.size(), 2u);
+  EXPECT_EQ(back.undefined[1].reason, "second cause");
+  EXPECT_EQ(back.undefined[1].cells, (std::vector<std::pair<int64_t, int64_t>>{{0, 2}, {1, 0}}));
+  j.erase("undefined");
+  back = grid_from_json(j);
+  EXPECT_TRUE(back.undefined.empty());
+  EXPECT_TRUE(std::isnan(back.values[1][1].item<double>()));
+  // Malformed entries name the field and the entry.
+  nlohmann::json bad = grid_to_json(small_grid());
+  bad["undefined"] = "x";
+  EXPECT_THROWS_WITH_TYPE(grid_from_json(bad), c10::ValueError,
+                          "field \"undefined\" must be an array");
+  bad["undefined"] = nlohmann::json::parse(R"([{"reason": 3, "cells": []}])");
+  EXPECT_THROWS_WITH(grid_from_json(bad), "but entry 0 is {\"cells\":[],\"reason\":3}");
+  bad["undefined"] = nlohmann::json::parse(R"([{"reason": "r", "cells": [[1, 3]]}])");
+  EXPECT_THROWS_WITH(grid_from_json(bad),
+                     "must hold cells [row, col] inside [2, 3], but entry 0 has the cell [1,3]");
+  bad["undefined"] = nlohmann::json::parse(R"([{"reason": "r", "cells": [[1]]}])");
+  EXPECT_THROWS_WITH(grid_from_json(bad), "has the cell [1]");
 }
 
 TEST(Report, JsonErrorsNameTheField) {
@@ -108,17 +143,26 @@ TEST(Report, JsonErrorsNameTheField) {
 
 TEST(Report, CsvQuotesNamesAndKeepsDigits) {
   const std::string csv = grid_to_csv(small_grid());
+  // RFC 4180: every record ends with CRLF, and there is no bare LF.
+  EXPECT_EQ(count(csv, "\r\n"), 3u);
+  EXPECT_EQ(count(csv, "\n"), 3u);
   std::istringstream in(csv);
   std::string header, row0, row1, extra;
   std::getline(in, header);
   std::getline(in, row0);
   std::getline(in, row1);
   EXPECT_FALSE(std::getline(in, extra));
-  EXPECT_EQ(header, "model A layer\\model B layer,\"a,b\",fc,out");
-  EXPECT_EQ(row0, "conv1,0,0.5,1");
-  EXPECT_EQ(row1.rfind("\"layer<2> & \"\"x\"\"\",0.25,nan,", 0), 0u) << row1;
+  EXPECT_EQ(header, "model A layer\\model B layer,\"a,b\",fc,out\r");
+  EXPECT_EQ(row0, "conv1,0,0.5,1\r");
+  // The NaN cell is an empty field between its neighbours.
+  EXPECT_EQ(row1.rfind("\"layer<2> & \"\"x\"\"\",0.25,,", 0), 0u) << row1;
+  EXPECT_EQ(row1.find("nan"), std::string::npos);
   const double last = std::strtod(row1.substr(row1.rfind(',') + 1).c_str(), nullptr);
   EXPECT_EQ(last, 0.123456789012345678);  // 17 significant digits read back exactly
+  // A NaN in the last column leaves a trailing empty field.
+  Grid g = small_grid();
+  g.values[0][2] = std::nan("");
+  EXPECT_NE(grid_to_csv(g).find("\r\nconv1,0,0.5,\r\n"), std::string::npos) << grid_to_csv(g);
 }
 
 TEST(Report, SvgHasEveryCellEscapedNamesAndAxes) {

@@ -287,6 +287,13 @@ nlohmann::json grid_to_json(const Grid& grid) {
   j["col_label"] = grid.col_label;
   j["examples"] = grid.examples;
   j["options"] = grid.options;
+  nlohmann::json undefined = nlohmann::json::array();
+  for (const UndefinedCells& u : grid.undefined) {
+    nlohmann::json cells = nlohmann::json::array();
+    for (const auto& [row, col] : u.cells) cells.push_back({row, col});
+    undefined.push_back({{"reason", u.reason}, {"cells", std::move(cells)}});
+  }
+  j["undefined"] = std::move(undefined);
   j["versions"] = {{"svcca", SVCCA_VERSION}, {"torch", TORCH_VERSION}};
   return j;
 }
@@ -362,6 +369,35 @@ Grid grid_from_json(const nlohmann::json& json) {
       acc[i][j] = x.is_null() ? std::numeric_limits<double>::quiet_NaN() : x.get<double>();
     }
   }
+
+  // Files written before "undefined" existed have none: their null cells get no reason.
+  if (const nlohmann::json* undefined = find_field(json, "undefined")) {
+    TORCH_CHECK_VALUE(undefined->is_array(), fn,
+                      ": field \"undefined\" must be an array of {\"reason\", \"cells\"} "
+                      "objects, but got a ",
+                      undefined->type_name());
+    for (size_t k = 0; k < undefined->size(); ++k) {
+      const auto& u = (*undefined)[k];
+      const nlohmann::json* reason = u.is_object() ? find_field(u, "reason") : nullptr;
+      const nlohmann::json* cells = u.is_object() ? find_field(u, "cells") : nullptr;
+      TORCH_CHECK_VALUE(
+          reason != nullptr && reason->is_string() && cells != nullptr && cells->is_array(), fn,
+          ": field \"undefined\" must hold objects with a string \"reason\" and ",
+          "an array \"cells\", but entry ", k, " is ", u.dump());
+      UndefinedCells out;
+      out.reason = reason->get<std::string>();
+      for (const auto& cell : *cells) {
+        const bool pair = cell.is_array() && cell.size() == 2 && cell[0].is_number_integer() &&
+                          cell[1].is_number_integer();
+        TORCH_CHECK_VALUE(pair && cell[0].get<int64_t>() >= 0 && cell[0].get<int64_t>() < r &&
+                              cell[1].get<int64_t>() >= 0 && cell[1].get<int64_t>() < c,
+                          fn, ": field \"undefined\" must hold cells [row, col] inside [", r, ", ",
+                          c, "], but entry ", k, " has the cell ", cell.dump());
+        out.cells.emplace_back(cell[0].get<int64_t>(), cell[1].get<int64_t>());
+      }
+      g.undefined.push_back(std::move(out));
+    }
+  }
   return g;
 }
 
@@ -372,11 +408,15 @@ std::string grid_to_csv(const Grid& grid) {
   std::ostringstream out;
   out << csv_field(grid.row_label + "\\" + grid.col_label);
   for (const auto& name : grid.cols) out << ',' << csv_field(name);
-  out << '\n';
+  out << "\r\n";
   for (size_t i = 0; i < grid.rows.size(); ++i) {
     out << csv_field(grid.rows[i]);
-    for (int64_t j = 0; j < c; ++j) out << ',' << number17(p[i * c + j]);
-    out << '\n';
+    // A NaN cell is an empty field (RFC 4180 has no NaN; pandas and numpy read it as missing).
+    for (int64_t j = 0; j < c; ++j) {
+      const double x = p[i * c + j];
+      out << ',' << (std::isnan(x) ? std::string() : number17(x));
+    }
+    out << "\r\n";
   }
   return out.str();
 }

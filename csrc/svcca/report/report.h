@@ -14,13 +14,19 @@ namespace svcca {
 
 // {"rows": [...], "cols": [...], "values": [[...]], "measure": ..., "row_label": ...,
 //  "col_label": ..., "examples": n, "options": {...},
-//  "versions": {"svcca": "0.1.0", "torch": "1.13.1"}}. Non-finite values are written as null.
+//  "undefined": [{"reason": "...", "cells": [[row, col], ...]}, ...],
+//  "versions": {"svcca": "0.1.0", "torch": "1.13.1"}}. Non-finite values are written as null;
+// "undefined" is grid.undefined as it is (always present, [] when every cell is defined).
 nlohmann::json grid_to_json(const Grid& grid);
-// The inverse of grid_to_json (null becomes NaN). Throws naming the missing or malformed field.
+// The inverse of grid_to_json (null becomes NaN). "undefined" may be absent (files written before
+// it existed): grid.undefined is then empty. Throws naming the missing or malformed field, and
+// when an undefined cell lies outside [rows, cols].
 Grid grid_from_json(const nlohmann::json& json);
 
-// A header line ("<row_label>\<col_label>" then the column names), then one line per row;
-// names are quoted as RFC 4180 requires; values with 17 significant digits.
+// RFC 4180: a header record ("<row_label>\<col_label>" then the column names), then one record
+// per row; every record ends with CRLF; names with a comma, quote or line break are quoted
+// (quotes doubled); values with 17 significant digits; a NaN cell is an empty field (inf stays
+// "inf" / "-inf", which strtod and Python's float() read). The reasons are in the JSON only.
 std::string grid_to_csv(const Grid& grid);
 
 struct HeatmapOptions {
