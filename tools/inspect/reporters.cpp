@@ -57,7 +57,7 @@ std::string number_table(const Grid& grid) {
     for (size_t j = 0; j < grid.cols.size(); ++j) {
       const double x = a[i][j];
       out += std::isfinite(x) ? fmt::format("  {:>{}.4f}", x, w_col[j])
-                              : fmt::format("  {:>{}}", "nan", w_col[j]);
+                              : fmt::format("  {:>{}}", "x", w_col[j]);  // as the heatmap
     }
     out += "\n";
   }
@@ -106,9 +106,13 @@ std::string render_text(const InspectionReport& report, bool color) {
                          report.input);
     }
     if (g.rows.size() == 1 && g.cols.size() == 1) {
-      out += fmt::format("  {} {} / {}: {:.6f}\n", g.measure, g.rows[0], g.cols[0],
-                         g.values.to(at::kDouble).item<double>());
+      const double x = g.values.to(at::kDouble).item<double>();
+      out += std::isfinite(x)
+                 ? fmt::format("  {} {} / {}: {:.6f}\n", g.measure, g.rows[0], g.cols[0], x)
+                 : fmt::format("  {} {} / {}: undefined\n", g.measure, g.rows[0], g.cols[0]);
+      out += undefined_summary(g);
     } else {
+      // The heatmap ends with undefined_summary: each reason once, with its cell count.
       out += heatmap_terminal(g, color);
       if (!out.empty() && out.back() != '\n') out += "\n";
       if (g.cols.size() <= 12) out += number_table(g);

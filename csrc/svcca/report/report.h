@@ -14,13 +14,19 @@ namespace svcca {
 
 // {"rows": [...], "cols": [...], "values": [[...]], "measure": ..., "row_label": ...,
 //  "col_label": ..., "examples": n, "options": {...},
-//  "versions": {"svcca": "0.1.0", "torch": "1.13.1"}}. Non-finite values are written as null.
+//  "undefined": [{"reason": "...", "cells": [[row, col], ...]}, ...],
+//  "versions": {"svcca": "0.1.0", "torch": "1.13.1"}}. Non-finite values are written as null;
+// "undefined" is grid.undefined as it is (always present, [] when every cell is defined).
 nlohmann::json grid_to_json(const Grid& grid);
-// The inverse of grid_to_json (null becomes NaN). Throws naming the missing or malformed field.
+// The inverse of grid_to_json (null becomes NaN). "undefined" may be absent (files written before
+// it existed): grid.undefined is then empty. Throws naming the missing or malformed field, and
+// when an undefined cell lies outside [rows, cols].
 Grid grid_from_json(const nlohmann::json& json);
 
-// A header line ("<row_label>\<col_label>" then the column names), then one line per row;
-// names are quoted as RFC 4180 requires; values with 17 significant digits.
+// RFC 4180: a header record ("<row_label>\<col_label>" then the column names), then one record
+// per row; every record ends with CRLF; names with a comma, quote or line break are quoted
+// (quotes doubled); values with 17 significant digits; a NaN cell is an empty field (inf stays
+// "inf" / "-inf", which strtod and Python's float() read). The reasons are in the JSON only.
 std::string grid_to_csv(const Grid& grid);
 
 struct HeatmapOptions {
@@ -28,21 +34,47 @@ struct HeatmapOptions {
   double vmin = 0.0;  // colour scale range; values are clamped into it
   double vmax = 1.0;
 };
-// An SVG document: one cell per value, labelled axes (row and column names, axis titles), a
-// colour bar with ticks, and the title. Valid XML (names are escaped).
+// Undefined cells (NaN or inf in grid.values; grid.undefined gives their reasons, see
+// detail::undefined_legend) are drawn alike by all three heatmaps: blank (light grey) with a mark
+// (a diagonal cross in the SVG and PNG, "x" in the terminal), and under the picture "undefined
+// cells (N of M):" then each reason once, numbered, with its cell count (at most 20 reasons, then
+// "... and K more"; reasons longer than 160 characters in the SVG, 100 in the PNG, are shortened
+// in the middle). Defined cells are drawn as before. The heatmaps throw when grid.values is not
+// [rows, cols], when a cell of grid.undefined lies outside it, or (SVG, PNG) when vmin and vmax
+// are not finite with vmin < vmax.
+//
+// Size. Cells are about 480 px / (longest axis) a side, clamped to 4..40 px (SVG) or 4..48 px
+// (PNG); past 600 layers they shrink below 4 px (never below 1) so that the grid stays within
+// 2400 px a side; a short axis is widened towards 160 px (200 layers x 4 checkpoints: columns of
+// 40 px). When cells are thinner than a line of text only every k-th name is written, and names
+// that share dotted prefixes are grouped: a bracket with the prefix ("features.denseblock1"), and
+// each row labelled by the rest ("denselayer3.conv1"), so labels stay whole and readable.
+inline constexpr int64_t kSvgMaxTooltipCells = 4096;
+// An SVG document: the cells, labelled axes (row and column names or groups, axis titles), a
+// colour bar with ticks, the title, and the undefined cells' legend. Valid XML (names are
+// escaped). Up to kSvgMaxTooltipCells cells, one <rect> per cell with a <title> tooltip (the
+// value, or "undefined (k): <reason>"), and the value written in cells of 30 px or more. Above it
+// the document stays small (about 1.7 MB for 450 x 450 random values, where one rect per cell
+// took 33 MB): the grid is drawn in cell units under one transform, one <path> per colour
+// (merged row runs) and one per reason (filled with a crossed tile, the reason as its
+// tooltip); defined cells then have no tooltip.
 std::string heatmap_svg(const Grid& grid, const HeatmapOptions& options = {});
-// A PNG file's bytes (RGB8), encoded with libspng: cells, colour bar and the same text as
-// heatmap_svg (title, names, axis titles, tick labels; no values in cells), drawn in a built-in
-// 5x8 bitmap font (report/font.h): printable ASCII only (other characters show as '?'), names
-// longer than 28 characters shortened to "..." + their end, and only every k-th name on grids
-// whose cells are thinner than a line of text. width and height are returned through the out
-// parameters. Throws (as heatmap_svg does) when grid.values is not [rows, cols] or when vmin and
-// vmax are not finite with vmin < vmax.
+// A PNG file's bytes (RGB8), encoded with libspng: cells, colour bar, the undefined cells'
+// legend, and the same text as heatmap_svg (title, names or groups, axis titles, tick labels; no
+// values in cells), drawn in a built-in 5x8 bitmap font (report/font.h): printable ASCII only
+// (other characters show as '?'), names longer than 28 characters (group prefixes: 40) shortened
+// to "..." + their end. width and height are returned through the out parameters (layout:
+// detail::png_layout in heatmap.h).
 std::vector<uint8_t> heatmap_png(const Grid& grid, const HeatmapOptions& options, int64_t* width,
                                  int64_t* height);
 // A compact heatmap for a terminal: one coloured block per cell (ANSI 256 colours when
-// `color`, digits 0-9 otherwise), row names on the left, a legend line.
+// `color`, digits 0-9 otherwise), row names on the left, a legend line, the column names, then
+// undefined_summary(grid).
 std::string heatmap_terminal(const Grid& grid, bool color);
+// "undefined cells: <N> of <rows * cols>" and then one line per reason, "  1. <reason> (<n>
+// cells)" (each reason once, at most 20, shortened past 240 characters); "" when every cell is
+// defined. Throws when grid.values is not [rows, cols] or a cell of grid.undefined is outside it.
+std::string undefined_summary(const Grid& grid);
 
 // Writes `bytes` to `path` through a temporary file in the same folder, then renames it; throws
 // (leaving nothing behind) when the folder does not exist or cannot be written.
