@@ -263,7 +263,7 @@ def forward(self, x):
 
 // A layer that is constant on the probe (here: always zero) has no CKA; the grids say so
 // instead of returning NaN.
-TEST_F(MonitorTest, ConstantLayerIsAnErrorNotNaN) {
+TEST_F(MonitorTest, ConstantLayerGivesNullCellsWithTheReason) {
   torch::jit::Module net = wrap_inner("svcca_test.Zero", R"(
 def forward(self, x):
     return x * 0.0
@@ -271,8 +271,15 @@ def forward(self, x):
   TrainingMonitor m(net, at::randn({20, 3}, at::kDouble));
   m.record(0);
   m.record(1);
-  EXPECT_THROWS_WITH(m.dynamics(), "constant");
-  EXPECT_THROWS_WITH(m.grid(1), "constant");
+  // Null cells with the reason, never a silent NaN or a lost grid.
+  for (const Grid& g : {m.dynamics(), m.grid(1)}) {
+    EXPECT_TRUE(at::isnan(g.values).all().item<bool>());
+    ASSERT_EQ(g.undefined.size(), 1u);
+    EXPECT_NE(g.undefined[0].reason.find("constant"), std::string::npos) << g.undefined[0].reason;
+    EXPECT_EQ(static_cast<int64_t>(g.undefined[0].cells.size()), g.values.numel());
+  }
+  EXPECT_EQ(m.convergence_steps(0.9), std::vector<int64_t>{-1});
+  EXPECT_TRUE(m.converged(0.9, 1).empty());
 }
 
 TEST_F(MonitorTest, TrainingFlagsRestoredWhenTheModelThrows) {

@@ -186,9 +186,11 @@ struct PlannedLayer {
 };
 
 // Which records a model gives for the selected layers, from a forward on the first examples.
+// Under conv pool / cls every captured chunk is reduced per example at once (grid.h:
+// per_example_features), so the grid holds [n, c] per layer.
 std::vector<PlannedLayer> discover(const TappedModule& model, const std::string& path,
                                    const std::vector<std::string>& modules, const RunSpec& run,
-                                   const InputSource& input) {
+                                   const InputSource& input, const GridOptions& options) {
   const int64_t probe = std::min<int64_t>(2, input.n());
   const NamedActivations acts = capture(model, path, modules, input.batch(0, probe), input);
   std::vector<PlannedLayer> out;
@@ -205,8 +207,9 @@ std::vector<PlannedLayer> discover(const TappedModule& model, const std::string&
                     shape_string(t.sizes()) + " for a batch of " + std::to_string(probe) +
                     "), so it cannot be compared";
     } else {
-      l.shape.assign(t.sizes().begin() + 1, t.sizes().end());
-      l.bytes_per_example = (t.numel() / probe) * static_cast<int64_t>(t.element_size());
+      const at::Tensor r = per_example_features(t, options);
+      l.shape.assign(r.sizes().begin() + 1, r.sizes().end());
+      l.bytes_per_example = (r.numel() / probe) * static_cast<int64_t>(r.element_size());
     }
     out.push_back(std::move(l));
   }
@@ -288,7 +291,7 @@ std::vector<at::Tensor> capture_group(const TappedModule& model, const std::stri
                                       std::vector<PlannedLayer>& layers,
                                       const std::vector<size_t>& group, const InputSource& input,
                                       int64_t chunk, const std::string& pass_text,
-                                      const Progress& progress) {
+                                      const Progress& progress, const GridOptions& options) {
   const int64_t n = input.n();
   std::vector<std::string> modules;
   for (size_t i : group) {
@@ -312,7 +315,10 @@ std::vector<at::Tensor> capture_group(const TappedModule& model, const std::stri
           std::find_if(acts.begin(), acts.end(), [&](const auto& a) { return a.first == l.name; });
       std::vector<int64_t> want{count};
       want.insert(want.end(), l.shape.begin(), l.shape.end());
-      if (it == acts.end() || it->second.sizes() != at::IntArrayRef(want)) {
+      at::Tensor value;
+      if (it != acts.end() && it->second.dim() >= 1 && it->second.size(0) == count)
+        value = per_example_features(it->second, options);
+      if (!value.defined() || value.sizes() != at::IntArrayRef(want)) {
         l.undefined = "layer \"" + l.name + "\" " +
                       (it == acts.end() ? std::string("was not recorded for ")
                                         : "changed its output shape to " +
@@ -322,7 +328,7 @@ std::vector<at::Tensor> capture_group(const TappedModule& model, const std::stri
         buffers[g] = at::Tensor();
         continue;
       }
-      buffers[g].narrow(0, start, count).copy_(it->second);
+      buffers[g].narrow(0, start, count).copy_(value);
     }
   }
   model.release_buffers();
@@ -495,7 +501,7 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
   std::vector<std::vector<PlannedLayer>> planned;
   for (size_t i = 0; i < n_models; ++i) {
     if (progress) progress("grid: finding the layers of " + request.models[i]);
-    planned.push_back(discover(m.models[i], request.models[i], m.modules[i], run, input));
+    planned.push_back(discover(m.models[i], request.models[i], m.modules[i], run, input, options));
   }
   std::vector<std::vector<std::string>> names(2);
   for (size_t i = 0; i < n_models; ++i) {
@@ -552,7 +558,7 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
       std::vector<size_t> all;
       for (const auto& g : plan.groups) all.insert(all.end(), g.begin(), g.end());
       auto buffers = capture_group(m.models[i], request.models[i], planned[i], all, input,
-                                   plan.chunk, "grid: ", progress);
+                                   plan.chunk, "grid: ", progress, options);
       for (size_t g = 0; g < all.size(); ++g) {
         if (buffers[g].defined()) acts[i].emplace_back(planned[i][all[g]].name, buffers[g]);
       }
@@ -592,7 +598,7 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
                                       std::to_string(total_passes) + " (" +
                                       std::to_string(group.size()) + " layers), ";
         auto buffers = capture_group(m.models[i], request.models[i], planned[i], group, input,
-                                     plans[i].chunk, pass_text, progress);
+                                     plans[i].chunk, pass_text, progress, options);
         for (size_t g = 0; g < group.size(); ++g) {
           const PlannedLayer& l = planned[i][group[g]];
           if (progress) {
@@ -761,7 +767,7 @@ InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress
       }
     }
   }
-  std::vector<PlannedLayer> planned = discover(models.back(), final_path, modules, run, input);
+  std::vector<PlannedLayer> planned = discover(models.back(), final_path, modules, run, input, options);
   const size_t n_layers = planned.size();
 
   // Layer l at checkpoint t against layer l at the final checkpoint: a 1 x 1 grid per cell.
@@ -831,14 +837,14 @@ InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress
       const std::string head = "dynamics: pass " + std::to_string(pass) + "/" +
                                std::to_string(plan.groups.size()) + ", ";
       auto final_buffers = capture_group(models.back(), final_path, planned, group, input,
-                                         plan.chunk, head + "final checkpoint, ", progress);
+                                         plan.chunk, head + "final checkpoint, ", progress, options);
       for (size_t t = 0; t < t_count; ++t) {
         std::vector<PlannedLayer> mine = planned;
         std::vector<at::Tensor> buffers =
             t + 1 == t_count
                 ? final_buffers
                 : capture_group(models[t], request.checkpoints[t], mine, group, input, plan.chunk,
-                                head + "checkpoint " + std::to_string(t + 1) + ", ", progress);
+                                head + "checkpoint " + std::to_string(t + 1) + ", ", progress, options);
         for (size_t g = 0; g < group.size(); ++g) {
           const size_t l = group[g];
           const std::string& name = planned[l].name;

@@ -20,8 +20,14 @@ namespace {
 
 using namespace svcca::inspect;
 
-constexpr const char* kMeasures = "cka|debiased-cka|rbf-cka|cca|svcca|pwcca|minibatch-cka";
-constexpr const char* kConvs = "auto|flatten|pool|cls|fold|fourier";
+// The names come from the grid's measure and conv tables (grid.h).
+std::string bar_joined(const std::vector<std::string>& names) {
+  std::string s;
+  for (size_t i = 0; i < names.size(); ++i) s += (i ? "|" : "") + names[i];
+  return s;
+}
+const std::string kMeasures = bar_joined(svcca::grid_measure_names());
+const std::string kConvs = bar_joined(svcca::grid_conv_names());
 
 constexpr const char* kFooter = R"(
 Examples are dim 0 of every input and activation (a [N, 1, 8, 8] input is N images).

@@ -1,5 +1,6 @@
 // google/svcca-compatible entry points (reference layout: neurons x datapoints).
 #include "svcca/compat/compat.h"
+#include "svcca/measures/cca.h"
 
 #include <ATen/ATen.h>
 
@@ -73,13 +74,7 @@ int64_t sum_threshold(const at::Tensor& array, double threshold) {
                        at::isIntegralType(array.scalar_type(), /*includeBool=*/false),
                    fn, ": array must be real numeric, but got dtype ", array.scalar_type());
   detail::check_unit_interval(fn, "threshold", threshold);
-  if (array.numel() == 0) return -1;
-  at::Tensor a = array.to(at::kDouble);
-  at::Tensor total = a.sum();
-  at::Tensor prefix = a.cumsum(0) - a;  // sum(array[:i])
-  at::Tensor hit = (prefix / total) >= threshold;
-  if (!hit.any().item<bool>()) return -1;
-  return hit.to(at::kInt).argmax().item<int64_t>();
+  return detail::prefix_reaching(array, threshold);
 }
 
 TensorDict get_cca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, double epsilon,

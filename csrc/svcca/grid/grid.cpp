@@ -1066,6 +1066,18 @@ std::string to_string(GridMeasure measure) {
   return decl(measure).name;
 }
 
+std::vector<std::string> grid_measure_names() {
+  std::vector<std::string> out;
+  for (const auto& d : measures()) out.push_back(d.name);
+  return out;
+}
+
+std::vector<std::string> grid_conv_names() {
+  std::vector<std::string> out;
+  for (const auto& [c, name] : conv_names()) out.push_back(name);
+  return out;
+}
+
 GridConv parse_grid_conv(const char* fn, const std::string& name, const std::string& value) {
   std::vector<const char*> names;
   for (const auto& [c, s] : conv_names()) {
@@ -1090,6 +1102,13 @@ Grid similarity_grid(const NamedActivations& layers, const GridOptions& options)
 Grid similarity_grid(const NamedActivations& a, const NamedActivations& b,
                      const GridOptions& options) {
   return grid_impl(a, &b, options);
+}
+
+at::Tensor per_example_features(const at::Tensor& acts, const GridOptions& options) {
+  const GridConv conv = resolve_conv(options.conv, options.measure);
+  if ((conv != GridConv::kPool && conv != GridConv::kCls) || !acts.defined() || acts.dim() <= 2)
+    return acts;
+  return layer_features("per_example_features", "acts", acts, conv, options.recipe, {0, 0});
 }
 
 GridConv resolved_conv(const GridOptions& options) {

@@ -44,6 +44,8 @@ enum class GridMeasure {
 // listing them otherwise.
 GridMeasure parse_grid_measure(const char* fn, const std::string& name, const std::string& value);
 std::string to_string(GridMeasure measure);
+// Every measure's name, in declaration order (for help texts and bindings).
+std::vector<std::string> grid_measure_names();
 
 // How a layer with more than two dims ([n, c, h, w], [n, t, d], ...) becomes [rows, features].
 enum class GridConv {
@@ -63,6 +65,8 @@ enum class GridConv {
 // "auto" | "flatten" | "pool" | "cls" | "fold" | "fourier"; throws listing them otherwise.
 GridConv parse_grid_conv(const char* fn, const std::string& name, const std::string& value);
 std::string to_string(GridConv conv);
+// Every conv's name ("auto", "flatten", ...).
+std::vector<std::string> grid_conv_names();
 
 struct GridOptions {
   GridMeasure measure = GridMeasure::kLinearCka;
@@ -84,6 +88,12 @@ struct GridOptions {
 
 // The conv `options` resolve to (kAuto: kFlatten for the CKA family, kPool for the CCA family).
 GridConv resolved_conv(const GridOptions& options);
+
+// The per-example part of the conv of `options`: under kPool and kCls (and kAuto resolving to
+// kPool) a layer's [n, ...] activations become [n, c] (the mean over space or tokens, or the first
+// token), which can be applied to any batch of examples before the grid sees them (the CLI pools
+// every captured chunk, so a pooled grid holds [n, c] per layer); other convs return acts as is.
+at::Tensor per_example_features(const at::Tensor& acts, const GridOptions& options);
 
 // A default memory budget derived from the machine: min(MemTotal / 4, MemAvailable / 2) from
 // /proc/meminfo (1 GiB where it cannot be read).

@@ -7,6 +7,7 @@
 #include <c10/util/StringUtil.h>
 
 #include <algorithm>
+#include <map>
 #include <cmath>
 #include <sstream>
 #include <utility>
@@ -258,10 +259,11 @@ Grid TrainingMonitor::grid(int64_t step) const {
   return g;
 }
 
-double TrainingMonitor::to_latest(size_t layer, size_t r) const {
+double TrainingMonitor::to_latest(size_t layer, size_t r, std::string* reason) const {
   const std::string& name = layers_[layer];
   const Grid g = similarity_grid({{name, records_[r].summaries[layer]}},
                                  {{name, records_.back().summaries[layer]}}, cell_options_);
+  if (reason != nullptr) *reason = g.undefined.empty() ? std::string() : g.undefined[0].reason;
   return g.values.item<double>();
 }
 
@@ -275,9 +277,16 @@ Grid TrainingMonitor::dynamics() const {
   g.values = at::empty(
       {static_cast<int64_t>(layers_.size()), static_cast<int64_t>(records_.size())}, at::kDouble);
   auto v = g.values.accessor<double, 2>();
+  std::map<std::string, size_t> reasons;
   for (size_t i = 0; i < layers_.size(); ++i) {
     for (size_t r = 0; r < records_.size(); ++r) {
-      v[static_cast<int64_t>(i)][static_cast<int64_t>(r)] = to_latest(i, r);
+      std::string why;
+      const auto row = static_cast<int64_t>(i), col = static_cast<int64_t>(r);
+      v[row][col] = to_latest(i, r, &why);
+      if (why.empty()) continue;
+      auto it = reasons.emplace(why, g.undefined.size()).first;
+      if (it->second == g.undefined.size()) g.undefined.push_back({why, {}});
+      g.undefined[it->second].cells.push_back({row, col});
     }
   }
   g.measure = to_string(options_.grid.measure) + "-to-latest";
@@ -297,6 +306,10 @@ std::vector<int64_t> TrainingMonitor::convergence_steps(double threshold) const 
   std::vector<int64_t> out;
   for (size_t i = 0; i < layers_.size(); ++i) {
     size_t first = records_.size() - 1;
+    if (std::isnan(to_latest(i, first))) {  // undefined (a constant layer): never converged
+      out.push_back(-1);
+      continue;
+    }
     // Walk back from the latest until the similarity first drops below the threshold.
     while (first > 0 && to_latest(i, first - 1) >= threshold) --first;
     out.push_back(records_[first].step);

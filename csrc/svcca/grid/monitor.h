@@ -88,7 +88,8 @@ class TrainingMonitor {
   // For each layer (in layers() order): the earliest recorded step s such that the layer's
   // similarity to its latest state is >= threshold at every recorded step from s on (the latest
   // step counts as similar to itself). Throws unless threshold is in [0, 1] and a step was
-  // recorded.
+  // recorded. A layer whose similarity is undefined (a layer constant on the probe: its cells are
+  // null in dynamics(), with the reason) gets -1.
   std::vector<int64_t> convergence_steps(double threshold) const;
 
   // Layers (in layers() order) whose similarity to their latest state is >= threshold at each
@@ -118,7 +119,8 @@ class TrainingMonitor {
   void record_from(const char* fn, int64_t step, const TappedModule& model);
   const Record& find(const char* fn, int64_t step) const;
   // Similarity of layer `layer` at record `r` to its state at the latest record.
-  double to_latest(size_t layer, size_t r) const;
+  // NaN when undefined (reason, when given, gets why).
+  double to_latest(size_t layer, size_t r, std::string* reason = nullptr) const;
 
   TappedModule model_;
   at::Tensor probe_;

@@ -4,10 +4,19 @@
 #include <ATen/ATen.h>
 
 #include "svcca/checks.h"
-#include "svcca/compat/compat.h"
 
 namespace svcca {
 namespace detail {
+
+int64_t prefix_reaching(const at::Tensor& values, double threshold) {
+  if (values.numel() == 0) return -1;
+  at::Tensor a = values.to(at::kDouble);
+  at::Tensor total = a.sum();
+  at::Tensor prefix = a.cumsum(0) - a;  // sum(values[:i])
+  at::Tensor hit = (prefix / total) >= threshold;
+  if (!hit.any().item<bool>()) return -1;
+  return hit.to(at::kInt).argmax().item<int64_t>();
+}
 
 void check_cca_options(const char* fn, const CcaOptions& options) {
   check_non_negative(fn, "epsilon", options.epsilon);
@@ -120,7 +129,7 @@ at::Tensor top_k_mean(const at::Tensor& correlations, int64_t top_k) {
 
 at::Tensor threshold_mean(const at::Tensor& correlations, double threshold) {
   detail::check_unit_interval("threshold_mean", "threshold", threshold);
-  int64_t idx = compat::sum_threshold(correlations, threshold);
+  int64_t idx = detail::prefix_reaching(correlations, threshold);
   if (idx < 0) idx = correlations.numel();
   return correlations.narrow(0, 0, std::max<int64_t>(idx, 1)).mean();
 }

@@ -67,6 +67,10 @@ at::Tensor threshold_mean(const at::Tensor& correlations, double threshold);
 
 namespace detail {
 
+// google/svcca's sum_threshold rule (compat::sum_threshold validates and calls this): the first
+// i with sum(values[:i]) / sum(values) >= threshold, or -1 when there is none (or values is empty).
+int64_t prefix_reaching(const at::Tensor& values, double threshold);
+
 // The CCA core shared by cca, svcca and pwcca: correlations and the SVD of the whitened
 // cross-covariance, from both layers' factors and the full cross-covariance sxy [p1, p2].
 struct CcaCore {
