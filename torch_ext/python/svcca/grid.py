@@ -405,16 +405,17 @@ def module_grid(model, inputs, other=None, layers=None, exclude=None, measure="c
     own training flag back afterwards, also on error. Batches are moved to ``device`` (default:
     the device of the model's first parameter, else the CPU); the model is not moved.
 
-    ``memory``: budget in bytes for the captured activations (default :func:`default_memory_budget`).
-    Each layer's size for all ``n`` examples is estimated from the first batch (numel per example
-    x element size x n); layers are grouped, in module order, into passes whose activations fit
-    the budget. In each pass every layer's batches are concatenated, added to the C++
-    ``GridBuilder`` (which keeps only its factor) and dropped before the next pass; a pass runs
-    forward only until its last layer's output. Under ``conv="pool"`` / ``"cls"`` (and ``"auto"``
-    with a CCA-family measure) conv and token layers are pooled as they are recorded, so a layer
-    takes ``c`` numbers per example instead of ``c * h * w``. A layer larger than the budget alone is a
-    ValueError (use ``conv="pool"``, fewer examples, or a larger ``memory``). Beyond the budget, the first batch of every selected layer is held once, and
-    one layer's concatenated copy during its hand-off. When ``inputs`` is an iterable the number of
+    ``memory``: budget in bytes for the captured activations (default
+    :func:`default_memory_budget`). Each layer's size for all ``n`` examples is estimated from the
+    first batch (numel per example x element size x n); layers are grouped, in module order, into
+    passes whose activations fit the budget. In each pass every layer's batches are concatenated,
+    added to the C++ ``GridBuilder`` (which keeps only its factor) and dropped before the next
+    pass; a pass runs forward only until its last layer's output. Under ``conv="pool"`` /
+    ``"cls"`` (and ``"auto"`` with a CCA-family measure) conv and token layers are pooled as they
+    are recorded, so a layer takes ``c`` numbers per example instead of ``c * h * w``. A layer
+    larger than the budget alone is a ValueError (use ``conv="pool"``, fewer examples, or a larger
+    ``memory``). Beyond the budget, the first batch of every selected layer is held once, and one
+    layer's concatenated copy during its hand-off. When ``inputs`` is an iterable the number of
     examples is only known after the first pass, which keeps the layers that still fit as it goes.
 
     ``measure``, ``conv`` and ``options`` (``fraction``, ``dims``, ``epsilon``, ``precision``,
