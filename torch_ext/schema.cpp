@@ -6,6 +6,8 @@ namespace svcca::ops {
 void register_stream_classes(torch::Library& m);
 // torch_ext/monitor_class.cpp: torch.classes.svcca.TrainingMonitor.
 void register_monitor_class(torch::Library& m);
+// torch_ext/grid_ops.cpp: torch.classes.svcca.GridBuilder.
+void register_grid_builder_class(torch::Library& m);
 }  // namespace svcca::ops
 
 TORCH_LIBRARY(svcca, m) {
@@ -64,6 +66,24 @@ TORCH_LIBRARY(svcca, m) {
   m.def(
       "similarity_grid(Tensor[] x, Tensor[]? y=None, str measure=\"cka\", str conv=\"auto\") -> "
       "Tensor");
+  // The whole grid, for svcca.similarity_grid / svcca.Grid (svcca/grid.py): undefined_cells holds
+  // one [k, 2] int64 tensor of (row, col) per reason in undefined_reasons.
+  m.def(
+      "_similarity_grid(Tensor[] x, str[] x_names, Tensor[]? y=None, str[]? y_names=None, "
+      "str measure=\"cka\", str conv=\"auto\", float fraction=0.99, int? dims=None, "
+      "float epsilon=0., str precision=\"float64\", str side=\"auto\") -> (Tensor values, "
+      "str[] rows, str[] cols, str measure, int examples, Dict(str, str) options, "
+      "str[] undefined_reasons, Tensor[] undefined_cells, str row_label, str col_label)");
+  // svcca::write_grid_files of a grid given by its fields: <dir>/<stem>.json, .csv, .svg, .png.
+  m.def(
+      "_write_grid_files(Tensor values, str[] rows, str[] cols, str measure, int examples, "
+      "Dict(str, str) options, str[] undefined_reasons, Tensor[] undefined_cells, str row_label, "
+      "str col_label, str dir, str stem=\"grid\", str title=\"\", float vmin=0., "
+      "float vmax=1.) -> str[]");
+  // svcca::default_memory_budget(): min(MemTotal / 4, MemAvailable / 2) bytes.
+  m.def("default_memory_budget() -> int");
+  // Layers added one at a time (svcca.module_grid).
+  svcca::ops::register_grid_builder_class(m);
 
   // Activation capture (torch_ext/capture_ops.cpp). CONSERVATIVE: side effects the JIT must keep.
   constexpr auto kConservative = c10::AliasAnalysisKind::CONSERVATIVE;

@@ -110,9 +110,120 @@ def test_torchscript(ops):
     assert_close(grid(xs), ops.similarity_grid(xs, measure="svcca"), tol(torch.float64, "closed_form"))
 
 
-def test_package_wrapper():
+def test_package_wrapper_returns_grid():
     import svcca
     xs = layers([3, 4], 30, seed=9)
     ys = layers([2], 30, seed=10)
-    assert_close(svcca.similarity_grid(xs, ys, measure="cca"),
-                 torch.ops.svcca.similarity_grid(xs, ys, "cca", "auto"), tol(torch.float64, "closed_form"))
+    g = svcca.similarity_grid(xs, ys, measure="cca")
+    assert isinstance(g, svcca.Grid)
+    assert g.rows == ["0", "1"] and g.cols == ["0"]
+    assert g.measure == "cca" and g.examples == 30 and g.undefined == []
+    assert g.values.dtype == torch.float64 and g.shape == (2, 1)
+    assert g.options["conv"] == "pool" and g.options["epsilon"] == "0"
+    assert g.row_label == "model A layer" and g.col_label == "model B layer"
+    assert_close(g.values, torch.ops.svcca.similarity_grid(xs, ys, "cca", "auto"),
+                 tol(torch.float64, "closed_form"))
+
+
+def test_package_wrapper_names():
+    import svcca
+    xs = layers([3, 4, 5], 30, seed=11)
+    by_list = svcca.similarity_grid(xs)
+    by_dict = svcca.similarity_grid({"a": xs[0], "b": xs[1], "c": xs[2]})
+    by_pairs = svcca.similarity_grid([("a", xs[0]), ("b", xs[1]), ("c", xs[2])])
+    assert by_list.rows == by_list.cols == ["0", "1", "2"]
+    assert by_dict.rows == by_pairs.rows == by_dict.cols == ["a", "b", "c"]
+    assert torch.equal(by_dict.values, by_list.values)
+    assert torch.equal(by_pairs.values, by_list.values)
+    assert_error(TypeError, ["x must be a list or dict of tensors", "wrap it in a list"],
+                 svcca.similarity_grid, xs[0])
+    assert_error(TypeError, ["x must be a list of tensors, a dict of tensors or a list of (name, "
+                             "tensor) pairs"], svcca.similarity_grid, [xs[0], ("b", xs[1])])
+    assert_error(TypeError, ["unexpected option(s) fractoin"], svcca.similarity_grid, xs,
+                 fractoin=0.5)
+
+
+def test_package_wrapper_options(ops):
+    import svcca
+    xs = layers([6, 8], 60, seed=12)
+    g = svcca.similarity_grid(xs, measure="svcca", dims=2)
+    assert g.options["dims"] == "2"
+    assert_close(g.values[0, 1], float(ops.svcca(xs[0], xs[1], dims=2)[0]), tol(torch.float64))
+    assert abs(float(g.values[0, 1]) - float(ops.svcca(xs[0], xs[1])[0])) > 1e-3
+    g = svcca.similarity_grid(xs, measure="cca", epsilon=0.1)
+    assert g.options["epsilon"] == "0.1"
+    assert_close(g.values[0, 1], float(ops.cca(xs[0], xs[1], epsilon=0.1)[0].mean()),
+                 tol(torch.float64))
+    g = svcca.similarity_grid(xs, measure="cka", side="gram")
+    assert g.options["side"] == "gram"
+    assert_close(g.values, svcca.similarity_grid(xs, side="features").values, tol(torch.float64))
+    assert_error(ValueError, ["side must be one of", "\"sideways\""], svcca.similarity_grid, xs,
+                 side="sideways")
+    assert_error(ValueError, ["precision must be \"float64\" or \"input\""],
+                 svcca.similarity_grid, xs, precision="half")
+
+
+def test_undefined_cells_and_strict():
+    import svcca
+    xs = layers([3, 4], 30, seed=13)
+    const = torch.full((30, 2), 3.0, dtype=torch.float64)
+    g = svcca.similarity_grid({"a": xs[0], "flat": const, "b": xs[1]})
+    assert len(g.undefined) == 1
+    reason, cells = g.undefined[0]
+    assert "\"flat\"" in reason and "constant" in reason
+    assert sorted(map(tuple, cells)) == [(0, 1), (1, 0), (1, 1), (1, 2), (2, 1)]
+    assert torch.isnan(g.values[1]).all() and not torch.isnan(g.values[0, 0])
+    assert g.to_dict()["values"][1][1] is None
+    assert_error(ValueError, ["every cell must be defined", "5 of 9 cells", reason, "(5 cells)"],
+                 g.raise_if_undefined)
+    ok = svcca.similarity_grid(xs)
+    assert ok.raise_if_undefined() is ok
+    assert "undefined" in repr(g) and "null" in repr(g) and "flat" in repr(g)
+
+
+def test_to_dict_from_dict_and_repr():
+    import svcca
+    g = svcca.similarity_grid({"conv1": layers([3], 30, seed=14)[0],
+                               "fc": layers([2], 30, seed=15)[0]}, measure="svcca")
+    d = g.to_dict()
+    assert set(d) == {"rows", "cols", "values", "measure", "row_label", "col_label", "examples",
+                      "options", "undefined"}
+    back = svcca.Grid.from_dict(d)
+    assert torch.equal(back.values, g.values) and back.rows == g.rows and back.cols == g.cols
+    assert back.options == g.options and back.examples == 30 and back.measure == "svcca"
+    r = repr(g)
+    assert r.startswith("Grid(svcca, 2 x 2, 30 examples)") and "conv1" in r and "fc" in r
+    assert "%.4f" % float(g.values[0, 1]) in r
+    assert_error(ValueError, ["values must have shape [rows, cols] = [2, 1]"], svcca.Grid,
+                 torch.zeros(2, 2), ["a", "b"], ["c"], "cka")
+
+
+def test_grid_builder_class_equals_similarity_grid():
+    import svcca
+    xs = layers([3, 5, 7], 40, seed=16)
+    b = torch.classes.svcca.GridBuilder(["l0", "l1", "l2"], [], "svcca", "auto", 0.99, None, 0.0,
+                                        "float64", "auto")
+    for i, x in enumerate(xs):
+        b.add("l%d" % i, x, False)
+        assert b.factor_bytes() > 0
+    g = svcca.Grid._from_tuple(b.result())
+    expected = svcca.similarity_grid(xs, measure="svcca")
+    assert g.rows == ["l0", "l1", "l2"]
+    assert_close(g.values, expected.values, tol(torch.float64, "closed_form"))
+    b = torch.classes.svcca.GridBuilder(["a", "b"], ["c"], "cka", "auto", 0.99, None, 0.0,
+                                        "float64", "auto")
+    b.add("a", xs[0], False)
+    b.add_undefined("b", "b: its output is not one row per example", False)
+    assert_error(ValueError, ["every layer must be added first", "\"c\""], b.result)
+    b.add("c", xs[1], True)
+    g = svcca.Grid._from_tuple(b.result())
+    assert g.undefined == [("b: its output is not one row per example", [[1, 0]])]
+    assert_close(g.values[0, 0], float(torch.ops.svcca.linear_cka(xs[0], xs[1])),
+                 tol(torch.float64, "closed_form"))
+
+
+def test_default_memory_budget():
+    import svcca
+    b = svcca.default_memory_budget()
+    assert isinstance(b, int) and b == torch.ops.svcca.default_memory_budget()
+    assert b >= 1 << 20

@@ -39,7 +39,10 @@ __all__ = [
     "fold_positions",
     "global_avg_pool",
     "resize_spatial",
+    "Grid",
     "similarity_grid",
+    "module_grid",
+    "default_memory_budget",
     "capture",
     "tap_model",
     "layer_names",
@@ -69,6 +72,8 @@ _ops = torch.ops.svcca
 from svcca.distributed import all_reduce_state  # noqa: E402,F401  (torch.distributed helper)
 from svcca.capture import capture, layer_names, list_layers, tap_model  # noqa: E402,F401
 from svcca.monitor import TrainingMonitor  # noqa: E402,F401
+from svcca.grid import (Grid, default_memory_budget, module_grid,  # noqa: E402,F401
+                        similarity_grid)
 
 
 def cca(x, y, epsilon=0.0, variance_cutoff=0.0, rank_rtol=None, precision="float64"):
@@ -256,16 +261,3 @@ def global_avg_pool(acts, layout="NCHW"):
 def resize_spatial(acts, size, mode="reference", layout="NCHW"):
     """Resize the spatial maps to ``size = (height, width)``; modes as in :func:`conv_features`."""
     return _ops.resize_spatial(acts, list(size), mode, layout)
-
-
-def similarity_grid(x, y=None, measure="cka", conv="auto"):
-    """Layer x layer grid ``[len(x), len(y or x)]`` (float64, CPU): cell ``[i, j]`` is ``measure``
-    of ``x[i]`` against ``y[j]`` (``x[j]`` for a one-model grid), each layer's own work done once.
-
-    ``measure``: ``"cka"``, ``"debiased-cka"``, ``"rbf-cka"``, ``"cca"``, ``"svcca"``,
-    ``"pwcca"`` (CCA family: the mean correlation; PWCCA is not symmetric). ``conv`` turns layers
-    with more than 2 dims into ``[n, p]``: ``"auto"`` (flatten for CKA, pool for CCA),
-    ``"flatten"``, ``"pool"``, ``"fold"``, ``"fourier"`` (cca only). Every layer needs the same
-    number of examples (dim 0).
-    """
-    return _ops.similarity_grid(list(x), None if y is None else list(y), measure, conv)
