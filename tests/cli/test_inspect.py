@@ -109,8 +109,10 @@ def check_grid_files(folder, stem, grid):
     assert len(table) == len(grid["rows"]) + 1
     assert table[0][1:] == grid["cols"]
     assert [row[0] for row in table[1:]] == grid["rows"]
-    np.testing.assert_allclose(np.array([row[1:] for row in table[1:]], dtype=float),
-                               np.array(grid["values"], dtype=float), rtol=1e-15, atol=0)
+    # An undefined (null) cell is an empty CSV field.
+    np.testing.assert_allclose(
+        np.array([[float(x) if x else np.nan for x in row[1:]] for row in table[1:]]),
+        np.array(grid["values"], dtype=float), rtol=1e-15, atol=0)
     svg = ET.parse(os.path.join(folder, stem + ".svg")).getroot()
     assert svg.tag.endswith("svg")
     text = " ".join(t.text or "" for t in svg.iter() if t.tag.endswith("text"))
@@ -170,13 +172,17 @@ def test_layers_match_python_forward_hooks(ok_json, tmp_path, name):
     report = ok_json("layers", os.path.join(FIXTURES, name + "_scripted.pt"), "--input",
                      tmp_path / "x.pt")
     hook_names = list(dict.fromkeys(expected.names))  # first call of each name, in order
-    assert [l["name"] for l in report["layers"]] == hook_names
+    calls = {n: expected.names.count(n) for n in hook_names}
     first = {}
     for n, v in zip(expected.names, expected.values):
         first.setdefault(n, list(v.shape))
-    assert {l["name"]: l["shape"] for l in report["layers"]} == first
-    calls = {n: expected.names.count(n) for n in hook_names}
-    assert {l["name"]: l["calls"] for l in report["layers"]} == calls
+    # One row per call, as grid names its layers: "name#1" ... "name#k" for k > 1 calls, in
+    # first-call order (the calls of one module together), each with the first call's shape.
+    rows = [(n if calls[n] == 1 else "%s#%d" % (n, k), n) for n in hook_names
+            for k in range(1, calls[n] + 1)]
+    assert [l["name"] for l in report["layers"]] == [r for r, _ in rows]
+    assert [l["shape"] for l in report["layers"]] == [first[n] for _, n in rows]
+    assert [l["calls"] for l in report["layers"]] == [calls[n] for _, n in rows]
 
 
 # ---- grid ------------------------------------------------------------------------------------
@@ -214,9 +220,16 @@ def test_grid_equals_numpy_linear_cka_on_fixtures(ok, tmp_path, name):
                            tmp_path / "x.pt", "--measure", "cka", "--conv", "flatten", "--out",
                            tmp_path / "o", "--json").stdout)
     grid = report["grid"]
-    first = {}
+    # One layer per call: a module called k > 1 times is "name#1" ... "name#k".
+    calls = {}
+    for n in expected.names:
+        calls[n] = calls.get(n, 0) + 1
+    first, seen = {}, {}
     for n, v in zip(expected.names, expected.values):
-        first.setdefault(n, v.double().reshape(v.shape[0], -1).numpy())
+        seen[n] = seen.get(n, 0) + 1
+        key = n if calls[n] == 1 else "%s#%d" % (n, seen[n])
+        first[key] = v.double().reshape(v.shape[0], -1).numpy()
+    assert sorted(first) == sorted(grid["rows"])
     values = np.array(grid["values"], dtype=float)
     for i, a in enumerate(grid["rows"]):
         for j, b in enumerate(grid["cols"]):
@@ -579,10 +592,28 @@ def test_batching_a_measure_that_needs_all_examples(run, tmp_path):
     assert not os.path.exists(tmp_path / "o")
 
 
-def test_computation_failure_is_one_line(fails, tmp_path):
-    # CCA of fc1 (32 features) needs n >= 34 examples; 10 are given.
-    fails(EXIT_RUNTIME, ["grid", FINAL, "--input-shape", "10,1,8,8", "--measure", "cca",
-                         "--layers", "fc1", "--out", tmp_path / "o"])
+def test_undefined_cells_are_null_with_their_reason(run, tmp_path):
+    # CCA of fc1 (32 features) needs n >= 34 examples; 10 are given: a null cell, not a lost grid.
+    args = ["grid", FINAL, "--input-shape", "10,1,8,8", "--measure", "cca", "--layers",
+            "conv1,fc1"]
+    r = run(*args, "--out", tmp_path / "o", "--json")
+    assert r.returncode == 0, r.stderr
+    grid = json.loads(r.stdout)["grid"]
+    assert grid["rows"] == ["conv1", "fc1"]
+    assert grid["values"][1][1] is None and grid["values"][0][1] is None
+    assert grid["values"][0][0] == pytest.approx(1.0)
+    assert len(grid["undefined"]) == 1
+    assert "p + 2 = 34" in grid["undefined"][0]["reason"]
+    assert sorted(map(tuple, grid["undefined"][0]["cells"])) == [(0, 1), (1, 0), (1, 1)]
+    assert "3 cells" in r.stderr and "p + 2 = 34" in r.stderr
+    with open(tmp_path / "o" / "grid.json") as f:
+        assert json.load(f)["undefined"] == grid["undefined"]
+    with open(tmp_path / "o" / "grid.csv") as f:
+        assert f.read().splitlines()[2].endswith(",")  # fc1's row ends with an empty cell
+    # --strict: any undefined cell is an error, one line, exit 1, nothing written.
+    r = run(*args, "--out", tmp_path / "s", "--strict")
+    assert r.returncode == EXIT_RUNTIME and "--strict" in r.stderr and "p + 2 = 34" in r.stderr
+    assert not os.path.exists(tmp_path / "s")
 
 
 def test_output_folder_that_cannot_be_written(fails, tmp_path):

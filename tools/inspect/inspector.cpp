@@ -147,9 +147,10 @@ NamedActivations capture(const TappedModule& model, const std::string& path,
     at::NoGradGuard no_grad;
     cap = model.run({x}, layers);
   } catch (const std::exception& e) {
-    throw InputError(quoted(path) + " rejected the input (" + input.description() +
-                     ": a batch of shape " + shape_string(x.sizes()) + ", dtype " +
-                     dtype_name(c10::toString(x.scalar_type())) + "): " + model_error(e));
+    throw InputError(quoted(path) + " rejected the input (" + input.description() + ", shape " +
+                     shape_string(input.shape()) + ": a batch of shape " + shape_string(x.sizes()) +
+                     ", dtype " + dtype_name(c10::toString(x.scalar_type())) +
+                     "): " + model_error(e));
   }
   NamedActivations out;
   for (auto& [name, value] : cap.per_call_values()) {
@@ -402,8 +403,13 @@ InspectionReport inspect_layers(const LayersRequest& request) {
                      ": shape " + shape_string(x.sizes()) + ", dtype " +
                      dtype_name(c10::toString(x.scalar_type())) + "): " + model_error(e));
   }
+  // One row per call, named as grid names them ("name#k" for a module called k > 1 times; the
+  // shape is the first call's).
   for (const LayerInfo& info : infos) {
-    report.layers.push_back({info.name, info.type, info.shape, dtype_name(info.dtype), info.calls});
+    for (int64_t k = 1; k <= std::max<int64_t>(info.calls, 1); ++k) {
+      const std::string name = info.calls > 1 ? info.name + "#" + std::to_string(k) : info.name;
+      report.layers.push_back({name, info.type, info.shape, dtype_name(info.dtype), info.calls});
+    }
   }
   return report;
 }
@@ -767,7 +773,8 @@ InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress
       }
     }
   }
-  std::vector<PlannedLayer> planned = discover(models.back(), final_path, modules, run, input, options);
+  std::vector<PlannedLayer> planned =
+      discover(models.back(), final_path, modules, run, input, options);
   const size_t n_layers = planned.size();
 
   // Layer l at checkpoint t against layer l at the final checkpoint: a 1 x 1 grid per cell.
@@ -836,15 +843,17 @@ InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress
       ++pass;
       const std::string head = "dynamics: pass " + std::to_string(pass) + "/" +
                                std::to_string(plan.groups.size()) + ", ";
-      auto final_buffers = capture_group(models.back(), final_path, planned, group, input,
-                                         plan.chunk, head + "final checkpoint, ", progress, options);
+      auto final_buffers =
+          capture_group(models.back(), final_path, planned, group, input, plan.chunk,
+                        head + "final checkpoint, ", progress, options);
       for (size_t t = 0; t < t_count; ++t) {
         std::vector<PlannedLayer> mine = planned;
         std::vector<at::Tensor> buffers =
             t + 1 == t_count
                 ? final_buffers
                 : capture_group(models[t], request.checkpoints[t], mine, group, input, plan.chunk,
-                                head + "checkpoint " + std::to_string(t + 1) + ", ", progress, options);
+                                head + "checkpoint " + std::to_string(t + 1) + ", ", progress,
+                                options);
         for (size_t g = 0; g < group.size(); ++g) {
           const size_t l = group[g];
           const std::string& name = planned[l].name;

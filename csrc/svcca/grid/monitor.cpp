@@ -7,8 +7,8 @@
 #include <c10/util/StringUtil.h>
 
 #include <algorithm>
-#include <map>
 #include <cmath>
+#include <map>
 #include <sstream>
 #include <utility>
 
