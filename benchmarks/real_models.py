@@ -21,7 +21,8 @@ of grid.json when present. The case `baseline-resnet18-64` also runs the baselin
 
 The baseline does what hook-based tools (torch_cka, CKA.pytorch) do: the eager torchvision model
 with the scripted model's state_dict, forward hooks on the modules svcca-inspect reports (read
-from grid.json's rows; the first call of each module, cloned, as svcca's capture records it),
+from grid.json's rows; the k-th call of a module for svcca's "<name>#k", cloned, as svcca's
+capture records it),
 one forward in eval mode under torch.no_grad(), each output flattened to [n, -1] float32, and for
 every pair of layers the two n x n Gram matrices K = X X^T, L = Y Y^T recomputed, then debiased
 CKA = HSIC_1(K, L) / sqrt(HSIC_1(K, K) HSIC_1(L, L)) with Song et al.'s unbiased HSIC_1. Float32,
@@ -363,9 +364,14 @@ def baseline_worker(args):
     modules = dict(eager.named_modules())
     store = {}
 
-    def hook_for(name, element):
+    def hook_for(name, element, call):
+        seen = [0]
+
         def hook(module, inputs, output):
-            if name in store:  # first call only, as svcca's grid keeps it
+            # svcca names the k-th call of a module called more than once "<name>#k"; a plain
+            # name is the only call.
+            seen[0] += 1
+            if seen[0] != call:
                 return
             value = output if element is None else output[element]
             # A copy: a later in-place op (ReLU(inplace=True) after a BatchNorm) rewrites the
@@ -375,8 +381,11 @@ def baseline_worker(args):
 
     handles = []
     for name in names:
-        base, element = name, None
-        m = re.fullmatch(r"(.*?)((?::\d+)+)", name)
+        base, element, call = name, None, 1
+        c = re.fullmatch(r"(.*)#(\d+)", name)
+        if c:
+            base, call = c.group(1), int(c.group(2))
+        m = re.fullmatch(r"(.*?)((?::\d+)+)", base)
         if m:  # "<path>:<i>": element i of a tuple output (one level; nested ones are rare)
             base = m.group(1)
             idx = [int(i) for i in m.group(2).split(":")[1:]]
@@ -385,7 +394,7 @@ def baseline_worker(args):
                 raise SystemExit("baseline: nested tuple records (%s) are not supported" % name)
         if base not in modules:
             raise SystemExit("baseline: svcca's layer %r is no module of the eager model" % name)
-        handles.append(modules[base].register_forward_hook(hook_for(name, element)))
+        handles.append(modules[base].register_forward_hook(hook_for(name, element, call)))
 
     x = torch.from_numpy(np.load(args.input_file))
     t_forward = time.monotonic()

@@ -170,9 +170,14 @@ bool glob_match(const std::string& pattern, const std::string& name) {
   return fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
 }
 
+// "1.50 GiB" or "300 MiB".
 std::string gib(double bytes) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / 1073741824.0);
+  if (bytes >= 1073741824.0) {
+    std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / 1073741824.0);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.0f MiB", std::ceil(bytes / 1048576.0));
+  }
   return buf;
 }
 
@@ -182,7 +187,8 @@ struct PlannedLayer {
   std::string module;          // the module path select() knows
   std::vector<int64_t> shape;  // per example (dim 0 dropped)
   at::ScalarType dtype = at::kFloat;
-  int64_t bytes_per_example = 0;
+  int64_t bytes_per_example = 0;       // what the grid holds per example (after pooling)
+  int64_t full_bytes_per_example = 0;  // what the capture records per example
   std::string undefined;  // why its cells will be null (not one row per example), else empty
 };
 
@@ -208,6 +214,7 @@ std::vector<PlannedLayer> discover(const TappedModule& model, const std::string&
                     shape_string(t.sizes()) + " for a batch of " + std::to_string(probe) +
                     "), so it cannot be compared";
     } else {
+      l.full_bytes_per_example = (t.numel() / probe) * static_cast<int64_t>(t.element_size());
       const at::Tensor r = per_example_features(t, options);
       l.shape.assign(r.sizes().begin() + 1, r.sizes().end());
       l.bytes_per_example = (r.numel() / probe) * static_cast<int64_t>(r.element_size());
@@ -228,6 +235,17 @@ int64_t parameter_bytes(const TappedModule& model) {
   return b;
 }
 
+// Bytes the layers' factors will hold, generously: 16 n min(n, p) each (the factor, and the work
+// of reducing it).
+double factor_estimate(const std::vector<PlannedLayer>& layers, int64_t n) {
+  double bytes = 0.0;
+  for (const auto& l : layers) {
+    const double p = static_cast<double>(l.bytes_per_example) / 4.0;
+    bytes += 16.0 * static_cast<double>(n) * std::min(static_cast<double>(n), p);
+  }
+  return bytes;
+}
+
 // What a pass plan costs and holds.
 struct PassPlan {
   std::vector<std::vector<size_t>> groups;  // indices into the layers, one group per pass
@@ -244,35 +262,34 @@ PassPlan plan_passes(const std::vector<PlannedLayer>& layers, int64_t n, int64_t
                      int64_t fixed_bytes, int copies, const std::string& what) {
   PassPlan plan;
   plan.budget = budget;
-  int64_t largest = 1;
-  double factors = 0.0;
+  // The forward of one chunk holds the chunk's records of the pass in full (before any pooling)
+  // and the model's own intermediate values (estimated as 4 x its largest activation).
+  int64_t largest = 1, records = 0;
   for (const auto& l : layers) {
-    largest = std::max(largest, l.bytes_per_example);
-    const double p = static_cast<double>(l.bytes_per_example) / 4.0;
-    factors += 16.0 * static_cast<double>(n) * std::min(static_cast<double>(n), p);
+    largest = std::max(largest, l.full_bytes_per_example);
+    records += l.full_bytes_per_example;
   }
-  // The forward: a small share of the budget, at most 64 examples, at least 1.
-  plan.chunk = std::clamp<int64_t>(budget / 16 / (4 * largest), 1, std::min<int64_t>(64, n));
-  const double forward = 4.0 * static_cast<double>(largest) * static_cast<double>(plan.chunk);
+  const double factors = factor_estimate(layers, n);
+  // The forward: an eighth of the budget, at most 64 examples, at least 1.
+  const int64_t per_example = records + 4 * largest;
+  plan.chunk = std::clamp<int64_t>(budget / 8 / per_example, 1, std::min<int64_t>(64, n));
+  const double forward = static_cast<double>(per_example) * static_cast<double>(plan.chunk);
   const double reduce = static_cast<double>(std::max<int64_t>(detail::kGramBlockBytes, 8 * n * n));
-  const double avail = (static_cast<double>(budget) - static_cast<double>(fixed_bytes) - factors -
-                        forward - reduce) /
-                       copies;
+  const double overhead = static_cast<double>(fixed_bytes) + factors + forward + reduce;
+  const double avail = (static_cast<double>(budget) - overhead) / copies;
   std::vector<size_t> group;
   double held = 0.0;
   for (size_t i = 0; i < layers.size(); ++i) {
     if (!layers[i].undefined.empty()) continue;
     const double bytes = static_cast<double>(layers[i].bytes_per_example) * static_cast<double>(n);
     if (bytes > avail) {
-      const double need = static_cast<double>(budget) - avail * copies + bytes * copies;
       throw UsageError("--memory " + gib(static_cast<double>(budget)) + " is too small for " +
-                       what + ": layer '" + layers[i].name + "' alone needs " + gib(bytes) +
-                       " for " + std::to_string(n) + " examples, beside " +
-                       gib(static_cast<double>(budget) - std::max(avail, 0.0) * copies) +
-                       " for the model, the factors and the forward; give --memory " +
-                       gib(need * 1.1) +
-                       " or more, fewer examples, --conv pool, or leave it "
-                       "out with --exclude");
+                       what + ": layer '" + layers[i].name + "' needs " + gib(bytes * copies) +
+                       " for " + std::to_string(n) + " examples, beside " + gib(overhead) +
+                       " for the models' weights, the factors and the forward; give --memory " +
+                       gib((overhead + bytes * copies) * 1.05) +
+                       " or more, fewer examples, "
+                       "--conv pool, or leave it out with --exclude");
     }
     if (!group.empty() && held + bytes > avail) {
       plan.groups.push_back(group);
@@ -587,8 +604,10 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
     std::vector<PassPlan> plans;
     int64_t total_passes = 0;
     for (size_t i = 0; i < n_models; ++i) {
-      plans.push_back(
-          plan_passes(planned[i], n, budget, fixed, 1, "the grid of " + quoted(request.models[i])));
+      // The other model's factors are held too (before or after this model's passes).
+      const double others = n_models == 2 ? factor_estimate(planned[1 - i], n) : 0.0;
+      plans.push_back(plan_passes(planned[i], n, budget, fixed + static_cast<int64_t>(others), 1,
+                                  "the grid of " + quoted(request.models[i])));
       total_passes += static_cast<int64_t>(plans.back().groups.size());
     }
     int64_t pass = 0, reduced = 0;
