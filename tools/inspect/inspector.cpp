@@ -507,17 +507,43 @@ std::pair<int64_t, int64_t> planned_fold_size(const std::vector<std::vector<Plan
 
 }  // namespace
 
+namespace {
+
+// What grid and dynamics share before any model runs: options (checked now, so that an option
+// that cannot work fails before the forward), the budget, the input and the batch size.
+struct Setup {
+  GridOptions options;
+  RunSpec run;
+  int64_t budget = 0;
+  InputSource input;
+  int64_t batch = 0;
+};
+
+Setup make_setup(const char* fn, const std::string& measure, const std::string& conv,
+                 const std::vector<std::string>& layers, const RunSpec& run_spec,
+                 const InputSpec& input_spec, int64_t batch_size) {
+  Setup s{grid_options(fn, measure, conv), run_spec, 0, make_input(fn, input_spec), 0};
+  s.run.layers = layers;
+  s.budget = budget_of(s.run);
+  s.options.memory_bytes = s.budget;
+  s.batch = effective_batch(fn, batch_size, s.input.n());
+  // Options that cannot stream fail now (a two-model accumulator, as both commands stream).
+  if (s.batch < s.input.n()) make_accumulator(fn, {"x"}, {"x"}, s.options);
+  return s;
+}
+
+}  // namespace
+
 InspectionReport inspect_grid(const GridRequest& request, const Progress& progress) {
   TORCH_INTERNAL_ASSERT(request.models.size() == 1 || request.models.size() == 2);
-  GridOptions options = grid_options("grid", request.measure, request.conv);
-  RunSpec run = request.run;
-  run.layers = request.layers;
-  const int64_t budget = budget_of(run);
-  options.memory_bytes = budget;
-  const InputSource input = make_input("grid", request.input);
+  const Setup setup = make_setup("grid", request.measure, request.conv, request.layers, request.run,
+                                 request.input, request.batch_size);
+  GridOptions options = setup.options;
+  const RunSpec& run = setup.run;
+  const int64_t budget = setup.budget;
+  const InputSource& input = setup.input;
   const int64_t n = input.n();
-  const int64_t b = effective_batch("grid", request.batch_size, n);
-  if (b < n) make_accumulator("grid", {"x"}, {}, options);  // options that cannot stream: now
+  const int64_t b = setup.batch;
   Models m = load_models(request.models, run);
   const size_t n_models = m.models.size();
 
@@ -760,15 +786,14 @@ InspectionReport inspect_dynamics(const DynamicsRequest& request, const Progress
     throw UsageError("dynamics: CHECKPOINTS must be two or more model files, but got " +
                      std::to_string(t_count));
   }
-  GridOptions options = grid_options("dynamics", request.measure, request.conv);
-  RunSpec run = request.run;
-  run.layers = request.layers;
-  const int64_t budget = budget_of(run);
-  options.memory_bytes = budget;
-  const InputSource input = make_input("dynamics", request.input);
+  const Setup setup = make_setup("dynamics", request.measure, request.conv, request.layers,
+                                 request.run, request.input, request.batch_size);
+  const GridOptions& options = setup.options;
+  const RunSpec& run = setup.run;
+  const int64_t budget = setup.budget;
+  const InputSource& input = setup.input;
   const int64_t n = input.n();
-  const int64_t b = effective_batch("dynamics", request.batch_size, n);
-  if (b < n) make_accumulator("dynamics", {"x"}, {"x"}, options);
+  const int64_t b = setup.batch;
   if (resolve_conv_name(options) == "fourier") {
     throw UsageError(
         "dynamics: --conv fourier is not supported here (it needs every layer at "

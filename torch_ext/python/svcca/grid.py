@@ -15,6 +15,8 @@ import sys
 
 import torch
 
+from .capture import _edit_distance
+
 __all__ = ["Grid", "similarity_grid", "module_grid", "default_memory_budget"]
 
 _OPTION_DEFAULTS = {"fraction": 0.99, "dims": None, "epsilon": 0.0, "precision": "float64",
@@ -204,15 +206,6 @@ def similarity_grid(x, y=None, measure="cka", conv="auto", **options):
 class _Stop(Exception):
     """Raised from a hook once every wanted output of a batch is captured: the rest of forward is
     not needed."""
-
-
-def _edit_distance(a, b):
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        diag, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (ca != cb))
-    return row[-1]
 
 
 def _match(arg, names, patterns):
