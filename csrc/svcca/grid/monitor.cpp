@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "svcca/checks.h"
+#include "svcca/factors.h"
 #include "svcca/linalg.h"
 #include "svcca/stream/state_file.h"
 
@@ -81,21 +82,23 @@ at::Tensor layer_matrix(const char* fn, const std::string& name, const at::Tenso
 }
 
 // U_k S_k of centered x: [n, p]: the top-k principal components, computed from whichever of
-// X^T X ([p, p]) and X X^T ([n, n]) is smaller. A layer with p <= k is kept whole.
+// X^T X ([p, p]) and X X^T ([n, n]) is smaller; the wide side from column blocks
+// (detail::centered_gram: no float64 [n, p] copy). A layer with p <= k is kept whole.
 at::Tensor reduce(const at::Tensor& x, int64_t summary_dims) {
-  const at::Tensor xc = detail::center(x, at::kDouble).data;
-  const int64_t n = xc.size(0);
-  const int64_t p = xc.size(1);
-  if (p <= summary_dims) return xc.contiguous();
+  const int64_t n = x.size(0);
+  const int64_t p = x.size(1);
   // Centered data has rank <= n - 1, so more columns would only add zeros.
   const int64_t k = std::min(summary_dims, n - 1);
+  if (p <= summary_dims) return detail::center(x, at::kDouble).data.contiguous();
   if (p <= n) {
+    const at::Tensor xc = detail::center(x, at::kDouble).data;
     auto [evals, evecs] = at::linalg_eigh(at::matmul(xc.t(), xc));
     // eigh sorts ascending: the top k are the last k columns, reversed into descending order.
     return at::matmul(xc, evecs.narrow(1, p - k, k).flip({1})).contiguous();
   }
-  auto [evals, evecs] = at::linalg_eigh(at::matmul(xc, xc.t()));
-  at::Tensor s = evals.narrow(0, n - k, k).flip({0}).clamp_min(0).sqrt();
+  const detail::GramStats g = detail::centered_gram(x, at::kDouble);
+  auto [evals, evecs] = at::linalg_eigh(g.gram);
+  at::Tensor s = evals.narrow(0, n - k, k).flip({0}).clamp_min(0).sqrt() * g.scale;
   return (evecs.narrow(1, n - k, k).flip({1}) * s).contiguous();
 }
 
