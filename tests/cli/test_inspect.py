@@ -661,3 +661,18 @@ def test_exclude_and_eval_mode(ok_json, tmp_path):
                    tmp_path / "o")["grid"]
     assert grid["rows"] == ["fc1", "fc2"]
     assert grid["options"]["mode"] == "eval" and grid["options"]["exclude"] == "conv*"
+
+
+def test_minibatch_cka_streams_and_is_its_own_estimator(ok_json, tmp_path):
+    # 130 examples in batches of 64: the last 2 join the batch before (minibatch-cka needs >= 4).
+    common = ["grid", FINAL, "--input-shape", "130,1,8,8"]
+    mb = ok_json(*common, "--measure", "minibatch-cka", "--batch-size", "64", "--out",
+                 tmp_path / "a")["grid"]
+    assert int(mb["options"]["passes"]) == 2  # batches
+    assert "minibatch" in mb["options"]["estimator"]
+    one = ok_json(*common, "--measure", "minibatch-cka", "--out", tmp_path / "b")["grid"]
+    debiased = ok_json(*common, "--measure", "debiased-cka", "--out", tmp_path / "c")["grid"]
+    v_mb, v_one, v_deb = (np.array(g["values"], dtype=float) for g in (mb, one, debiased))
+    np.testing.assert_allclose(v_one, v_deb, rtol=1e-10, atol=1e-12)  # one batch: debiased CKA
+    np.testing.assert_allclose(np.diag(v_mb), 1.0, rtol=1e-12)
+    assert np.abs(v_mb - v_deb).max() > 1e-4  # two batches: a different estimate
