@@ -24,32 +24,37 @@ GramStats centered_gram(const at::Tensor& x, at::ScalarType dtype, double varian
   const int64_t width = std::clamp<int64_t>(block_bytes / std::max<int64_t>(n * 8, 1), 1, p);
   auto block = [&](int64_t start) { return x.narrow(1, start, std::min(width, p - start)); };
   GramStats g;
-  // Pass 1: means, variances, exact constancy and the largest centered magnitude, per block.
+  // The scale that keeps the products finite: |x - mean| <= 2 max|x| (a cheap reduction in the
+  // input dtype, no cast).
+  const double amax = x.abs().amax().item<double>();
+  g.scale = amax > 0.0 && std::isfinite(amax) ? 2.0 * amax : 1.0;
+  g.gram = at::zeros({n, n}, x.options().dtype(dtype));
+  // One pass: each block cast, centered (a column's mean is its own), scaled and multiplied.
+  // With variance_cutoff > 0 the kept columns depend on the largest variance of all blocks, so
+  // the Gram matrix waits for a second pass.
+  const bool one_pass = variance_cutoff <= 0.0;
   std::vector<at::Tensor> means, vars, nonconst;
-  at::Tensor amax = at::zeros({}, x.options().dtype(dtype));
   for (int64_t s = 0; s < p; s += width) {
     at::Tensor raw = block(s);
     at::Tensor xb = raw.to(dtype);
     at::Tensor mb = xb.mean(0);
     xb = xb.is_same(raw) ? xb - mb : xb.sub_(mb);
-    means.push_back(mb);
-    vars.push_back(xb.square().sum(0).div_(static_cast<double>(std::max<int64_t>(n - 1, 1))));
     at::Tensor nc = raw.amax(0) != raw.amin(0);
+    means.push_back(mb);
     nonconst.push_back(nc);
-    amax = at::maximum(amax, (xb.abs() * nc.to(dtype)).amax());
+    vars.push_back(xb.square().sum(0).div_(static_cast<double>(std::max<int64_t>(n - 1, 1))));
+    if (one_pass) {
+      xb.mul_(nc.to(dtype)).div_(g.scale);
+      g.gram.addmm_(xb, mh(xb));
+    }
   }
   g.mean = at::cat(means);
   g.variance = at::cat(vars);
   g.non_constant = at::cat(nonconst);
   g.kept = g.non_constant.clone();
-  if (variance_cutoff > 0.0) {
-    const double max_var = g.variance.max().item<double>();
-    g.kept = g.kept & (g.variance > variance_cutoff * max_var);
-  }
-  const double scale = amax.item<double>();
-  g.scale = scale > 0.0 && std::isfinite(scale) ? scale : 1.0;
-  // Pass 2: the Gram matrix of the centered, scaled kept columns, one block at a time.
-  g.gram = at::zeros({n, n}, x.options().dtype(dtype));
+  if (one_pass) return g;
+  const double max_var = g.variance.max().item<double>();
+  g.kept = g.kept & (g.variance > variance_cutoff * max_var);
   const at::Tensor kept_f = g.kept.to(dtype);
   for (int64_t s = 0; s < p; s += width) {
     const int64_t w = std::min(width, p - s);

@@ -35,8 +35,8 @@ struct GramStats {
   at::Tensor variance;      // [p] unbiased column variances
   at::Tensor non_constant;  // [p] bool, exact (values not all equal)
   at::Tensor kept;          // [p] bool: the columns that entered the Gram matrix
-  double scale = 1.0;       // largest |x - mean| over kept columns (the Gram is of X_c / scale,
-                            // so that it cannot overflow or underflow; 1 when all are constant)
+  double scale = 1.0;       // 2 max |x| (>= every |x - mean|): the Gram is of X_c / scale, so
+                            // that it cannot overflow or underflow; 1 when x is all zeros
 };
 // variance_cutoff: columns with variance <= variance_cutoff * (largest variance) are left out
 // (exactly constant ones always). dtype: the compute dtype (float64 by default).

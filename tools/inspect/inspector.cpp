@@ -249,7 +249,8 @@ double factor_estimate(const std::vector<PlannedLayer>& layers, int64_t n) {
 // What a pass plan costs and holds.
 struct PassPlan {
   std::vector<std::vector<size_t>> groups;  // indices into the layers, one group per pass
-  int64_t chunk = 1;                        // examples per forward
+  std::vector<int64_t> chunks;              // examples per forward, per pass
+  int64_t chunk = 1;                        // the smallest of them
   int64_t budget = 0;
 };
 
@@ -270,10 +271,14 @@ PassPlan plan_passes(const std::vector<PlannedLayer>& layers, int64_t n, int64_t
     records += l.full_bytes_per_example;
   }
   const double factors = factor_estimate(layers, n);
-  // The forward: an eighth of the budget, at most 64 examples, at least 1.
-  const int64_t per_example = records + 4 * largest;
-  plan.chunk = std::clamp<int64_t>(budget / 8 / per_example, 1, std::min<int64_t>(64, n));
-  const double forward = static_cast<double>(per_example) * static_cast<double>(plan.chunk);
+  // The forward: an eighth of the budget (or one example, if that is more), each pass with as
+  // many examples as its own records allow there, at most 64.
+  const int64_t forward_bytes = std::max(budget / 8, records + 4 * largest);
+  auto chunk_for = [&](int64_t pass_records) {
+    return std::clamp<int64_t>(forward_bytes / (pass_records + 4 * largest), 1,
+                               std::min<int64_t>(64, n));
+  };
+  const double forward = static_cast<double>(forward_bytes);
   const double reduce = static_cast<double>(std::max<int64_t>(detail::kGramBlockBytes, 8 * n * n));
   const double overhead = static_cast<double>(fixed_bytes) + factors + forward + reduce;
   const double avail = (static_cast<double>(budget) - overhead) / copies;
@@ -300,6 +305,13 @@ PassPlan plan_passes(const std::vector<PlannedLayer>& layers, int64_t n, int64_t
     held += bytes;
   }
   if (!group.empty()) plan.groups.push_back(group);
+  plan.chunk = std::min<int64_t>(64, n);
+  for (const auto& g : plan.groups) {
+    int64_t pass_records = 0;
+    for (size_t i : g) pass_records += layers[i].full_bytes_per_example;
+    plan.chunks.push_back(chunk_for(pass_records));
+    plan.chunk = std::min(plan.chunk, plan.chunks.back());
+  }
   return plan;
 }
 
@@ -643,13 +655,14 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
       for (const auto& l : planned[i]) {
         if (!l.undefined.empty()) builder.add_undefined(l.name, l.undefined, col);
       }
-      for (const auto& group : plans[i].groups) {
+      for (size_t gi = 0; gi < plans[i].groups.size(); ++gi) {
+        const auto& group = plans[i].groups[gi];
         ++pass;
         const std::string pass_text = "grid: pass " + std::to_string(pass) + "/" +
                                       std::to_string(total_passes) + " (" +
                                       std::to_string(group.size()) + " layers), ";
         auto buffers = capture_group(m.models[i], request.models[i], planned[i], group, input,
-                                     plans[i].chunk, pass_text, progress, options);
+                                     plans[i].chunks[gi], pass_text, progress, options);
         for (size_t g = 0; g < group.size(); ++g) {
           const PlannedLayer& l = planned[i][group[g]];
           if (progress) {
