@@ -292,7 +292,9 @@ PassPlan plan_passes(const std::vector<PlannedLayer>& layers, int64_t n, int64_t
                        what + ": layer '" + layers[i].name + "' needs " + gib(bytes * copies) +
                        " for " + std::to_string(n) + " examples, beside " + gib(overhead) +
                        " for the models' weights, the factors and the forward; give --memory " +
-                       gib((overhead + bytes * copies) * 1.05) +
+                       gib(std::max((overhead - forward + bytes * copies) * 8.0 / 7.0,
+                                    overhead + bytes * copies) *
+                           1.05) +
                        " or more, fewer examples, "
                        "--conv pool, or leave it out with --exclude");
     }
