@@ -29,15 +29,17 @@ CcaOptions cca_options(const char* fn, double epsilon, double variance_cutoff,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cca_op(
     const at::Tensor& x, const at::Tensor& y, double epsilon, double variance_cutoff,
-    c10::optional<double> rank_rtol, c10::string_view precision) {
-  auto r = cca(x, y, cca_options("cca", epsilon, variance_cutoff, rank_rtol, precision));
+    c10::optional<double> rank_rtol, c10::string_view precision, bool allow_forced_correlations) {
+  auto o = cca_options("cca", epsilon, variance_cutoff, rank_rtol, precision);
+  o.allow_forced_correlations = allow_forced_correlations;
+  auto r = cca(x, y, o);
   return {r.correlations, r.x_weights, r.y_weights, r.x_mask, r.y_mask};
 }
 
 std::tuple<at::Tensor, at::Tensor, int64_t, int64_t> svcca_op(
     const at::Tensor& x, const at::Tensor& y, double fraction, c10::optional<int64_t> dims,
     c10::string_view keep, double epsilon, double variance_cutoff, c10::optional<double> rank_rtol,
-    c10::string_view precision) {
+    c10::string_view precision, bool allow_forced_correlations) {
   SvccaOptions o;
   o.fraction = fraction;
   if (dims) o.dims = *dims;
@@ -51,6 +53,7 @@ std::tuple<at::Tensor, at::Tensor, int64_t, int64_t> svcca_op(
                       std::string(keep), "\"");
   }
   o.cca = cca_options("svcca", epsilon, variance_cutoff, rank_rtol, precision);
+  o.cca.allow_forced_correlations = allow_forced_correlations;
   auto r = svcca::svcca(x, y, o);
   return {r.score, r.correlations, r.x_dims, r.y_dims};
 }
@@ -59,7 +62,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pwcca_op(const at::Tensor& x, con
                                                         c10::string_view weighting, double epsilon,
                                                         double variance_cutoff,
                                                         c10::optional<double> rank_rtol,
-                                                        c10::string_view precision) {
+                                                        c10::string_view precision,
+                                                        bool allow_forced_correlations) {
   PwccaOptions o;
   if (weighting == "reference") {
     o.weighting = PwccaWeighting::kReference;
@@ -71,6 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pwcca_op(const at::Tensor& x, con
         std::string(weighting), "\"");
   }
   o.cca = cca_options("pwcca", epsilon, variance_cutoff, rank_rtol, precision);
+  o.cca.allow_forced_correlations = allow_forced_correlations;
   auto r = pwcca(x, y, o);
   return {r.score, r.weights, r.correlations};
 }

@@ -14,16 +14,19 @@ TORCH_LIBRARY(svcca, m) {
   // Modern API: activations are [n_examples, n_features].
   m.def(
       "cca(Tensor x, Tensor y, float epsilon=0., float variance_cutoff=0., float? rank_rtol=None, "
-      "str precision=\"float64\") -> (Tensor correlations, Tensor x_weights, Tensor y_weights, "
+      "str precision=\"float64\", bool allow_forced_correlations=False) -> (Tensor correlations, "
+      "Tensor x_weights, Tensor y_weights, "
       "Tensor x_mask, Tensor y_mask)");
   m.def(
       "svcca(Tensor x, Tensor y, float fraction=0.99, int? dims=None, str keep=\"variance\", "
       "float epsilon=0., float variance_cutoff=0., float? rank_rtol=None, "
-      "str precision=\"float64\") -> (Tensor score, Tensor correlations, int x_dims, int y_dims)");
+      "str precision=\"float64\", bool allow_forced_correlations=False) -> (Tensor score, "
+      "Tensor correlations, int x_dims, int y_dims)");
   m.def(
       "pwcca(Tensor x, Tensor y, str weighting=\"reference\", float epsilon=0., "
-      "float variance_cutoff=0., float? rank_rtol=None, str precision=\"float64\") -> "
-      "(Tensor score, Tensor weights, Tensor correlations)");
+      "float variance_cutoff=0., float? rank_rtol=None, str precision=\"float64\", "
+      "bool allow_forced_correlations=False) -> (Tensor score, Tensor weights, "
+      "Tensor correlations)");
 
   // google/svcca compatibility: activations are [n_neurons, n_datapoints].
   m.def(

@@ -105,9 +105,9 @@ KernelFactor linear_kernel_factor(const char* fn, const char* name, const at::Te
   } else {
     at::Tensor nc = non_constant_columns(x);
     check_not_constant(fn, name, nc);
-    at::Tensor xc = center(x, dtype).data;
+    at::Tensor xc = center(x, dtype, /*rescale=*/true).data;
     const double scale = xc.abs().amax().item<double>();
-    if (scale > 0.0 && std::isfinite(scale)) xc = xc.is_same(x) ? xc / scale : xc.div_(scale);
+    if (scale > 0.0 && std::isfinite(scale)) xc = xc.requires_grad() ? xc / scale : xc.div_(scale);
     f.data = xc;
     f.row_sq = xc.square().sum(1);
     f.self = at::mm(mh(xc), xc).square().sum();
@@ -157,10 +157,10 @@ WhitenedFactor whitened_factor(const char* fn, const char* name, const at::Tenso
   w.features = p;
   w.gram_side = resolve_side(side, n, p) == FactorSide::kGram;
   if (!w.gram_side) {
-    Centered c = center(x, dtype);
+    Centered c = center(x, dtype, /*rescale=*/true);
     at::Tensor cov = covariance(c.data);
     LayerFactors f = factor_layer(fn, name, cov, non_constant_columns(x),
-                                  with_input_floor(options, x.scalar_type(), c.mean, cov));
+                                  with_input_floor(options, x.scalar_type(), c.mean, cov, n));
     w.z = whitened_data(f, c.data, ill_conditioned(f));
     w.rank = f.rank;
     return w;
@@ -181,8 +181,8 @@ WhitenedFactor whitened_factor(const char* fn, const char* name, const at::Tenso
   if (!options.rank_rtol) {
     at::Tensor kept_var = g.variance.masked_select(g.kept);
     at::Tensor kept_mean = g.mean.masked_select(g.kept);
-    o.noise_floor = std::max(
-        o.noise_floor, input_noise_floor(x.scalar_type(), kept_mean, kept_var, std::min(n, k)));
+    o.noise_floor =
+        std::max(o.noise_floor, input_noise_floor(x.scalar_type(), kept_mean, kept_var, k, n));
   }
   const KeptDirections kd = kept_directions(fn, name, lam, std::min(n, k), max_var, o);
   at::Tensor lr = lam.narrow(0, 0, kd.rank);

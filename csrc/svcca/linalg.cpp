@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -23,13 +24,53 @@ at::Tensor mh(const at::Tensor& t) {
   return t.transpose(-2, -1).conj();
 }
 
-Centered center(const at::Tensor& x, at::ScalarType dtype) {
+double unit_scale(const at::Tensor& x) {
+  if (x.numel() == 0) return 1.0;
+  const double m = x.abs().max().item<double>();
+  if (!(m > 0.0) || !std::isfinite(m)) return 1.0;
+  int e = 0;
+  std::frexp(m, &e);  // m = f 2^e, f in [1/2, 1)
+  return std::ldexp(1.0, -e);
+}
+
+at::Tensor mul_pow2(const at::Tensor& t, int exponent) {
+  at::Tensor r = t;
+  bool copied = false;
+  // Steps of at most 2^100: each factor is a normal float32 number.
+  while (exponent != 0) {
+    const int step = std::max(-100, std::min(100, exponent));
+    r = copied ? r.mul_(std::ldexp(1.0, step)) : r * std::ldexp(1.0, step);
+    copied = true;
+    exponent -= step;
+  }
+  return r;
+}
+
+Centered center(const at::Tensor& x, at::ScalarType dtype, bool rescale) {
   at::Tensor xd = x.to(dtype);
+  int e = 0;
+  double scale = 1.0;
+  if (rescale) {
+    std::frexp(unit_scale(x), &e);
+    e -= 1;  // unit_scale = 2^e
+    scale = std::ldexp(1.0, -e);
+    if (e != 0) {
+      if (xd.is_same(x)) {
+        xd = mul_pow2(xd, e);
+      } else {
+        while (e != 0) {
+          const int step = std::max(-100, std::min(100, e));
+          xd.mul_(std::ldexp(1.0, step));
+          e -= step;
+        }
+      }
+    }
+  }
   at::Tensor mean = xd.mean(0);
-  // When the cast made a copy, center it in place: one [n, p] buffer instead of two (the
-  // mean's backward needs no input values, so autograd is unaffected).
-  if (!xd.is_same(x)) return {xd.sub_(mean), mean};
-  return {xd - mean, mean};
+  // When the cast (or the rescale) made a copy, center it in place: one [n, p] buffer instead of
+  // two (not under autograd: the mean's backward keeps its input in LibTorch 1.13).
+  if (!xd.is_same(x) && !xd.requires_grad()) return {xd.sub_(mean), mean, scale};
+  return {xd - mean, mean, scale};
 }
 
 at::Tensor cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered) {
@@ -64,10 +105,12 @@ at::Tensor covariance(const at::Tensor& a_centered) {
 
 PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision precision) {
   const auto dtype = compute_dtype(x, y, precision);
-  auto xc = center(x, dtype);
-  auto yc = center(y, dtype);
+  auto xc = center(x, dtype, /*rescale=*/true);
+  auto yc = center(y, dtype, /*rescale=*/true);
   PairMoments m;
   m.n = x.size(0);
+  m.x_scale = xc.scale;
+  m.y_scale = yc.scale;
   m.x_mean = xc.mean;
   m.y_mean = yc.mean;
   m.sxx = covariance(xc.data);
@@ -127,24 +170,26 @@ int64_t truncated_count(const at::Tensor& values, int64_t rank, const FactorOpti
 
 }  // namespace
 
-double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean,
-                         const at::Tensor& cov) {
-  return input_noise_floor(input_dtype, mean, at::real(cov.diagonal(0, -2, -1)), cov.size(-1));
+double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean, const at::Tensor& cov,
+                         int64_t n) {
+  return input_noise_floor(input_dtype, mean, at::real(cov.diagonal(0, -2, -1)), cov.size(-1), n);
 }
 
 double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean,
-                         const at::Tensor& variance, int64_t dims) {
-  if (input_dtype == at::ScalarType::Undefined) return 0.0;
-  const double p_eps = static_cast<double>(dims) * machine_eps(input_dtype);
+                         const at::Tensor& variance, int64_t n_features, int64_t n) {
+  if (input_dtype == at::ScalarType::Undefined || variance.numel() == 0) return 0.0;
+  const double eps = machine_eps(input_dtype);
+  const double edge = 1.0 + std::sqrt(static_cast<double>(n_features) /
+                                      static_cast<double>(std::max<int64_t>(n - 1, 1)));
   at::Tensor second = variance + at::real(mean * mean.conj());
-  return p_eps * p_eps * second.max().item<double>();
+  return eps * eps * edge * edge * second.max().item<double>();
 }
 
 FactorOptions with_input_floor(const FactorOptions& options, at::ScalarType input_dtype,
-                               const at::Tensor& mean, const at::Tensor& cov) {
+                               const at::Tensor& mean, const at::Tensor& cov, int64_t n) {
   FactorOptions f = options;
   if (!options.rank_rtol) {
-    f.noise_floor = std::max(f.noise_floor, input_noise_floor(input_dtype, mean, cov));
+    f.noise_floor = std::max(f.noise_floor, input_noise_floor(input_dtype, mean, cov, n));
   }
   return f;
 }

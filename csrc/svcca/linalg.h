@@ -25,12 +25,22 @@ at::ScalarType result_dtype(const at::Tensor& x, const at::Tensor& y);
 // Hermitian transpose of the last two dims (plain transpose for real tensors).
 at::Tensor mh(const at::Tensor& t);
 
-// x (cast to `dtype`) minus its column means. x: [n, p].
+// The power of two 2^-e with 2^(e-1) <= max|x| < 2^e (1 for an all-zero x): multiplying by it
+// changes only exponents (exact outside the subnormal range) and brings the largest |value| into
+// [1/2, 1), so that no product or sum of squares of a finite layer overflows or underflows.
+// Scale-invariant measures (CCA family, CKA, Procrustes) compute on rescaled layers.
+double unit_scale(const at::Tensor& x);
+// t * 2^exponent, exact (applied in steps that stay inside float32's range).
+at::Tensor mul_pow2(const at::Tensor& t, int exponent);
+
+// x (cast to `dtype`) minus its column means. x: [n, p]. With `rescale`, x is first multiplied by
+// unit_scale(x): data and mean are then in units of `scale` (x = (data + mean) * scale).
 struct Centered {
-  at::Tensor data;  // [n, p]
-  at::Tensor mean;  // [p]
+  at::Tensor data;     // [n, p]
+  at::Tensor mean;     // [p]
+  double scale = 1.0;  // the unit of data and mean (1 without rescale)
 };
-Centered center(const at::Tensor& x, at::ScalarType dtype);
+Centered center(const at::Tensor& x, at::ScalarType dtype, bool rescale = false);
 
 // Unbiased (n - 1) cross-covariance a^H b / (n - 1) of centered a: [n, p], b: [n, q].
 at::Tensor cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered);
@@ -50,13 +60,18 @@ struct PairMoments {
   at::Tensor y_non_constant;          // [p2] bool
   at::Tensor x_centered, y_centered;  // optional [n, p] data (enables exact fallbacks)
   at::ScalarType result_dtype = at::kDouble;  // dtype results are returned in
+  // Units of each side's moments (pair_moments rescales each layer by detail::unit_scale): the
+  // covariances of the original data are sxx * x_scale^2, sxy * x_scale * y_scale. Only weights
+  // in data units (CcaResult::x_weights) depend on them.
+  double x_scale = 1.0, y_scale = 1.0;
   // dtypes of the values the moments were taken of (float32 activations are rounded to 24 bits:
   // see input_noise_floor). Undefined: unknown, no rounding floor.
   at::ScalarType x_input_dtype = at::ScalarType::Undefined;
   at::ScalarType y_input_dtype = at::ScalarType::Undefined;
 };
 
-// Moments of x: [n, p1] and y: [n, p2] in the compute dtype of `precision` (inputs not checked).
+// Moments of x: [n, p1] and y: [n, p2] in the compute dtype of `precision` (inputs not checked),
+// each layer rescaled by unit_scale (x_scale, y_scale).
 PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision precision);
 
 // Columns of x whose values are not all equal (exact test, independent of scale). x: [n, p].
@@ -106,25 +121,29 @@ struct LayerFactors {
 // float64, 2^-23 for float32.
 double machine_eps(at::ScalarType t);
 
-// The variance that rounding a layer's values to `input_dtype` can put in any direction of its
-// covariance: (p * eps)^2 * max_j E[x_j^2], with eps the dtype's machine epsilon and
-// E[x_j^2] = var_j + mean_j^2 (a value's rounding error scales with its magnitude, mean included;
-// p, the feature count, is the usual safety factor of a rank tolerance, as in numpy's
-// matrix_rank). A direction below it cannot be told from rounding noise: whitening it would turn
-// noise into unit-variance signal (a float32 layer with x_3 = x_1 + x_2 and a large mean would
-// otherwise get a spurious CCA direction of its own). mean: [p], cov: [p, p] in the compute
-// dtype. 0 for an Undefined input dtype.
-double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean, const at::Tensor& cov);
+// The variance that rounding a layer's values to `input_dtype` can put in a direction of its
+// covariance: eps^2 (1 + sqrt(p / (n - 1)))^2 max_j E[x_j^2], with eps the dtype's machine
+// epsilon, p the feature count, n the example count and E[x_j^2] = var_j + mean_j^2 (a value's
+// rounding error scales with its magnitude, mean included). Rounding to nearest leaves an error
+// of variance at most u^2 E[x_j^2] / 3 in each value (u = eps / 2, the unit roundoff); a direction
+// holding only such noise has, by the Marchenko-Pastur edge, an eigenvalue of at most that
+// variance times (1 + sqrt(p / (n - 1)))^2. The floor is 12 times the worst such level, and it
+// grows with the layer only through p / n: a direction below it cannot be told from rounding noise
+// (whitening it would turn noise into unit-variance signal: a float32 layer with x_3 = x_1 + x_2
+// would get a spurious CCA direction of its own), while real directions far below the old
+// (p eps)^2 rule are kept. mean: [p], cov: [p, p] in the compute dtype; n examples. 0 for an
+// Undefined input dtype.
+double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean, const at::Tensor& cov,
+                         int64_t n);
 
-// The same from per-feature variances ([p]) and the dimension `dims` of what is decomposed (p for
-// a covariance, min(n, p) for a Gram matrix of n examples).
+// The same from per-feature variances ([p]) of p = variance.numel() features over n examples.
 double input_noise_floor(at::ScalarType input_dtype, const at::Tensor& mean,
-                         const at::Tensor& variance, int64_t dims);
+                         const at::Tensor& variance, int64_t n_features, int64_t n);
 
 // The default rank rule for a layer: options with noise_floor set to input_noise_floor when
 // rank_rtol is not given (an explicit rank_rtol is used alone, as given).
 FactorOptions with_input_floor(const FactorOptions& options, at::ScalarType input_dtype,
-                               const at::Tensor& mean, const at::Tensor& cov);
+                               const at::Tensor& mean, const at::Tensor& cov, int64_t n);
 
 // The leading directions a layer keeps given its descending eigenvalues `lam` (covariance units)
 // over `dims` dimensions: those above rank_rtol * lam[0] (default dims * machine epsilon of lam's

@@ -88,6 +88,14 @@ TensorDict get_cca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, 
 
   const int64_t nx = acts1.size(0);
   const int64_t ny = acts2.size(0);
+  // Exact test first: the centered values of a constant neuron are rounding (mean(c) != c in
+  // floating point), which the rescale below would blow up to unit variance.
+  TORCH_CHECK_VALUE(detail::non_constant_columns(acts1.t()).any().item<bool>(), fn,
+                    ": acts1 must have at least one non-constant neuron, but all ", nx,
+                    " neurons are constant over the datapoints");
+  TORCH_CHECK_VALUE(detail::non_constant_columns(acts2.t()).any().item<bool>(), fn,
+                    ": acts2 must have at least one non-constant neuron, but all ", ny,
+                    " neurons are constant over the datapoints");
   auto c1 = center_neurons(acts1);
   auto c2 = center_neurons(acts2);
   at::Tensor sxx = neuron_cov(c1.data, c1.data);
@@ -192,6 +200,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compute_pwcca(const at::Tensor& a
   at::Tensor dirns = at::mm(coef, kept - mu) + mu;                  // [k, m]
   at::Tensor p = std::get<0>(at::linalg_qr(dirns.t(), "reduced"));  // [m, k]
   at::Tensor weights = at::mm(p.t(), kept.t()).abs().sum(1);
+  const double total = weights.sum().item<double>();
+  // google/svcca projects the raw (uncentered) activations on the orthonormalized directions;
+  // when they are orthogonal to all of them the weights are 0 / 0 (the reference returns NaN).
+  TORCH_CHECK_VALUE(total > 0.0 && std::isfinite(total), "compute_pwcca: the PWCCA weights of ",
+                    use_x ? "acts1" : "acts2", " are all ", total,
+                    ": its raw activations are orthogonal to every CCA direction (google/svcca's "
+                    "formula divides 0 by 0 here), so PWCCA is undefined; svcca.pwcca with "
+                    "weighting='canonical_variates' weights by the canonical variates instead");
   weights = weights / weights.sum();
   return {(weights * coefs).sum(), weights, coefs};
 }

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "svcca/checks.h"
 
@@ -117,6 +118,12 @@ at::Tensor non_constant_channels(const at::Tensor& nchw) {
   return (nchw.amax(0) != nchw.amin(0)).flatten(1).any(1);
 }
 
+at::Tensor rescaled(const at::Tensor& t) {
+  int e = 0;
+  std::frexp(detail::unit_scale(t), &e);
+  return detail::mul_pow2(t, e - 1);
+}
+
 void check_examples(const char* fn, const char* name, const at::Tensor& acts, int64_t channels) {
   const int64_t n = acts.size(0);
   TORCH_CHECK_VALUE(n >= channels + 2, fn, ": ", name,
@@ -144,6 +151,15 @@ FourierCcaResult fourier_cca(const at::Tensor& x, const at::Tensor& y,
   const int64_t c2 = b.size(1);
   check_examples(fn, "x", x, c1);
   check_examples(fn, "y", y, c2);
+  TORCH_CHECK_VALUE(a.size(2) * a.size(3) > 1 || b.size(2) * b.size(3) > 1, fn,
+                    ": x and y must have more than one spatial position, but both are 1 x 1 (",
+                    detail::shape_str(x), ", ", detail::shape_str(y),
+                    "): their DFT has only the DC frequency, and mean_without_dc is undefined. "
+                    "Use cca on the [N, C] features instead");
+  // Each layer rescaled by a power of two (exact): CCA is scale invariant, and no spectrum or
+  // covariance of a finite layer overflows or underflows.
+  a = rescaled(a);
+  b = rescaled(b);
   at::Tensor x_nc = non_constant_channels(a);
   at::Tensor y_nc = non_constant_channels(b);
   TORCH_CHECK_VALUE(x_nc.any().item<bool>(), fn,
@@ -193,6 +209,17 @@ FourierCcaResult fourier_cca(const at::Tensor& x, const at::Tensor& y,
   r.frequencies_w = at::tensor(grid.freq_w, at::kLong);
   at::Tensor sums = r.correlations.sum(-1);
   at::Tensor counts = r.valid.sum(-1).to(out);
+  const int64_t total = counts.sum().item<int64_t>();
+  const int64_t at_dc = counts[0][0].item<int64_t>();
+  TORCH_CHECK_VALUE(
+      total > 0, fn,
+      ": no channel direction is left at any frequency (variance_cutoff=", options.variance_cutoff,
+      options.rank_rtol ? ", rank_rtol=" + std::to_string(*options.rank_rtol) : "",
+      " removes every one): no canonical correlation is defined");
+  TORCH_CHECK_VALUE(total > at_dc, fn,
+                    ": no channel direction is left at any frequency other than DC (the maps of x "
+                    "or y are constant over positions, or the options remove the rest): "
+                    "mean_without_dc is undefined; use cca on the spatially pooled features");
   r.frequency_mean = sums / counts;  // 0 / 0 = NaN where a frequency has no correlation
   r.mean = sums.sum() / counts.sum();
   r.mean_without_dc = (sums.sum() - sums[0][0]) / (counts.sum() - counts[0][0]);

@@ -147,22 +147,25 @@ class RbfCkaMeasure : public CellMeasure {
 class WhitenedMeasure : public CellMeasure {
  public:
   WhitenedMeasure(const char* name, detail::FactorOptions fopt, Precision precision,
-                  FactorSide side, bool needs_rows_above_p)
+                  FactorSide side, bool needs_rows_above_p, bool allow_forced)
       : name_(name),
         fopt_(std::move(fopt)),
         precision_(precision),
         side_(side),
-        needs_rows_above_p_(needs_rows_above_p) {}
+        needs_rows_above_p_(needs_rows_above_p),
+        allow_forced_(allow_forced) {}
   std::shared_ptr<const LayerFactor> factor(const char* fn, const std::string& label,
                                             const at::Tensor& mat) const override {
     if (needs_rows_above_p_) check_rows_for_cca(fn, label, mat, name_);
     return std::make_shared<Held<detail::WhitenedFactor>>(
         detail::whitened_factor(fn, label.c_str(), mat, fopt_, precision_, side_));
   }
-  at::Tensor cell(const char*, const LayerFactor& x, const LayerFactor& y) const override {
-    return detail::canonical_correlations(held<detail::WhitenedFactor>(x),
-                                          held<detail::WhitenedFactor>(y))
-        .mean();
+  at::Tensor cell(const char* fn, const LayerFactor& x, const LayerFactor& y) const override {
+    const auto& fx = held<detail::WhitenedFactor>(x);
+    const auto& fy = held<detail::WhitenedFactor>(y);
+    detail::check_forced_correlations(fn, fx.rank, fy.rank, fx.z.size(0), allow_forced_,
+                                      std::string(name_) == "svcca");
+    return detail::canonical_correlations(fx, fy).mean();
   }
 
  private:
@@ -171,6 +174,7 @@ class WhitenedMeasure : public CellMeasure {
   Precision precision_;
   FactorSide side_;
   bool needs_rows_above_p_;
+  bool allow_forced_;
 };
 
 // pwcca: covariance-side factors (its weights sum over the layer's own features).
@@ -198,14 +202,16 @@ class PwccaMeasure : public CellMeasure {
     PwccaFactor f;
     f.label = label;
     f.rows = mat.size(0);
-    auto c = detail::center(mat, detail::compute_dtype(mat, mat, o_.cca.precision));
+    auto c = detail::center(mat, detail::compute_dtype(mat, mat, o_.cca.precision),
+                            /*rescale=*/true);
     f.mean = c.mean;
     f.centered = c.data;
     f.non_constant = detail::non_constant_columns(mat);
     at::Tensor cov = detail::covariance(c.data);
-    f.factors = detail::factor_layer(
-        fn, label.c_str(), cov, f.non_constant,
-        detail::with_input_floor(detail::factor_options(o_.cca), mat.scalar_type(), c.mean, cov));
+    f.factors =
+        detail::factor_layer(fn, label.c_str(), cov, f.non_constant,
+                             detail::with_input_floor(detail::factor_options(o_.cca),
+                                                      mat.scalar_type(), c.mean, cov, mat.size(0)));
     if (o_.weighting == PwccaWeighting::kReference) f.zca = detail::symmetric_whitening(f.factors);
     return std::make_shared<Held<PwccaFactor>>(std::move(f));
   }
@@ -244,6 +250,7 @@ void describe_cca_options(const CcaOptions& c, std::map<std::string, std::string
   m["epsilon"] = num_str(c.epsilon);
   m["variance_cutoff"] = num_str(c.variance_cutoff);
   m["rank_rtol"] = c.rank_rtol ? num_str(*c.rank_rtol) : "auto";
+  if (c.allow_forced_correlations) m["allow_forced_correlations"] = "true";
 }
 
 std::unique_ptr<CellMeasure> make_linear(const GridOptions& o) {
@@ -292,7 +299,8 @@ const std::vector<MeasureDecl>& measures() {
        },
        [](const GridOptions& o) -> std::unique_ptr<CellMeasure> {
          return std::make_unique<WhitenedMeasure>("cca", detail::factor_options(o.cca),
-                                                  o.cca.precision, o.side, true);
+                                                  o.cca.precision, o.side, true,
+                                                  o.cca.allow_forced_correlations);
        }},
       {GridMeasure::kSvcca, "svcca", false, true, true,
        [](const char* fn, const GridOptions& o) { detail::check_svcca_options(fn, o.svcca); },
@@ -308,7 +316,8 @@ const std::vector<MeasureDecl>& measures() {
        },
        [](const GridOptions& o) -> std::unique_ptr<CellMeasure> {
          return std::make_unique<WhitenedMeasure>("svcca", detail::svcca_factor_options(o.svcca),
-                                                  o.svcca.cca.precision, o.side, false);
+                                                  o.svcca.cca.precision, o.side, false,
+                                                  o.svcca.cca.allow_forced_correlations);
        }},
       {GridMeasure::kPwcca, "pwcca", false, false, true,
        [](const char* fn, const GridOptions& o) { detail::check_cca_options(fn, o.pwcca.cca); },
@@ -736,9 +745,9 @@ CellValues streamed_cells(const char* fn, const std::vector<LayerMoments>& layer
         check_rows_for_cca(fn, lm.label, at::empty({lm.rows, lm.features}, at::kMeta),
                            to_string(o.measure).c_str());
       }
-      factors[l] =
-          detail::factor_layer(fn, lm.label.c_str(), lm.cov, lm.non_constant,
-                               detail::with_input_floor(fopt, lm.input_dtype, lm.mean, lm.cov));
+      factors[l] = detail::factor_layer(
+          fn, lm.label.c_str(), lm.cov, lm.non_constant,
+          detail::with_input_floor(fopt, lm.input_dtype, lm.mean, lm.cov, lm.rows));
       if (need_zca) zca[l] = detail::symmetric_whitening(factors[l]);
     } catch (const c10::Error& e) {
       reasons[l] = message_of(e);
@@ -750,6 +759,10 @@ CellValues streamed_cells(const char* fn, const std::vector<LayerMoments>& layer
                                         pair_of(layers, cross, c.x, c.y), o.pwcca)
           .score;
     }
+    const bool allow = o.measure == GridMeasure::kSvcca ? o.svcca.cca.allow_forced_correlations
+                                                        : o.cca.allow_forced_correlations;
+    detail::check_forced_correlations(fn, factors[c.x].rank, factors[c.y].rank, layers[c.x].rows,
+                                      allow, o.measure == GridMeasure::kSvcca);
     return detail::cca_core(factors[c.x], factors[c.y], sxy_of(layers, cross, c.x, c.y),
                             /*with_vectors=*/false)
         .correlations.mean();

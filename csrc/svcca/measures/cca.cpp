@@ -24,6 +24,23 @@ void check_cca_options(const char* fn, const CcaOptions& options) {
   if (options.rank_rtol) check_unit_interval(fn, "rank_rtol", *options.rank_rtol);
 }
 
+void check_forced_correlations(const char* fn, int64_t rx, int64_t ry, int64_t n, bool allow,
+                               bool svcca) {
+  if (allow || rx + ry <= n - 1) return;
+  const int64_t forced = rx + ry - (n - 1);
+  const int64_t half = (n - 1) / 2;
+  TORCH_CHECK_VALUE(
+      false, fn, ": x keeps ", rx, " directions and y keeps ", ry, ", but n = ", n,
+      " examples span only n - 1 = ", n - 1, " dimensions: with rx + ry = ", rx + ry,
+      " > n - 1 the two spans must intersect, so at least ", forced,
+      " canonical correlations would be 1 for any data (independent noise too). Use ", "at least ",
+      rx + ry + 1, " examples",
+      svcca ? std::string(", or fewer SVCCA directions (dims <= ") +
+                  std::to_string(std::max<int64_t>(half, 1)) + " per layer)"
+            : std::string(", or svcca with dims <= ") + std::to_string(std::max<int64_t>(half, 1)),
+      "; allow_forced_correlations=true computes it anyway");
+}
+
 FactorOptions factor_options(const CcaOptions& options) {
   FactorOptions f;
   f.epsilon = options.epsilon;
@@ -83,18 +100,23 @@ CcaCore cca_core_of_pair(PairFactors& pf, const PairMoments& m, bool with_vector
 
 PairFactors factor_pair(const char* fn, const PairMoments& m, const FactorOptions& options) {
   return {factor_layer(fn, "x", m.sxx, m.x_non_constant,
-                       with_input_floor(options, m.x_input_dtype, m.x_mean, m.sxx)),
+                       with_input_floor(options, m.x_input_dtype, m.x_mean, m.sxx, m.n)),
           factor_layer(fn, "y", m.syy, m.y_non_constant,
-                       with_input_floor(options, m.y_input_dtype, m.y_mean, m.syy))};
+                       with_input_floor(options, m.y_input_dtype, m.y_mean, m.syy, m.n))};
 }
 
 CcaResult cca_from_moments(const char* fn, const PairMoments& m, const CcaOptions& options) {
   auto pf = factor_pair(fn, m, factor_options(options));
+  check_forced_correlations(fn, pf.x.rank, pf.y.rank, m.n, options.allow_forced_correlations,
+                            false);
   auto core = cca_core_of_pair(pf, m);
   CcaResult r;
   r.correlations = core.correlations.to(m.result_dtype);
-  r.x_weights = scatter_rows(at::mm(pf.x.whitening, core.u), pf.x).to(m.result_dtype);
-  r.y_weights = scatter_rows(at::mm(pf.y.whitening, core.v), pf.y).to(m.result_dtype);
+  // Weights in data units: the moments are of x / x_scale.
+  r.x_weights =
+      scatter_rows(at::mm(pf.x.whitening, core.u).div_(m.x_scale), pf.x).to(m.result_dtype);
+  r.y_weights =
+      scatter_rows(at::mm(pf.y.whitening, core.v).div_(m.y_scale), pf.y).to(m.result_dtype);
   r.x_mask = pf.x.kept;
   r.y_mask = pf.y.kept;
   r.x_rank = pf.x.rank;

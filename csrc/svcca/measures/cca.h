@@ -25,6 +25,12 @@ struct CcaOptions {
   std::optional<double> rank_rtol;
   // Precision of the numerics (svcca.h).
   Precision precision = Precision::kFloat64;
+  // Centered, n examples span n - 1 dimensions, so when the directions the two layers keep
+  // number rx + ry > n - 1 their spans intersect and at least rx + ry - (n - 1) correlations are
+  // 1 for ANY data (independent noise included). By default such a pair is refused with an error
+  // that names rx, ry and n. true: compute anyway (for experts who account for the forced
+  // correlations themselves).
+  bool allow_forced_correlations = false;
 };
 
 struct CcaResult {
@@ -48,8 +54,9 @@ struct CcaResult {
 // Throws (c10::ValueError / c10::TypeError) when the inputs are not both 2-D real float tensors
 // on one device with the same n >= 2, contain NaN/Inf, have n < p + 2 on either side (CCA is
 // degenerate there: use svcca), have only constant features, or an option is out of range.
-// Note: with p1 + p2 > n - 1, at least p1 + p2 - (n - 1) correlations are 1 for any data (the two
-// spans must intersect); aim for n well above p1 + p2 (google/svcca suggests 5-10x).
+// Pairs whose kept directions number rx + ry > n - 1 are refused (their spans must intersect:
+// at least rx + ry - (n - 1) correlations would be 1 for any data) unless
+// options.allow_forced_correlations; aim for n well above p1 + p2 (google/svcca suggests 5-10x).
 //   auto r = svcca::cca(x, y);  r.correlations.mean()
 CcaResult cca(const at::Tensor& x, const at::Tensor& y, const CcaOptions& options = {});
 
@@ -107,6 +114,12 @@ CcaCore cca_core_from_data(const at::Tensor& zx, const at::Tensor& zy, bool with
 CcaCore cca_core_of_pair(PairFactors& pf, const PairMoments& m, bool with_vectors = true);
 
 void check_cca_options(const char* fn, const CcaOptions& options);
+
+// Throws c10::ValueError, naming fn, both direction counts and n, when rx + ry > n - 1 (the
+// layers' spans must intersect, forcing rx + ry - (n - 1) unit correlations) and !allow.
+// `svcca`: the message suggests fewer SVCCA directions as well as more examples.
+void check_forced_correlations(const char* fn, int64_t rx, int64_t ry, int64_t n, bool allow,
+                               bool svcca);
 FactorOptions factor_options(const CcaOptions& options);
 
 PairFactors factor_pair(const char* fn, const PairMoments& m, const FactorOptions& options);

@@ -167,7 +167,10 @@ at::Tensor rbf_kernel(const char* fn, const char* name, const at::Tensor& d, dou
                       "absolute sigma instead");
     two_sigma_sq = median * (2.0 * threshold * threshold);
   }
-  return at::exp(-d / two_sigma_sq);
+  // d / (2 sigma^2) with 0 / 0 = 0: a sigma so small that 2 sigma^2 underflows gives the limit
+  // kernel (1 on the diagonal and between identical examples, 0 elsewhere), not NaN.
+  at::Tensor q = d / two_sigma_sq;
+  return at::exp(-at::where(d == 0, at::zeros_like(q), q));
 }
 
 }  // namespace detail
@@ -193,8 +196,8 @@ at::Tensor linear_cka(const at::Tensor& x, const at::Tensor& y, const LinearCkaO
   detail::check_not_constant(fn, "x", detail::non_constant_columns(x));
   detail::check_not_constant(fn, "y", detail::non_constant_columns(y));
   const auto dtype = detail::compute_dtype(x, y, options.precision);
-  at::Tensor xc = detail::center(x, dtype).data;
-  at::Tensor yc = detail::center(y, dtype).data;
+  at::Tensor xc = detail::center(x, dtype, /*rescale=*/true).data;
+  at::Tensor yc = detail::center(y, dtype, /*rescale=*/true).data;
   return detail::gram_cka(fn, at::mm(xc, detail::mh(xc)), at::mm(yc, detail::mh(yc)),
                           options.debiased)
       .to(detail::result_dtype(x, y));
@@ -212,14 +215,20 @@ at::Tensor rbf_cka(const at::Tensor& x, const at::Tensor& y, const RbfCkaOptions
   // cancelling when the features have large means.
   const auto dtype = detail::compute_dtype(x, y, options.precision);
   // Wide layers (p > n): distances from the n x n Gram matrix, formed from column blocks.
+  // Each layer is rescaled (distances in units of `scale`), so that no distance of a finite
+  // layer overflows; an absolute sigma is taken to the same units.
+  auto in_units = [&](double scale) -> std::optional<double> {
+    if (!options.sigma) return std::nullopt;
+    return *options.sigma / scale;
+  };
   auto kernel = [&](const char* name, const at::Tensor& t) {
-    if (t.size(1) <= t.size(0))
-      return detail::rbf_gram(fn, name, detail::center(t, dtype).data, options.threshold,
-                              options.sigma);
+    if (t.size(1) <= t.size(0)) {
+      detail::Centered c = detail::center(t, dtype, /*rescale=*/true);
+      return detail::rbf_gram(fn, name, c.data, options.threshold, in_units(c.scale));
+    }
     detail::GramStats g = detail::centered_gram(t, dtype);
     at::Tensor d = detail::squared_distances_from_gram(g.gram);
-    if (options.sigma) d = d * (g.scale * g.scale);
-    return detail::rbf_kernel(fn, name, d, options.threshold, options.sigma);
+    return detail::rbf_kernel(fn, name, d, options.threshold, in_units(g.scale));
   };
   at::Tensor k = kernel("x", x);
   at::Tensor l = kernel("y", y);

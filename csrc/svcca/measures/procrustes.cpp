@@ -21,8 +21,9 @@ at::Tensor procrustes_score(const char* fn, const at::Tensor& x, const at::Tenso
   check_not_constant(fn, "x", x);
   check_not_constant(fn, "y", y);
   const auto dtype = detail::compute_dtype(x, y, options.precision);
-  at::Tensor xc = detail::center(x, dtype).data;
-  at::Tensor yc = detail::center(y, dtype).data;
+  // Rescaled (the score is scale invariant): no product of a finite layer overflows.
+  at::Tensor xc = detail::center(x, dtype, /*rescale=*/true).data;
+  at::Tensor yc = detail::center(y, dtype, /*rescale=*/true).data;
   // ||X^T Y||_* / (||X||_F ||Y||_F) of the centered data: normalizing the [p1, p2] product
   // instead of the [n, p] inputs. The (n - 1) of the cross-covariance cancels with the norms'.
   at::Tensor norms = (xc.square().sum() * yc.square().sum()).sqrt();

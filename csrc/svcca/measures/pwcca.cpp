@@ -63,6 +63,8 @@ PwccaResult pwcca_from_factors(const char* fn, const LayerFactors& fx, const Lay
                                const PairMoments& m, const PwccaOptions& options) {
   const PairFactors pf{fx, fy};
   const int64_t k = std::min(pf.x.rank, pf.y.rank);
+  check_forced_correlations(fn, pf.x.rank, pf.y.rank, m.n, options.cca.allow_forced_correlations,
+                            false);
 
   PwccaResult r;
   at::Tensor weights, correlations;
@@ -88,6 +90,14 @@ PwccaResult pwcca_from_factors(const char* fn, const LayerFactors& fx, const Lay
     at::Tensor a = at::mm(pf.x.whitening, core.u);  // [kx, k]
     weights = at::mm(mh(a), pf.x.cov).abs().sum(1);
   }
+  const double total = weights.sum().item<double>();
+  TORCH_CHECK_VALUE(total > 0.0 && std::isfinite(total), fn, ": the PWCCA weights of ",
+                    r.weights_from_y ? "y" : "x", " are all ", total,
+                    options.weighting == PwccaWeighting::kReference
+                        ? ": its raw activations are orthogonal to every CCA direction "
+                          "(google/svcca's formula divides 0 by 0 here), so PWCCA is undefined; "
+                          "weighting='canonical_variates' weights by the canonical variates"
+                        : ": PWCCA is undefined");
   weights = weights / weights.sum();
 
   r.weights = weights.to(m.result_dtype);

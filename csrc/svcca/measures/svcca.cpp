@@ -33,6 +33,8 @@ FactorOptions svcca_factor_options(const SvccaOptions& options) {
 
 SvccaResult svcca_from_moments(const char* fn, const PairMoments& m, const SvccaOptions& options) {
   auto pf = factor_pair(fn, m, svcca_factor_options(options));
+  check_forced_correlations(fn, pf.x.rank, pf.y.rank, m.n, options.cca.allow_forced_correlations,
+                            true);
   auto core = cca_core_of_pair(pf, m, /*with_vectors=*/false);
   SvccaResult r;
   r.correlations = core.correlations.to(m.result_dtype);
@@ -56,6 +58,8 @@ SvccaResult svcca(const at::Tensor& x, const at::Tensor& y, const SvccaOptions& 
     const auto p = options.cca.precision;
     auto fx = detail::whitened_factor(fn, "x", x, fopt, p, FactorSide::kAuto);
     auto fy = detail::whitened_factor(fn, "y", y, fopt, p, FactorSide::kAuto);
+    detail::check_forced_correlations(fn, fx.rank, fy.rank, n,
+                                      options.cca.allow_forced_correlations, true);
     SvccaResult r;
     r.correlations = detail::canonical_correlations(fx, fy).to(detail::result_dtype(x, y));
     r.score = r.correlations.mean();

@@ -76,7 +76,8 @@ from svcca.grid import (Grid, default_memory_budget, module_grid,  # noqa: E402,
                         similarity_grid)
 
 
-def cca(x, y, epsilon=0.0, variance_cutoff=0.0, rank_rtol=None, precision="float64"):
+def cca(x, y, epsilon=0.0, variance_cutoff=0.0, rank_rtol=None, precision="float64",
+        allow_forced_correlations=False):
     """Canonical correlation analysis of ``x: [n, p1]`` and ``y: [n, p2]``.
 
     Returns ``(correlations, x_weights, y_weights, x_mask, y_mask)``: canonical correlations
@@ -88,13 +89,17 @@ def cca(x, y, epsilon=0.0, variance_cutoff=0.0, rank_rtol=None, precision="float
     ``rank_rtol``: eigenvalues <= rank_rtol * largest count as zero (default p * machine eps
     of the compute dtype, plus a floor at the rounding level of the input dtype).
     ``precision``: ``"float64"`` (default) or ``"input"``.
+    ``allow_forced_correlations``: a pair whose kept directions number ``rx + ry > n - 1`` is
+    refused by default (the spans must intersect, forcing ``rx + ry - (n - 1)`` correlations to
+    1 for any data); True computes it anyway. The same option exists for svcca and pwcca.
     Raises ValueError / TypeError on bad input (n <= p, NaN, mismatched n, ...).
     """
-    return _ops.cca(x, y, epsilon, variance_cutoff, rank_rtol, precision)
+    return _ops.cca(x, y, epsilon, variance_cutoff, rank_rtol, precision,
+                    allow_forced_correlations)
 
 
 def svcca(x, y, fraction=0.99, dims=None, keep="variance", epsilon=0.0, variance_cutoff=0.0,
-          rank_rtol=None, precision="float64"):
+          rank_rtol=None, precision="float64", allow_forced_correlations=False):
     """SVCCA (Raghu et al. 2017): SVD-reduce each layer, then CCA.
 
     Keeps ``dims`` top directions per layer when given; otherwise the smallest number reaching
@@ -102,18 +107,20 @@ def svcca(x, y, fraction=0.99, dims=None, keep="variance", epsilon=0.0, variance
     prose; default) or of the singular-value mass (``keep="singular_value_mass"``: google/svcca's
     tutorial). Returns ``(score, correlations, x_dims, y_dims)``; score is the mean correlation.
     """
-    return _ops.svcca(x, y, fraction, dims, keep, epsilon, variance_cutoff, rank_rtol, precision)
+    return _ops.svcca(x, y, fraction, dims, keep, epsilon, variance_cutoff, rank_rtol, precision,
+                      allow_forced_correlations)
 
 
 def pwcca(x, y, weighting="reference", epsilon=0.0, variance_cutoff=0.0, rank_rtol=None,
-          precision="float64"):
+          precision="float64", allow_forced_correlations=False):
     """Projection-weighted CCA (Morcos et al. 2018). Not symmetric in x and y.
 
     ``weighting="reference"`` (default) reproduces google/svcca's compute_pwcca (with its
     wrong-layer branch fixed); ``"canonical_variates"`` is the paper's formula (weights from x's
     canonical variates and centered features). Returns ``(score, weights, correlations)``.
     """
-    return _ops.pwcca(x, y, weighting, epsilon, variance_cutoff, rank_rtol, precision)
+    return _ops.pwcca(x, y, weighting, epsilon, variance_cutoff, rank_rtol, precision,
+                      allow_forced_correlations)
 
 
 def linear_cka(x, y, debiased=False, precision="float64"):
