@@ -19,9 +19,9 @@ class DispatcherTest : public testing::SeedingFixture {
 
 TEST_F(DispatcherTest, CcaSvccaPwcca) {
   using CcaSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, double, double, c10::optional<double>,
-      c10::string_view);
-  auto c = op("svcca::cca").typed<CcaSig>().call(x, y, 0.0, 0.0, c10::nullopt, "float64");
+      const at::Tensor&, const at::Tensor&, double, double, c10::optional<double>, c10::string_view,
+      bool);
+  auto c = op("svcca::cca").typed<CcaSig>().call(x, y, 0.0, 0.0, c10::nullopt, "float64", false);
   auto direct = cca(x, y);
   EXPECT_ALLCLOSE(std::get<0>(c), direct.correlations, testing::tol::kClosedForm64);
   EXPECT_ALLCLOSE(std::get<1>(c), direct.x_weights, testing::tol::kClosedForm64);
@@ -29,11 +29,11 @@ TEST_F(DispatcherTest, CcaSvccaPwcca) {
 
   using SvccaSig = std::tuple<at::Tensor, at::Tensor, int64_t, int64_t>(
       const at::Tensor&, const at::Tensor&, double, c10::optional<int64_t>, c10::string_view,
-      double, double, c10::optional<double>, c10::string_view);
-  auto s =
-      op("svcca::svcca")
-          .typed<SvccaSig>()
-          .call(x, y, 0.9, c10::nullopt, "singular_value_mass", 0.0, 0.0, c10::nullopt, "float64");
+      double, double, c10::optional<double>, c10::string_view, bool);
+  auto s = op("svcca::svcca")
+               .typed<SvccaSig>()
+               .call(x, y, 0.9, c10::nullopt, "singular_value_mass", 0.0, 0.0, c10::nullopt,
+                     "float64", false);
   SvccaOptions so;
   so.fraction = 0.9;
   so.keep = SvccaKeep::kSingularValueMass;
@@ -43,10 +43,10 @@ TEST_F(DispatcherTest, CcaSvccaPwcca) {
 
   using PwccaSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, c10::string_view, double, double, c10::optional<double>,
-      c10::string_view);
+      c10::string_view, bool);
   auto p = op("svcca::pwcca")
                .typed<PwccaSig>()
-               .call(x, y, "canonical_variates", 0.0, 0.0, c10::nullopt, "float64");
+               .call(x, y, "canonical_variates", 0.0, 0.0, c10::nullopt, "float64", false);
   PwccaOptions po;
   po.weighting = PwccaWeighting::kCanonicalVariates;
   EXPECT_ALLCLOSE(std::get<0>(p), pwcca(x, y, po).score, testing::tol::kClosedForm64);
@@ -84,14 +84,18 @@ TEST_F(DispatcherTest, CkaAndProcrustes) {
 TEST_F(DispatcherTest, UnknownOptionStringsAreValueErrors) {
   using PwccaSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, c10::string_view, double, double, c10::optional<double>,
-      c10::string_view);
+      c10::string_view, bool);
   EXPECT_THROWS_WITH_TYPE(
-      op("svcca::pwcca").typed<PwccaSig>().call(x, y, "paper", 0.0, 0.0, c10::nullopt, "float64"),
+      op("svcca::pwcca")
+          .typed<PwccaSig>()
+          .call(x, y, "paper", 0.0, 0.0, c10::nullopt, "float64", false),
       c10::ValueError,
       "pwcca: weighting must be \"reference\" or \"canonical_variates\", but got \"paper\"");
-  EXPECT_THROWS_WITH_TYPE(
-      op("svcca::pwcca").typed<PwccaSig>().call(x, y, "reference", 0.0, 0.0, c10::nullopt, "half"),
-      c10::ValueError, "pwcca: precision must be \"float64\" or \"input\", but got \"half\"");
+  EXPECT_THROWS_WITH_TYPE(op("svcca::pwcca")
+                              .typed<PwccaSig>()
+                              .call(x, y, "reference", 0.0, 0.0, c10::nullopt, "half", false),
+                          c10::ValueError,
+                          "pwcca: precision must be \"float64\" or \"input\", but got \"half\"");
 }
 
 TEST_F(DispatcherTest, CompatOps) {

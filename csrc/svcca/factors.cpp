@@ -40,11 +40,13 @@ GramStats centered_gram(const at::Tensor& x, at::ScalarType dtype, double varian
     at::Tensor mb = xb.mean(0);
     xb = xb.is_same(raw) ? xb - mb : xb.sub_(mb);
     at::Tensor nc = raw.amax(0) != raw.amin(0);
-    means.push_back(mb);
+    // In units of scale from here on: squares of a finite layer cannot overflow.
+    xb.div_(g.scale);
+    means.push_back(mb / g.scale);
     nonconst.push_back(nc);
     vars.push_back(xb.square().sum(0).div_(static_cast<double>(std::max<int64_t>(n - 1, 1))));
     if (one_pass) {
-      xb.mul_(nc.to(dtype)).div_(g.scale);
+      xb.mul_(nc.to(dtype));
       g.gram.addmm_(xb, mh(xb));
     }
   }
@@ -60,10 +62,10 @@ GramStats centered_gram(const at::Tensor& x, at::ScalarType dtype, double varian
     const int64_t w = std::min(width, p - s);
     at::Tensor raw = block(s);
     at::Tensor xb = raw.to(dtype);
-    at::Tensor mb = g.mean.narrow(0, s, w);
+    at::Tensor mb = g.mean.narrow(0, s, w);  // in units of scale
     at::Tensor mask = kept_f.narrow(0, s, w);
-    xb = xb.is_same(raw) ? (xb - mb) * mask : xb.sub_(mb).mul_(mask);
-    xb.div_(g.scale);
+    xb = xb.is_same(raw) ? xb / g.scale : xb.div_(g.scale);
+    xb.sub_(mb).mul_(mask);
     g.gram.addmm_(xb, mh(xb));
   }
   return g;
@@ -172,9 +174,10 @@ WhitenedFactor whitened_factor(const char* fn, const char* name, const at::Tenso
                     p, " features are constant",
                     options.variance_cutoff > 0 ? " or below variance_cutoff" : "",
                     " (largest variance ", max_var, ")");
-  // eigh of the Gram of X_c / scale: s^2 = scale^2 mu, lambda = s^2 / (n - 1).
+  // eigh of the Gram of X_c / scale: lambda = mu / (n - 1), the covariance eigenvalues in units
+  // of scale^2, like g.variance and g.mean (every rule below is relative or in those units).
   auto eig = at::linalg_eigh(g.gram);
-  const double to_cov = g.scale * g.scale / static_cast<double>(n - 1);
+  const double to_cov = 1.0 / static_cast<double>(n - 1);
   at::Tensor lam = std::get<0>(eig).flip(0).clamp_min(0.0) * to_cov;
   at::Tensor u = std::get<1>(eig).flip(1);
   FactorOptions o = options;

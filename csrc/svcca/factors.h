@@ -31,8 +31,8 @@ inline constexpr int64_t kGramBlockBytes = int64_t{64} << 20;
 // dtype, left untouched): never a [p, p] matrix, never a float64 [n, p] copy.
 struct GramStats {
   at::Tensor gram;          // [n, n] (X_c / scale) (X_c / scale)^T over the kept columns
-  at::Tensor mean;          // [p] column means, compute dtype
-  at::Tensor variance;      // [p] unbiased column variances
+  at::Tensor mean;          // [p] column means in units of scale (of x / scale), compute dtype
+  at::Tensor variance;      // [p] unbiased column variances of x / scale
   at::Tensor non_constant;  // [p] bool, exact (values not all equal)
   at::Tensor kept;          // [p] bool: the columns that entered the Gram matrix
   double scale = 1.0;       // 2 max |x| (>= every |x - mean|): the Gram is of X_c / scale, so

@@ -192,13 +192,16 @@ TEST_F(FourierCcaTest, ConstantChannelIsDroppedAtEveryFrequency) {
   EXPECT_FALSE(r.x_mask.select(2, 2).any().item<bool>());
   EXPECT_TRUE(r.x_mask.select(2, 0).all().item<bool>());
   EXPECT_TRUE(r.valid.all().item<bool>());  // still 3 directions of x for 3 of y
-  // A spatially constant layer has no signal at nonzero frequencies: no correlations there.
+  // A spatially constant layer has no signal at nonzero frequencies: mean_without_dc would be
+  // 0 / 0, so it is a clear error (it was a NaN in the result).
   at::Tensor flat = at::randn({30, 2, 1, 1}, f64()).expand({30, 2, 4, 4}).contiguous();
-  auto s = fourier_cca(flat, y);
-  EXPECT_TRUE(s.valid[0][0].all().item<bool>());
-  EXPECT_EQ(s.valid.sum().item<int64_t>(), 2);
-  EXPECT_FALSE(std::isnan(s.mean.item<double>()));
-  EXPECT_TRUE(std::isnan(s.frequency_mean[1][1].item<double>()));
+  EXPECT_THROWS_WITH_TYPE(fourier_cca(flat, y), c10::ValueError,
+                          "no channel direction is left at any frequency other than DC");
+  // One constant frequency among others is still reported per frequency (valid marks it).
+  at::Tensor half = x.clone();
+  half.narrow(3, 0, 4).copy_(half.narrow(3, 0, 1).expand({30, 4, 4, 4}));
+  auto s = fourier_cca(half, y);
+  EXPECT_FALSE(std::isnan(s.mean_without_dc.item<double>()));
 }
 
 // A circular convolution of a one-channel input: at each frequency its 8 channels are multiples

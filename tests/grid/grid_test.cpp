@@ -510,7 +510,12 @@ TEST_F(GridTest, WideLayersEqualPairCalls) {
   wide.push_back({"fc", at::randn({24, 10}, at::kDouble)});
   const Grid cka = similarity_grid(wide, with(GridMeasure::kLinearCka));
   const Grid deb = similarity_grid(wide, with(GridMeasure::kDebiasedCka));
-  const Grid sv = similarity_grid(wide, with(GridMeasure::kSvcca, GridConv::kFlatten));
+  // SVCCA with 8 directions per layer: 8 + 8 <= n - 1 = 23 (more would force correlations).
+  GridOptions svo = with(GridMeasure::kSvcca, GridConv::kFlatten);
+  svo.svcca.dims = 8;
+  SvccaOptions sv8;
+  sv8.dims = 8;
+  const Grid sv = similarity_grid(wide, svo);
   for (int64_t i = 0; i < 4; ++i) {
     for (int64_t j = 0; j < 4; ++j) {
       at::Tensor x = wide[i].second.reshape({24, -1}), y = wide[j].second.reshape({24, -1});
@@ -519,7 +524,7 @@ TEST_F(GridTest, WideLayersEqualPairCalls) {
       expect_cell(cka, i, j, linear_cka(x, y, gram).item<double>(), tol::kDecomp64);
       gram.debiased = true;
       expect_cell(deb, i, j, linear_cka(x, y, gram).item<double>(), tol::kDecomp64);
-      expect_cell(sv, i, j, svcca(x, y).score.item<double>(), tol::kDecomp64);
+      expect_cell(sv, i, j, svcca(x, y, sv8).score.item<double>(), tol::kDecomp64);
     }
   }
   // The one-shot SVCCA of a wide layer equals that of its Gram proxy U S (same singular values,
@@ -529,8 +534,11 @@ TEST_F(GridTest, WideLayersEqualPairCalls) {
   auto svd = at::linalg_svd(xc, /*full_matrices=*/false);
   at::Tensor proxy = std::get<0>(svd) * std::get<1>(svd);
   at::Tensor y = wide[3].second;
-  EXPECT_ALLCLOSE(svcca(x, y).score, svcca(proxy, y).score, tol::kDecomp64);
-  EXPECT_EQ(svcca(x, y).x_dims, svcca(proxy, y).x_dims);
+  EXPECT_ALLCLOSE(svcca(x, y, sv8).score, svcca(proxy, y, sv8).score, tol::kDecomp64);
+  SvccaOptions all;
+  all.cca.allow_forced_correlations = true;
+  EXPECT_ALLCLOSE(svcca(x, y, all).score, svcca(proxy, y, all).score, tol::kDecomp64);
+  EXPECT_EQ(svcca(x, y, all).x_dims, svcca(proxy, y, all).x_dims);
 }
 
 // CKA's invariances hold in the wide form: orthogonal maps, isotropic scaling (also at extreme

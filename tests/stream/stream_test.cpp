@@ -116,10 +116,15 @@ TEST_F(StreamTest, MomentsEqualOneShotMoments) {
   auto m1 = detail::pair_moments(d.x, d.y, Precision::kFloat64);
   auto m2 = acc.pair_moments("x", "y");
   EXPECT_EQ(m2.n, m1.n);
-  EXPECT_ALLCLOSE(m2.x_mean, m1.x_mean, tol::kStreamed64);
-  EXPECT_ALLCLOSE(m2.sxx, m1.sxx, tol::kStreamed64);
-  EXPECT_ALLCLOSE(m2.syy, m1.syy, tol::kStreamed64);
-  EXPECT_ALLCLOSE(m2.sxy, m1.sxy, tol::kStreamed64);
+  // Moments in data units: each side's moments times its scale (pair_moments rescales).
+  auto in_units = [](const detail::PairMoments& m) {
+    return std::vector<at::Tensor>{m.x_mean * m.x_scale, m.sxx * (m.x_scale * m.x_scale),
+                                   m.syy * (m.y_scale * m.y_scale),
+                                   m.sxy * (m.x_scale * m.y_scale)};
+  };
+  const auto u1 = in_units(m1);
+  const auto u2 = in_units(m2);
+  for (size_t i = 0; i < u1.size(); ++i) EXPECT_ALLCLOSE(u2[i], u1[i], tol::kStreamed64);
   EXPECT_TRUE(at::equal(m2.x_non_constant, m1.x_non_constant));
   EXPECT_FALSE(m2.x_non_constant[3].item<bool>());
   EXPECT_FALSE(m2.x_centered.defined());
@@ -355,9 +360,16 @@ TEST_F(StreamTest, ResultsBeforeEnoughRowsSayHowManyAreNeeded) {
                           "features), but the accumulator has seen 11 rows");
   EXPECT_THROWS_WITH(acc.pwcca(), "at least 12 rows for 10 features");
   EXPECT_THROWS_WITH(acc.r2_cca(), "at least 12 rows for 10 features");
-  // svcca reduces first, so it works with fewer rows than features.
-  EXPECT_NO_THROW(acc.svcca());
+  // svcca reduces first, so it works with fewer rows than features, when the kept directions
+  // fit in n - 1 (5 + 5 <= 10; the default 99% keeps 6 + 6 and would force correlations).
+  SvccaOptions five;
+  five.dims = 5;
+  EXPECT_NO_THROW(acc.svcca(five));
+  EXPECT_THROWS_WITH(acc.svcca(), "x keeps 6 directions and y keeps 6, but n = 11");
   acc.update(d.x.narrow(0, 11, 1), d.y.narrow(0, 11, 1));
+  // 12 rows: enough for each side alone, not for the pair (9 + 8 directions > 11).
+  EXPECT_THROWS_WITH(acc.cca(), "rx + ry = 17 > n - 1");
+  acc.update(d.x.narrow(0, 12, 28), d.y.narrow(0, 12, 28));
   EXPECT_NO_THROW(acc.cca());
 }
 

@@ -124,9 +124,11 @@ class RbfCkaMeasure : public CellMeasure {
     detail::GramStats g = detail::centered_gram(mat, detail::compute_dtype(mat, mat, o_.precision));
     detail::check_not_constant(fn, label.c_str(), g.non_constant);
     at::Tensor d = detail::squared_distances_from_gram(g.gram);
-    // The Gram is of X_c / scale: the median rule is scale free, an absolute sigma is not.
-    if (o_.sigma) d = d * (g.scale * g.scale);
-    at::Tensor k = detail::rbf_kernel(fn, label.c_str(), d, o_.threshold, o_.sigma);
+    // The Gram is of X_c / scale: the median rule is scale free; an absolute sigma is taken to
+    // the same units (rather than the distances to the data's, which could overflow).
+    std::optional<double> sigma;
+    if (o_.sigma) sigma = *o_.sigma / g.scale;
+    at::Tensor k = detail::rbf_kernel(fn, label.c_str(), d, o_.threshold, sigma);
     RbfFactor f;
     f.centered = detail::center_gram(k, o_.debiased);
     f.self = f.centered.square().sum();
