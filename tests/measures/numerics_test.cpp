@@ -69,6 +69,28 @@ TEST_P(ScaleInvarianceTest, EveryMeasureIgnoresTheScaleOfALayer) {
 INSTANTIATE_TEST_SUITE_P(Extremes, ScaleInvarianceTest,
                          ::testing::Values(1e-200, 1e-120, 1e-30, 1e30, 1e80, 1e200));
 
+// minibatch-cka adds batches at their true relative scale: a layer at 1e200 (or 1e-200) gives
+// the grid of the unscaled layers (its Gram products overflowed to inf before).
+TEST(ScaleInvarianceStreamTest, MinibatchCkaOfExtremeLayers) {
+  at::manual_seed(0);
+  auto [x, y] = related_pair(96, 7, 5);
+  auto run = [&](double s) {
+    GridOptions o;
+    o.measure = GridMeasure::kMinibatchCka;
+    GridAccumulator acc({"x", "y"}, {}, o);
+    for (int64_t b = 0; b < 96; b += 32) {
+      acc.update({{"x", x.narrow(0, b, 32) * s}, {"y", y.narrow(0, b, 32)}});
+    }
+    return acc.result().values;
+  };
+  const at::Tensor base = run(1.0);
+  ASSERT_TRUE(at::isfinite(base).all().item<bool>());
+  for (double s : {1e-200, 1e200}) {
+    SCOPED_TRACE(s);
+    EXPECT_ALLCLOSE(run(s), base, tol::kDecomp64);
+  }
+}
+
 // float32 computed in float32 (precision "input"): 1e10 and 1e-12 broke linear CKA (x^T x
 // overflows float32's 3.4e38, or underflows).
 TEST(ScaleInvarianceFloat32Test, InputPrecisionSurvivesTheFloat32Range) {

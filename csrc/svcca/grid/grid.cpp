@@ -1180,6 +1180,9 @@ struct GridAccumulator::Impl {
   // minibatch-cka: sum over batches of b (b - 3) HSIC_1 / (b (b - 3)) for every pair of layers of
   // the union, [L, L] float64 (the CovarianceAccumulator is not used).
   at::Tensor minibatch_hsic;
+  // Each layer's unit (its first batch's Gram scale): later batches' Gram matrices are taken to
+  // it, so that batches add at their true relative scale and no HSIC overflows or underflows.
+  std::vector<double> minibatch_unit;
   int64_t batches = 0;
   int64_t memory_bytes = 0;  // budget of the exact state
 
@@ -1502,10 +1505,18 @@ void GridAccumulator::Impl::add_minibatch(const char* fn, const std::vector<at::
                     b, " (", refs.front().label, " with shape ",
                     detail::shape_str(refs.front().acts), ")");
   std::vector<at::Tensor> flat;
-  for (const auto& m : mats) {
-    // Batches add up at their true scale: the Gram of X_c / scale, times scale^2.
-    detail::GramStats g = detail::centered_gram(m, at::kDouble);
-    at::Tensor k = g.gram * (g.scale * g.scale);
+  if (minibatch_unit.empty()) minibatch_unit.assign(mats.size(), 0.0);
+  for (size_t l = 0; l < mats.size(); ++l) {
+    // Batches add up at their true relative scale: the Gram of X_c / scale, in units of the
+    // layer's first batch.
+    detail::GramStats g = detail::centered_gram(mats[l], at::kDouble);
+    if (minibatch_unit[l] == 0.0) minibatch_unit[l] = g.scale;
+    const double r = g.scale / minibatch_unit[l];
+    TORCH_CHECK_VALUE(std::isfinite(r * r) && r * r > 0.0, fn, ": ", refs[l].label,
+                      " must stay within 1e150 of its first batch's scale for minibatch-cka, but "
+                      "this batch's largest |value| is ",
+                      g.scale / 2.0, " against ", minibatch_unit[l] / 2.0, " in the first batch");
+    at::Tensor k = g.gram * (r * r);
     flat.push_back(detail::center_gram(k, /*unbiased=*/true).reshape({-1}));
   }
   at::Tensor u = at::stack(flat);  // [L, b^2]
