@@ -165,8 +165,9 @@ class WhitenedMeasure : public CellMeasure {
   at::Tensor cell(const char* fn, const LayerFactor& x, const LayerFactor& y) const override {
     const auto& fx = held<detail::WhitenedFactor>(x);
     const auto& fy = held<detail::WhitenedFactor>(y);
-    detail::check_forced_correlations(fn, fx.rank, fy.rank, fx.z.size(0), allow_forced_,
-                                      std::string(name_) == "svcca");
+    // A layer against itself (the diagonal of a one-model grid) is 1 by definition, not by force.
+    detail::check_forced_correlations(fn, fx.rank, fy.rank, fx.z.size(0),
+                                      allow_forced_ || &x == &y, std::string(name_) == "svcca");
     return detail::canonical_correlations(fx, fy).mean();
   }
 
@@ -764,7 +765,7 @@ CellValues streamed_cells(const char* fn, const std::vector<LayerMoments>& layer
     const bool allow = o.measure == GridMeasure::kSvcca ? o.svcca.cca.allow_forced_correlations
                                                         : o.cca.allow_forced_correlations;
     detail::check_forced_correlations(fn, factors[c.x].rank, factors[c.y].rank, layers[c.x].rows,
-                                      allow, o.measure == GridMeasure::kSvcca);
+                                      allow || c.x == c.y, o.measure == GridMeasure::kSvcca);
     return detail::cca_core(factors[c.x], factors[c.y], sxy_of(layers, cross, c.x, c.y),
                             /*with_vectors=*/false)
         .correlations.mean();
