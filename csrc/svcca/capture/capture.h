@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace svcca {
@@ -41,8 +42,15 @@ struct Capture {
 };
 
 // Puts every module of `module` in eval mode for the guard's lifetime and restores each one's own
-// training flag afterwards (also when an exception unwinds). Not thread-safe: do not run the same
-// module on another thread meanwhile.
+// training flag afterwards (also when an exception unwinds). Thread-safe: guards on one module
+// from several threads (or nested) are counted per submodule, so the first saves each flag and
+// the last restores it, whatever the order of destruction. While any thread holds a guard for a
+// module, TappedModule::run on that module from a thread that holds none waits until the last
+// guard is gone (it never runs in a mode it did not ask for), and a new guard waits for such runs
+// in flight to finish before switching modes; runs on a thread holding a guard run in eval mode
+// at once. (Keyed by the module object the guard was given: a guard on a submodule does not hold
+// back runs of its parent.) Do not call forward on the module other than through TappedModule
+// while another thread holds a guard.
 class EvalMode {
  public:
   explicit EvalMode(const torch::jit::Module& module);
@@ -51,7 +59,9 @@ class EvalMode {
   EvalMode& operator=(const EvalMode&) = delete;
 
  private:
-  std::vector<std::pair<torch::jit::Module, bool>> modes_;
+  torch::jit::Module root_;
+  std::thread::id owner_;
+  std::vector<torch::jit::Module> modes_;  // submodules with a training flag
 };
 
 struct CaptureOptions {
@@ -147,13 +157,16 @@ class TappedModule {
   // `layers` (names as returned by select; empty: all). Inputs the model rejects give an error
   // that quotes the model's message and the input shapes. Thread-safe across threads (each
   // thread has its own recording; the buffer pool is locked), not re-entrant within one thread.
+  // Runs in the module's current mode; while another thread holds an EvalMode guard (or runs
+  // list_layers) on this module, waits for it to end (see EvalMode).
   Capture run(const std::vector<c10::IValue>& inputs, const std::vector<std::string>& layers = {},
               const CaptureOptions& options = {}) const;
 
   // Names, module types and output shapes of every record for `inputs`, in call order. Runs the
   // tapped method once in eval mode (BatchNorm statistics do not move; every module's training
-  // flag is restored afterwards, so do not run the same module on another thread meanwhile)
-  // without autograd, recording meta tensors only: keeps no activations. Throws as run() does.
+  // flag is restored afterwards) under an EvalMode guard, so concurrent list_layers and run()
+  // calls on the module are safe (run() of other threads waits for it), without autograd, recording
+  // meta tensors only: keeps no activations. Throws as run() does.
   std::vector<LayerInfo> list_layers(const std::vector<c10::IValue>& inputs) const;
 
   torch::jit::Module& module() { return module_; }
