@@ -518,20 +518,24 @@ TEST(CaptureModes, ConcurrentEvalModeAndListLayersRestoreEveryFlag) {
   EXPECT_TRUE(r.module().attr("layer1").toModule().is_training());
 }
 
-// A run on a thread without a guard waits while another thread holds the module in eval mode,
-// and then runs in the module's own (training) mode: it never runs in a mode it did not ask for.
-TEST(CaptureModes, RunOnAnotherThreadWaitsForTheEvalModeGuard) {
+// While list_layers (an exclusive guard) holds the module in eval mode, a run on another thread
+// waits, and then runs in the module's own (training) mode: never in a mode it did not ask for.
+TEST(CaptureModes, RunOnAnotherThreadWaitsForListLayers) {
   TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
   r.module().train();
   const auto inputs = load_expected("resnet").inputs;
   const at::Tensor train_out = r.run(inputs).output.toTensor();
   at::Tensor eval_out;
+  {
+    EvalMode eval(r.module());
+    eval_out = r.run(inputs).output.toTensor();
+  }
+  EXPECT_FALSE(AllClose(eval_out, train_out, tol::kFloat32));  // the modes differ here
   at::Tensor other_out;
   std::atomic<bool> done{false};
   std::thread other;
   {
-    EvalMode eval(r.module());
-    eval_out = r.run(inputs).output.toTensor();  // this thread's guard: eval mode at once
+    EvalMode listing(r.module(), /*exclusive=*/true);
     other = std::thread([&] {
       other_out = r.run(inputs).output.toTensor();
       done = true;
@@ -540,9 +544,28 @@ TEST(CaptureModes, RunOnAnotherThreadWaitsForTheEvalModeGuard) {
     EXPECT_FALSE(done.load());
   }
   other.join();
-  EXPECT_TRUE(done.load());
-  EXPECT_FALSE(AllClose(eval_out, train_out, tol::kFloat32));  // the modes differ here
   EXPECT_TRUE(AllClose(other_out, train_out, tol::kFloat32));
+  EXPECT_TRUE(r.module().is_training());
+}
+
+// Under an ordinary guard, worker threads capture in eval mode and can be joined inside the
+// guard's scope (no wait on the guard); the guard restores the flags after they are done.
+TEST(CaptureModes, WorkerThreadsCaptureInEvalModeUnderAGuard) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  r.module().train();
+  const auto inputs = load_expected("resnet").inputs;
+  at::Tensor eval_out;
+  std::vector<at::Tensor> outs(4);
+  {
+    EvalMode eval(r.module());
+    eval_out = r.run(inputs).output.toTensor();
+    std::vector<std::thread> workers;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      workers.emplace_back([&, i] { outs[i] = r.run(inputs).output.toTensor(); });
+    }
+    for (auto& w : workers) w.join();
+  }
+  for (const auto& o : outs) EXPECT_TRUE(AllClose(o, eval_out, tol::kClosedForm64));
   EXPECT_TRUE(r.module().is_training());
 }
 

@@ -970,13 +970,18 @@ std::vector<std::string> TappedModule::select(const std::vector<std::string>& pa
 
 namespace {
 
-// Process-wide bookkeeping of modes (see EvalMode in capture.h): per module object, how many
-// EvalMode guards each thread holds and how many runs without a guard are in flight; per
-// submodule object, how many guards hold it in eval mode and its flag before the first.
+// Process-wide bookkeeping of modes (see EvalMode in capture.h): per module object, its guards
+// (ordinary ones, and exclusive ones by thread), runs in flight and guards waiting to switch
+// modes; per submodule object, how many guards hold it in eval mode and its flag before the
+// first.
 struct ModeGate {
   struct Entry {
-    std::unordered_map<std::thread::id, int> holders;
-    int plain_runs = 0;
+    int guards = 0;                                      // ordinary EvalMode guards
+    std::unordered_map<std::thread::id, int> exclusive;  // exclusive guards (list_layers)
+    int exclusive_count = 0;
+    int runs = 0;     // TappedModule::run calls in flight
+    int pending = 0;  // guards waiting for runs to end before switching modes
+    bool idle() const { return guards == 0 && exclusive_count == 0 && runs == 0 && pending == 0; }
   };
   struct Flag {
     int count = 0;
@@ -989,8 +994,7 @@ struct ModeGate {
 
   void drop_if_idle(const c10::ivalue::Object* key) {
     auto it = entries.find(key);
-    if (it != entries.end() && it->second.holders.empty() && it->second.plain_runs == 0)
-      entries.erase(it);
+    if (it != entries.end() && it->second.idle()) entries.erase(it);
   }
 };
 
@@ -999,29 +1003,30 @@ ModeGate& mode_gate() {
   return *gate;
 }
 
-// Held by TappedModule::run: a run on a thread that holds an EvalMode for the module runs in eval
-// mode at once; any other run waits until no thread holds one (it asked for the module's own
-// mode), and counts as in flight so that a new EvalMode waits for it before switching modes.
+// Held by TappedModule::run for its forward. Waits while a guard is about to switch the module's
+// mode, and while the module is in eval mode only through another thread's exclusive guard (a
+// list_layers: the run asked for the module's own mode); counts as in flight meanwhile, so that
+// no guard switches modes under it.
 class RunModeGuard {
  public:
   explicit RunModeGuard(const jit::Module& module) : key_(module._ivalue().get()) {
     ModeGate& g = mode_gate();
     std::unique_lock<std::mutex> lock(g.mu);
     const auto tid = std::this_thread::get_id();
-    auto it = g.entries.find(key_);
-    if (it != g.entries.end() && it->second.holders.count(tid)) return;  // this thread's eval
     g.cv.wait(lock, [&] {
-      auto e = g.entries.find(key_);
-      return e == g.entries.end() || e->second.holders.empty();
+      auto it = g.entries.find(key_);
+      if (it == g.entries.end()) return true;
+      const auto& e = it->second;
+      const bool only_foreign_exclusive =
+          e.guards == 0 && e.exclusive_count > 0 && e.exclusive.count(tid) == 0;
+      return e.pending == 0 && !only_foreign_exclusive;
     });
-    ++g.entries[key_].plain_runs;
-    plain_ = true;
+    ++g.entries[key_].runs;
   }
   ~RunModeGuard() {
-    if (!plain_) return;
     ModeGate& g = mode_gate();
     std::lock_guard<std::mutex> lock(g.mu);
-    --g.entries[key_].plain_runs;
+    --g.entries[key_].runs;
     g.drop_if_idle(key_);
     g.cv.notify_all();
   }
@@ -1030,7 +1035,6 @@ class RunModeGuard {
 
  private:
   const c10::ivalue::Object* key_;
-  bool plain_ = false;
 };
 
 }  // namespace
@@ -1059,17 +1063,25 @@ Capture TappedModule::run(const std::vector<c10::IValue>& inputs,
   return capture;
 }
 
-EvalMode::EvalMode(const torch::jit::Module& module)
-    : root_(module), owner_(std::this_thread::get_id()) {
+EvalMode::EvalMode(const torch::jit::Module& module, bool exclusive)
+    : root_(module), owner_(std::this_thread::get_id()), exclusive_(exclusive) {
   ModeGate& g = mode_gate();
   std::unique_lock<std::mutex> lock(g.mu);
   const auto* key = module._ivalue().get();
-  // Runs of other threads in the module's own mode finish before the mode changes under them.
-  g.cv.wait(lock, [&] {
-    auto e = g.entries.find(key);
-    return e == g.entries.end() || e->second.plain_runs == 0;
-  });
-  ++g.entries[key].holders[owner_];
+  ModeGate::Entry* e = &g.entries[key];
+  if (e->guards == 0 && e->exclusive_count == 0) {
+    // The first guard switches modes: runs in flight (in the module's own mode) end first.
+    ++e->pending;
+    g.cv.wait(lock, [&] { return g.entries[key].runs == 0; });
+    e = &g.entries[key];
+    --e->pending;
+  }
+  if (exclusive_) {
+    ++e->exclusive[owner_];
+    ++e->exclusive_count;
+  } else {
+    ++e->guards;
+  }
   for (const jit::Module& m : module.modules()) {
     if (!m.type()->hasAttribute("training")) continue;
     ModeGate::Flag& f = g.flags[m._ivalue().get()];
@@ -1080,11 +1092,21 @@ EvalMode::EvalMode(const torch::jit::Module& module)
     }
     modes_.push_back(m);
   }
+  g.cv.notify_all();
 }
 
 EvalMode::~EvalMode() {
   ModeGate& g = mode_gate();
-  std::lock_guard<std::mutex> lock(g.mu);
+  std::unique_lock<std::mutex> lock(g.mu);
+  const auto* key = root_._ivalue().get();
+  ModeGate::Entry* e = &g.entries[key];
+  if (e->guards + e->exclusive_count == 1) {
+    // The last guard switches back: runs in flight (in eval mode, on other threads) end first.
+    ++e->pending;
+    g.cv.wait(lock, [&] { return g.entries[key].runs == 0; });
+    e = &g.entries[key];
+    --e->pending;
+  }
   for (auto& m : modes_) {
     auto it = g.flags.find(m._ivalue().get());
     if (it == g.flags.end()) continue;
@@ -1093,9 +1115,12 @@ EvalMode::~EvalMode() {
       g.flags.erase(it);
     }
   }
-  const auto* key = root_._ivalue().get();
-  auto& holders = g.entries[key].holders;
-  if (--holders[owner_] <= 0) holders.erase(owner_);
+  if (exclusive_) {
+    if (--e->exclusive[owner_] <= 0) e->exclusive.erase(owner_);
+    --e->exclusive_count;
+  } else {
+    --e->guards;
+  }
   g.drop_if_idle(key);
   g.cv.notify_all();
 }
@@ -1114,7 +1139,7 @@ std::vector<std::pair<std::string, at::Tensor>> Capture::per_call_values() const
 std::vector<LayerInfo> TappedModule::list_layers(const std::vector<c10::IValue>& inputs) const {
   // Eval mode for the one forward, so that listing does not update BatchNorm running statistics;
   // every module's own flag is restored afterwards.
-  EvalMode eval(module_);
+  EvalMode eval(module_, /*exclusive=*/true);
 
   at::NoGradGuard no_grad;
   begin_through_ops({}, true, /*shapes_only=*/true);
