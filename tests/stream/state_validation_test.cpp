@@ -107,6 +107,19 @@ TEST_F(StateValidationTest, ScaledDataGivesTheUnscaledResults) {
   EXPECT_TRUE(at::equal(ref.state().at("comoment.0"), ref.unscaled_state().at("comoment.0")));
 }
 
+// Canonical weights come back in data units: x * 2^700 (exact) has the weights of x / 2^700.
+TEST_F(StateValidationTest, CcaWeightsOfScaledDataAreInDataUnits) {
+  auto d = make_pair(200);
+  const double s = std::ldexp(1.0, 700);
+  auto ref = stream(d.x, d.y, 50);
+  auto acc = stream(d.x * s, d.y * (1.0 / s), 50);
+  ASSERT_NE(acc.scales()[0], 1.0);
+  auto r = ref.cca(), a = acc.cca();
+  EXPECT_ALLCLOSE(a.x_weights * s, r.x_weights, tol::kDecomp64);
+  EXPECT_ALLCLOSE(a.y_weights * (1.0 / s), r.y_weights, tol::kDecomp64);
+  EXPECT_ALLCLOSE(a.x_weights, cca(d.x * s, d.y * (1.0 / s)).x_weights, tol::kDecomp64);
+}
+
 // A larger batch after smaller ones rescales the stored moments (and a batch of zeros has no
 // unit of its own): streamed equals one batch, for a float32 accumulator too.
 TEST_F(StateValidationTest, GrowingMagnitudesRescaleTheStoredMoments) {

@@ -580,6 +580,10 @@ detail::PairMoments CovarianceAccumulator::moments(const char* fn, const std::st
   m.result_dtype = at::promote_types(input_dtypes_[a], input_dtypes_[b]);
   m.x_input_dtype = input_dtypes_[a];
   m.y_input_dtype = input_dtypes_[b];
+  // The moments' units, as detail::pair_moments reports its own (weights come back in data
+  // units through them).
+  m.x_scale = detail::pow2(scale_exp_[a]);
+  m.y_scale = detail::pow2(scale_exp_[b]);
   return m;
 }
 

@@ -103,7 +103,8 @@ class CovarianceAccumulator {
   at::Tensor linear_cka(const std::string& x_layer, const std::string& y_layer) const;
 
   // The moments of a pair, as the one-shot path builds them (without centered data), in each
-  // layer's scaled units (see Scale above; every measure is invariant to them).
+  // layer's scaled units (see Scale above), which x_scale and y_scale report (the one-shot
+  // path's units differ: compare moments times their scales).
   detail::PairMoments pair_moments(const std::string& x_layer, const std::string& y_layer) const;
 
   // The state as named tensors (all in the accumulator's dtype except min/max, in the input
