@@ -6,6 +6,8 @@
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/serialization/import.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -13,6 +15,10 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "support/support.h"
 #include "svcca/capture/capture.h"
@@ -436,6 +442,131 @@ TEST(CaptureThreads, EachThreadHasItsOwnRecording) {
   ASSERT_EQ(caps[1].records.size(), 1u);
   EXPECT_EQ(caps[0].records[0].name, "0");
   EXPECT_EQ(caps[1].records[0].name, "3");
+}
+
+// TappedModule::save writes through a unique temporary (mkstemp): a user's "<path>.tmp" survives
+// (before, it was overwritten and renamed away), concurrent saves to one path all succeed, and a
+// failed save leaves no temporary.
+TEST(CaptureSave, UniqueTemporariesKeepUserFilesAndAllowConcurrentSaves) {
+  TappedModule t = TappedModule::load(fixture("seq_scripted.pt"));
+  const std::string path = temp_path("unique_" + std::to_string(::getpid()) + ".pt");
+  std::ofstream(path + ".tmp") << "mine";
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&] {
+      for (int k = 0; k < 3; ++k) {
+        try {
+          t.save(path);
+        } catch (const std::exception&) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_NO_THROW(torch::jit::load(path));
+  std::ifstream mine(path + ".tmp");
+  std::string content;
+  mine >> content;
+  EXPECT_EQ(content, "mine");
+  std::remove((path + ".tmp").c_str());
+  std::remove(path.c_str());
+  // Onto a folder: a clear error, and the temporary is gone.
+  const std::string dir = temp_path("folder_" + std::to_string(::getpid()));
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+  EXPECT_THROWS_WITH(t.save(dir), "TappedModule::save: path must be writable");
+  const std::string base = dir.substr(dir.rfind('/') + 1);
+  DIR* d = ::opendir(::testing::TempDir().c_str());
+  ASSERT_NE(d, nullptr);
+  while (dirent* e = ::readdir(d)) {
+    EXPECT_EQ(std::string(e->d_name).find("." + base + ".tmp."), std::string::npos) << e->d_name;
+  }
+  ::closedir(d);
+  ::rmdir(dir.c_str());
+}
+
+// ---- Modes and threads -------------------------------------------------------------------------
+
+// EvalMode guards and list_layers from 8 threads on one module: each flag comes back as it was
+// (before, a guard could save another's eval flags and leave the model in eval mode for good).
+TEST(CaptureModes, ConcurrentEvalModeAndListLayersRestoreEveryFlag) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  r.module().train();
+  r.module().attr("bn1").toModule().eval();  // a frozen batch-norm layer stays frozen
+  const auto inputs = load_expected("resnet").inputs;
+  std::atomic<int> in_train{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      for (int k = 0; k < 10; ++k) {
+        if (i % 2 == 0) {
+          (void)r.list_layers(inputs);
+        } else {
+          EvalMode eval(r.module());
+          if (r.module().is_training()) ++in_train;
+          std::this_thread::yield();
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(in_train.load(), 0);
+  EXPECT_TRUE(r.module().is_training());
+  EXPECT_FALSE(r.module().attr("bn1").toModule().is_training());
+  EXPECT_TRUE(r.module().attr("layer1").toModule().is_training());
+}
+
+// While list_layers (an exclusive guard) holds the module in eval mode, a run on another thread
+// waits, and then runs in the module's own (training) mode: never in a mode it did not ask for.
+TEST(CaptureModes, RunOnAnotherThreadWaitsForListLayers) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  r.module().train();
+  const auto inputs = load_expected("resnet").inputs;
+  const at::Tensor train_out = r.run(inputs).output.toTensor();
+  at::Tensor eval_out;
+  {
+    EvalMode eval(r.module());
+    eval_out = r.run(inputs).output.toTensor();
+  }
+  EXPECT_FALSE(AllClose(eval_out, train_out, tol::kFloat32));  // the modes differ here
+  at::Tensor other_out;
+  std::atomic<bool> done{false};
+  std::thread other;
+  {
+    EvalMode listing(r.module(), /*exclusive=*/true);
+    other = std::thread([&] {
+      other_out = r.run(inputs).output.toTensor();
+      done = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_FALSE(done.load());
+  }
+  other.join();
+  EXPECT_TRUE(AllClose(other_out, train_out, tol::kFloat32));
+  EXPECT_TRUE(r.module().is_training());
+}
+
+// Under an ordinary guard, worker threads capture in eval mode and can be joined inside the
+// guard's scope (no wait on the guard); the guard restores the flags after they are done.
+TEST(CaptureModes, WorkerThreadsCaptureInEvalModeUnderAGuard) {
+  TappedModule r = TappedModule::load(fixture("resnet_scripted.pt"));
+  r.module().train();
+  const auto inputs = load_expected("resnet").inputs;
+  at::Tensor eval_out;
+  std::vector<at::Tensor> outs(4);
+  {
+    EvalMode eval(r.module());
+    eval_out = r.run(inputs).output.toTensor();
+    std::vector<std::thread> workers;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      workers.emplace_back([&, i] { outs[i] = r.run(inputs).output.toTensor(); });
+    }
+    for (auto& w : workers) w.join();
+  }
+  for (const auto& o : outs) EXPECT_TRUE(AllClose(o, eval_out, tol::kClosedForm64));
+  EXPECT_TRUE(r.module().is_training());
 }
 
 // ---- Record buffer pool ----------------------------------------------------------------------

@@ -26,6 +26,15 @@ def _data():
     return x, y
 
 
+def _scaled(x, y):
+    """Rows in different magnitudes per rank (centered first: rows at 0 far from the others'
+    mean would make the numbers ill-conditioned, whatever the scaling)."""
+    xs, ys = x - 500.0, y.clone()
+    xs[SPLIT:] *= 1e200
+    ys[:SPLIT] *= 1e-200
+    return xs, ys
+
+
 def _worker(rank, init_file, queue):
     try:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -48,6 +57,19 @@ def _worker(rank, init_file, queue):
                 mb.update(x[i:i + 50], y[i:i + 50])
         mb.set_state(s.all_reduce_state(mb.state()))
 
+        # Ranks in different power-of-two units (rank 1's x rows at 1e200, rank 0's y rows at
+        # 1e-200): all_reduce_state rescales them to common units.
+        xs, ys = _scaled(x, y)
+        sacc = torch.classes.svcca.CovarianceAccumulator(["x", "y"], [], "float64")
+        for i in range(begin, end, step):
+            sacc.update([xs[i:min(i + step, end)], ys[i:min(i + step, end)]])
+        sacc.set_state(s.all_reduce_state(sacc.state()))
+        smb = torch.classes.svcca.MinibatchCkaAccumulator("linear", None, 1.0)
+        for b, i in enumerate(range(0, ROWS - 49, 50)):
+            if b % WORLD == rank:
+                smb.update(xs[i:i + 50], ys[i:i + 50])
+        smb.set_state(s.all_reduce_state(smb.state()))
+
         # An empty state on one rank raises on every rank (no hang).
         empty = torch.classes.svcca.CovarianceAccumulator(["x", "y"], [], "float64")
         if rank == 0:
@@ -67,6 +89,9 @@ def _worker(rank, init_file, queue):
             "svcca": acc.svcca("x", "y", 0.99).tolist(),
             "linear_cka": acc.linear_cka("x", "y").tolist(),
             "minibatch_cka": mb.cka().tolist(),
+            "scaled_cca": sacc.cca("x", "y").tolist(),
+            "scaled_linear_cka": sacc.linear_cka("x", "y").tolist(),
+            "scaled_minibatch_cka": smb.cka().tolist(),
             "empty_error": empty_error,
         }))
         dist.destroy_process_group()
@@ -101,6 +126,12 @@ def test_two_gloo_ranks_equal_one_process():
     single = torch.classes.svcca.MinibatchCkaAccumulator("linear", None, 1.0)
     for i in range(0, ROWS - 49, 50):
         single.update(x[i:i + 50], y[i:i + 50])
+    xs, ys = _scaled(x, y)
+    scaled_one = torch.classes.svcca.CovarianceAccumulator(["x", "y"], [], "float64")
+    scaled_one.update([xs, ys])
+    scaled_mb = torch.classes.svcca.MinibatchCkaAccumulator("linear", None, 1.0)
+    for i in range(0, ROWS - 49, 50):
+        scaled_mb.update(xs[i:i + 50], ys[i:i + 50])
     # tests/support/support.h: tol::kStreamed64
     close = dict(rtol=1e-10, atol=1e-12)
     for rank in range(WORLD):
@@ -114,6 +145,9 @@ def test_two_gloo_ranks_equal_one_process():
         cka = (xc.T @ yc).square().sum() / ((xc.T @ xc).norm() * (yc.T @ yc).norm())
         torch.testing.assert_close(r["linear_cka"], cka, **close)
         torch.testing.assert_close(r["minibatch_cka"], single.cka(), **close)
+        torch.testing.assert_close(r["scaled_cca"], scaled_one.cca("x", "y"), **close)
+        torch.testing.assert_close(r["scaled_linear_cka"], scaled_one.linear_cka("x", "y"), **close)
+        torch.testing.assert_close(r["scaled_minibatch_cka"], scaled_mb.cka(), **close)
         assert r["empty_error"] is not None and "at least one batch on every rank" in \
             r["empty_error"]
 

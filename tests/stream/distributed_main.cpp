@@ -107,6 +107,31 @@ int worker(int rank, const std::string& store_path) {
     single.update(x.narrow(0, s, 40), y.narrow(0, s, 40));
   expect_close("minibatch cka", mb.cka(), single.cka(), rank);
 
+  // Ranks in different power-of-two units (rank 1's x rows at 1e200, rank 0's y rows at 1e-200)
+  // reduce to what one process streaming the same rows gives.
+  at::Tensor rows_x = at::ones({kRows, 1}, at::kDouble), rows_y = at::ones({kRows, 1}, at::kDouble);
+  rows_x.narrow(0, kSplit, kRows - kSplit).fill_(1e200);
+  rows_y.narrow(0, 0, kSplit).fill_(1e-200);
+  // Centered first: rows at 0 far from the others' mean would be ill-conditioned whatever the
+  // scaling.
+  const at::Tensor xs = (x - x.mean(0)) * rows_x, ys = (y - y.mean(0)) * rows_y;
+  svcca::CovarianceAccumulator scaled, scaled_one;
+  svcca::MinibatchCkaAccumulator scaled_mb, scaled_mb_one;
+  for (int64_t s = begin; s < end; s += batch) {
+    const int64_t b = std::min(batch, end - s);
+    scaled.update(xs.narrow(0, s, b), ys.narrow(0, s, b));
+  }
+  scaled_one.update(xs, ys);
+  for (int64_t s = 0, i = 0; s + 40 <= kRows; s += 40, ++i) {
+    if (i % kWorld == rank) scaled_mb.update(xs.narrow(0, s, 40), ys.narrow(0, s, 40));
+    scaled_mb_one.update(xs.narrow(0, s, 40), ys.narrow(0, s, 40));
+  }
+  svcca::all_reduce(scaled, *pg);
+  svcca::all_reduce(scaled_mb, *pg);
+  expect_close("scaled cca", scaled.cca().correlations, scaled_one.cca().correlations, rank);
+  expect_close("scaled linear cka", scaled.linear_cka(), scaled_one.linear_cka(), rank);
+  expect_close("scaled minibatch cka", scaled_mb.cka(), scaled_mb_one.cka(), rank);
+
   // A mismatch must throw on every rank, not hang: rank 1 streams one feature fewer.
   svcca::CovarianceAccumulator bad;
   bad.update(x.narrow(1, 0, rank == 0 ? 12 : 11), y);

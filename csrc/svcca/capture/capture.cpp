@@ -1,6 +1,8 @@
 // TappedModule: inlines forward, taps every submodule call with svcca::tap, and records taps.
 #include "svcca/capture/capture.h"
 
+#include "svcca/io/atomic_file.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/core/interned_strings.h>
@@ -17,6 +19,7 @@
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -24,6 +27,7 @@
 #include <mutex>
 #include <regex>
 #include <sstream>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -964,6 +968,77 @@ std::vector<std::string> TappedModule::select(const std::vector<std::string>& pa
   return out;
 }
 
+namespace {
+
+// Process-wide bookkeeping of modes (see EvalMode in capture.h): per module object, its guards
+// (ordinary ones, and exclusive ones by thread), runs in flight and guards waiting to switch
+// modes; per submodule object, how many guards hold it in eval mode and its flag before the
+// first.
+struct ModeGate {
+  struct Entry {
+    int guards = 0;                                      // ordinary EvalMode guards
+    std::unordered_map<std::thread::id, int> exclusive;  // exclusive guards (list_layers)
+    int exclusive_count = 0;
+    int runs = 0;     // TappedModule::run calls in flight
+    int pending = 0;  // guards waiting for runs to end before switching modes
+    bool idle() const { return guards == 0 && exclusive_count == 0 && runs == 0 && pending == 0; }
+  };
+  struct Flag {
+    int count = 0;
+    bool saved = false;
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  std::unordered_map<const c10::ivalue::Object*, Entry> entries;
+  std::unordered_map<const c10::ivalue::Object*, Flag> flags;
+
+  void drop_if_idle(const c10::ivalue::Object* key) {
+    auto it = entries.find(key);
+    if (it != entries.end() && it->second.idle()) entries.erase(it);
+  }
+};
+
+ModeGate& mode_gate() {
+  static ModeGate* gate = new ModeGate();  // never destroyed: guards may outlive static teardown
+  return *gate;
+}
+
+// Held by TappedModule::run for its forward. Waits while a guard is about to switch the module's
+// mode, and while the module is in eval mode only through another thread's exclusive guard (a
+// list_layers: the run asked for the module's own mode); counts as in flight meanwhile, so that
+// no guard switches modes under it.
+class RunModeGuard {
+ public:
+  explicit RunModeGuard(const jit::Module& module) : key_(module._ivalue().get()) {
+    ModeGate& g = mode_gate();
+    std::unique_lock<std::mutex> lock(g.mu);
+    const auto tid = std::this_thread::get_id();
+    g.cv.wait(lock, [&] {
+      auto it = g.entries.find(key_);
+      if (it == g.entries.end()) return true;
+      const auto& e = it->second;
+      const bool only_foreign_exclusive =
+          e.guards == 0 && e.exclusive_count > 0 && e.exclusive.count(tid) == 0;
+      return e.pending == 0 && !only_foreign_exclusive;
+    });
+    ++g.entries[key_].runs;
+  }
+  ~RunModeGuard() {
+    ModeGate& g = mode_gate();
+    std::lock_guard<std::mutex> lock(g.mu);
+    --g.entries[key_].runs;
+    g.drop_if_idle(key_);
+    g.cv.notify_all();
+  }
+  RunModeGuard(const RunModeGuard&) = delete;
+  RunModeGuard& operator=(const RunModeGuard&) = delete;
+
+ private:
+  const c10::ivalue::Object* key_;
+};
+
+}  // namespace
+
 Capture TappedModule::run(const std::vector<c10::IValue>& inputs,
                           const std::vector<std::string>& layers,
                           const CaptureOptions& options) const {
@@ -972,6 +1047,7 @@ Capture TappedModule::run(const std::vector<c10::IValue>& inputs,
   if (options.reuse_buffers && options.detach && poolable_ && pool_) {
     pool = c10::IValue::make_capsule(c10::make_intrusive<detail::PoolCapsule>(pool_));
   }
+  RunModeGuard mode(module_);
   begin_through_ops(selected, options.detach, false, std::move(pool));
   RecordingGuard guard;
   Capture capture;
@@ -987,16 +1063,66 @@ Capture TappedModule::run(const std::vector<c10::IValue>& inputs,
   return capture;
 }
 
-EvalMode::EvalMode(const torch::jit::Module& module) {
+EvalMode::EvalMode(const torch::jit::Module& module, bool exclusive)
+    : root_(module), owner_(std::this_thread::get_id()), exclusive_(exclusive) {
+  ModeGate& g = mode_gate();
+  std::unique_lock<std::mutex> lock(g.mu);
+  const auto* key = module._ivalue().get();
+  ModeGate::Entry* e = &g.entries[key];
+  if (e->guards == 0 && e->exclusive_count == 0) {
+    // The first guard switches modes: runs in flight (in the module's own mode) end first.
+    ++e->pending;
+    g.cv.wait(lock, [&] { return g.entries[key].runs == 0; });
+    e = &g.entries[key];
+    --e->pending;
+  }
+  if (exclusive_) {
+    ++e->exclusive[owner_];
+    ++e->exclusive_count;
+  } else {
+    ++e->guards;
+  }
   for (const jit::Module& m : module.modules()) {
     if (!m.type()->hasAttribute("training")) continue;
-    modes_.emplace_back(m, m.is_training());
-    jit::Module(m)._ivalue()->setAttr("training", false);
+    ModeGate::Flag& f = g.flags[m._ivalue().get()];
+    if (f.count++ == 0) {
+      // The first guard on this submodule saves its flag; the last one restores it.
+      f.saved = m.is_training();
+      jit::Module(m)._ivalue()->setAttr("training", false);
+    }
+    modes_.push_back(m);
   }
+  g.cv.notify_all();
 }
 
 EvalMode::~EvalMode() {
-  for (auto& [m, training] : modes_) m._ivalue()->setAttr("training", training);
+  ModeGate& g = mode_gate();
+  std::unique_lock<std::mutex> lock(g.mu);
+  const auto* key = root_._ivalue().get();
+  ModeGate::Entry* e = &g.entries[key];
+  if (e->guards + e->exclusive_count == 1) {
+    // The last guard switches back: runs in flight (in eval mode, on other threads) end first.
+    ++e->pending;
+    g.cv.wait(lock, [&] { return g.entries[key].runs == 0; });
+    e = &g.entries[key];
+    --e->pending;
+  }
+  for (auto& m : modes_) {
+    auto it = g.flags.find(m._ivalue().get());
+    if (it == g.flags.end()) continue;
+    if (--it->second.count == 0) {
+      m._ivalue()->setAttr("training", it->second.saved);
+      g.flags.erase(it);
+    }
+  }
+  if (exclusive_) {
+    if (--e->exclusive[owner_] <= 0) e->exclusive.erase(owner_);
+    --e->exclusive_count;
+  } else {
+    --e->guards;
+  }
+  g.drop_if_idle(key);
+  g.cv.notify_all();
 }
 
 std::vector<std::pair<std::string, at::Tensor>> Capture::per_call_values() const {
@@ -1013,7 +1139,7 @@ std::vector<std::pair<std::string, at::Tensor>> Capture::per_call_values() const
 std::vector<LayerInfo> TappedModule::list_layers(const std::vector<c10::IValue>& inputs) const {
   // Eval mode for the one forward, so that listing does not update BatchNorm running statistics;
   // every module's own flag is restored afterwards.
-  EvalMode eval(module_);
+  EvalMode eval(module_, /*exclusive=*/true);
 
   at::NoGradGuard no_grad;
   begin_through_ops({}, true, /*shapes_only=*/true);
@@ -1049,17 +1175,18 @@ size_t TappedModule::pooled_bytes() const {
 }
 
 void TappedModule::save(const std::string& path) const {
-  const std::string tmp = path + ".tmp";
+  constexpr const char* fn = "TappedModule::save";
+  // A unique temporary beside path (mkstemp; a fixed "<path>.tmp" would destroy a user's file of
+  // that name and collide between concurrent saves), removed on every error path.
+  detail::TempFile tmp(fn, path);
+  tmp.close();
   try {
-    module_.save(tmp);
+    module_.save(tmp.temp_path());
   } catch (const c10::Error& e) {
-    std::remove(tmp.c_str());
-    TORCH_CHECK(false, "TappedModule::save: path must be writable, but got '", path,
+    TORCH_CHECK(false, fn, ": path must be writable, but got '", path,
                 "': ", e.what_without_backtrace());
   }
-  TORCH_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
-              "TappedModule::save: path must be writable, but got '", path,
-              "' (renaming the temporary file failed)");
+  tmp.commit();
 }
 
 // ---- Recording API ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace svcca {
@@ -41,17 +42,29 @@ struct Capture {
 };
 
 // Puts every module of `module` in eval mode for the guard's lifetime and restores each one's own
-// training flag afterwards (also when an exception unwinds). Not thread-safe: do not run the same
-// module on another thread meanwhile.
+// training flag afterwards (also when an exception unwinds). Thread-safe: guards on one module
+// from several threads (or nested) are counted per submodule, so the first saves each flag and
+// the last restores it, whatever the order of destruction. Modes never switch under a forward:
+// the first guard waits for TappedModule::run calls in flight on other threads to end (they run
+// in the module's own mode), and the last one for the runs that started under the guards (they
+// run in eval mode). While an ordinary guard is held, runs of every thread run in eval mode (so a
+// guard may be held while worker threads capture). `exclusive` (what list_layers uses): while
+// the module is in eval mode only through exclusive guards, run() on other threads waits until
+// they end instead of running in a mode it did not ask for. Keyed by the module object the guard
+// was given (a guard on a submodule does not hold back runs of its parent); forward calls that do
+// not go through TappedModule::run are not coordinated.
 class EvalMode {
  public:
-  explicit EvalMode(const torch::jit::Module& module);
+  explicit EvalMode(const torch::jit::Module& module, bool exclusive = false);
   ~EvalMode();
   EvalMode(const EvalMode&) = delete;
   EvalMode& operator=(const EvalMode&) = delete;
 
  private:
-  std::vector<std::pair<torch::jit::Module, bool>> modes_;
+  torch::jit::Module root_;
+  std::thread::id owner_;
+  bool exclusive_ = false;
+  std::vector<torch::jit::Module> modes_;  // submodules with a training flag
 };
 
 struct CaptureOptions {
@@ -147,13 +160,17 @@ class TappedModule {
   // `layers` (names as returned by select; empty: all). Inputs the model rejects give an error
   // that quotes the model's message and the input shapes. Thread-safe across threads (each
   // thread has its own recording; the buffer pool is locked), not re-entrant within one thread.
+  // Runs in the module's current mode; while another thread runs list_layers on this module
+  // (an exclusive EvalMode), waits for it to end, and an EvalMode guard waits for runs in flight
+  // before switching modes (see EvalMode).
   Capture run(const std::vector<c10::IValue>& inputs, const std::vector<std::string>& layers = {},
               const CaptureOptions& options = {}) const;
 
   // Names, module types and output shapes of every record for `inputs`, in call order. Runs the
   // tapped method once in eval mode (BatchNorm statistics do not move; every module's training
-  // flag is restored afterwards, so do not run the same module on another thread meanwhile)
-  // without autograd, recording meta tensors only: keeps no activations. Throws as run() does.
+  // flag is restored afterwards) under an exclusive EvalMode guard, so concurrent list_layers and
+  // run() calls on the module are safe (run() of other threads waits for it), without autograd,
+  // recording meta tensors only: keeps no activations. Throws as run() does.
   std::vector<LayerInfo> list_layers(const std::vector<c10::IValue>& inputs) const;
 
   torch::jit::Module& module() { return module_; }

@@ -1475,7 +1475,9 @@ Grid GridAccumulator::result() const {
   }
   CellValues cv;
   if (s.options.measure == GridMeasure::kDebiasedCka) {
-    const auto raw = s.acc.state();  // co-moments (the covariances above were scaled in place)
+    // The data's own co-moments (the covariances above were scaled in place, and are in the
+    // accumulator's power-of-two units, while the fourth-moment sums are not).
+    const auto raw = s.acc.unscaled_state();
     for (size_t l = 0; l < n_layers; ++l) {
       try {
         detail::check_debiased_examples(fn, rows);

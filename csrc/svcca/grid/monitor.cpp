@@ -47,25 +47,6 @@ std::string steps_str(const std::vector<int64_t>& steps) {
   return out.str();
 }
 
-// Every submodule's training flag, so that record() puts back exactly what it found (a model
-// with, say, frozen batch-norm layers in eval mode keeps them so; Module::train(bool) would not).
-class TrainingFlagsGuard {
- public:
-  explicit TrainingFlagsGuard(const torch::jit::Module& module) {
-    for (const auto& m : module.modules()) {
-      if (m.hasattr("training")) flags_.emplace_back(m, m.attr("training").toBool());
-    }
-  }
-  ~TrainingFlagsGuard() {
-    for (auto& [m, flag] : flags_) m.setattr("training", flag);
-  }
-  TrainingFlagsGuard(const TrainingFlagsGuard&) = delete;
-  TrainingFlagsGuard& operator=(const TrainingFlagsGuard&) = delete;
-
- private:
-  std::vector<std::pair<torch::jit::Module, bool>> flags_;
-};
-
 // One layer's output as an [n, p] float64 matrix (flattened or spatially pooled).
 at::Tensor layer_matrix(const char* fn, const std::string& name, const at::Tensor& acts,
                         GridConv conv) {
@@ -119,11 +100,11 @@ Capture run_probe(const char* fn, const TappedModule& model, const at::Tensor& p
                   const std::vector<std::string>& layers, const std::string& when) {
   std::string error;
   {
-    TrainingFlagsGuard flags(model.module());
+    // Every submodule in eval mode, each one's own flag put back afterwards (a model with, say,
+    // frozen batch-norm layers in eval mode keeps them so; Module::train(bool) would not). The
+    // guard is counted per submodule and holds back runs of other threads (see EvalMode).
+    EvalMode eval(model.module());
     at::NoGradGuard no_grad;
-    // module() is a shared handle: switching modes on a copy switches the model itself.
-    torch::jit::Module handle = model.module();
-    handle.eval();
     try {
       return model.run({probe}, layers);
     } catch (const c10::Error& e) {
@@ -402,6 +383,9 @@ void TrainingMonitor::load(const std::string& path) {
     if (it == state.end() || it->second.dim() != 3 || it->second.size(0) != n_records ||
         it->second.size(1) != examples_ || it->second.scalar_type() != at::kDouble) {
       detail::throw_corrupt(fn, path, "summaries");
+    }
+    if (!at::isfinite(it->second).all().item<bool>()) {
+      detail::throw_corrupt(fn, path, "summaries (NaN or Inf)");
     }
     for (int64_t r = 0; r < n_records; ++r) {
       records[static_cast<size_t>(r)].summaries.push_back(it->second[r].contiguous());

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,6 +40,18 @@ struct CovarianceAccumulatorOptions {
 // in any order and any batch sizes gives the one-shot numbers to ~1e-10 relative in float64.
 // Options' `precision` is ignored: the accumulator's dtype is the compute dtype.
 //
+// Scale: each layer's moments are kept in units of a power of two, scale(l) (the mean divided
+// by it, co-moments by its square, cross co-moments by the product of both layers'). It is 1
+// while the layer's largest magnitude seen lies within [2^-64, 2^64] ([2^-16, 2^16] for a
+// float32 accumulator), and otherwise near that magnitude, raised (with the stored moments
+// rescaled, exactly) when a larger batch arrives. Every measure here is invariant to a layer's
+// scale, so data scaled by 1e-300 ... 1e300 gives the same CCA, SVCCA, PWCCA and CKA as unscaled
+// data, where plain moments would overflow or underflow.
+//
+// Thread-safe: every member function locks the accumulator (results copy what they need under
+// the lock and compute outside it), so updates and merges from several threads never corrupt it.
+// Copies are deep (the copy's tensors are its own).
+//
 //   svcca::CovarianceAccumulator acc;          // layers "x" and "y"
 //   for (auto& [x, y] : batches) acc.update(x, y);
 //   acc.cca().correlations;  acc.linear_cka();
@@ -47,6 +60,11 @@ class CovarianceAccumulator {
   // Throws when the layer names are empty or repeated, a pair names an unknown layer or a layer
   // with itself, or dtype is not float32/float64.
   explicit CovarianceAccumulator(CovarianceAccumulatorOptions options = {});
+  // Deep copies (locking `other` meanwhile); moves lock it too.
+  CovarianceAccumulator(const CovarianceAccumulator& other);
+  CovarianceAccumulator(CovarianceAccumulator&& other) noexcept;
+  CovarianceAccumulator& operator=(const CovarianceAccumulator& other);
+  CovarianceAccumulator& operator=(CovarianceAccumulator&& other) noexcept;
 
   // Adds a batch of rows of every layer: batches[l] is [b, p_l], same b >= 1 for all layers,
   // float32 or float64, finite, on one device. Batches after the first are moved to the
@@ -84,34 +102,53 @@ class CovarianceAccumulator {
   at::Tensor linear_cka() const;
   at::Tensor linear_cka(const std::string& x_layer, const std::string& y_layer) const;
 
-  // The moments of a pair, as the one-shot path builds them (without centered data).
+  // The moments of a pair, as the one-shot path builds them (without centered data), in each
+  // layer's scaled units (see Scale above), which x_scale and y_scale report (the one-shot
+  // path's units differ: compare moments times their scales).
   detail::PairMoments pair_moments(const std::string& x_layer, const std::string& y_layer) const;
 
-  // The state as named tensors (all in the accumulator's dtype except min/max, float64):
+  // The state as named tensors (all in the accumulator's dtype except min/max, in the input
+  // dtype, and n and scale, float64):
   //   "n" 0-d float64 row count; per layer l (by index): "mean.l" [p], "comoment.l" [p, p],
-  //   "min.l" [p], "max.l" [p]; per kept pair (a, b): "cross.a.b" [p_a, p_b].
-  // Across ranks "n" adds up, min/max reduce with MIN/MAX, and comoment/cross add up once each
-  // rank's are recentered to the global mean (all_reduce and svcca.all_reduce_state do that).
+  //   "min.l" [p], "max.l" [p] (exact, unscaled), "scale.l" 0-d (the layer's power-of-two unit:
+  //   mean.l is the mean / scale.l, comoment.l the co-moment / scale.l^2); per kept pair (a, b):
+  //   "cross.a.b" [p_a, p_b] (the cross co-moment / (scale.a scale.b)).
+  // Across ranks "n" adds up, min/max reduce with MIN/MAX, scales with MAX (each rank first
+  // rescales its moments to the largest), and comoment/cross add up once each rank's are
+  // recentered to the global mean (all_reduce and svcca.all_reduce_state do that).
   // Empty before the first batch. The tensors are copies.
   std::map<std::string, at::Tensor> state() const;
-  // Replaces the state by `state` (as returned by state(), possibly reduced across ranks).
-  // Throws when keys, shapes or dtypes do not match this accumulator's layers.
+  // The state with the scales multiplied back (the moments of the data itself; no "scale.l"
+  // entries). Entries overflow to inf (or underflow to 0) where the data's magnitude is beyond
+  // the dtype's square root range: measures should use state() or the results above.
+  std::map<std::string, at::Tensor> unscaled_state() const;
+  // Replaces the state by `state` (as returned by state(), possibly reduced across ranks; a state
+  // without "scale.l" entries, as svcca before file format 2 wrote, means every scale is 1).
+  // Throws, naming the entry, and leaves the accumulator unchanged when keys, shapes or dtypes
+  // do not match this accumulator's layers, or when the state cannot come from any data: NaN or
+  // Inf anywhere, n not a positive integer, min > max, a mean outside [min, max], a co-moment
+  // diagonal outside [(max - min)^2 / 2, n (max - min)^2 / 4] or an off-diagonal or cross entry
+  // with C_ij^2 > M_ii M_jj (Cauchy-Schwarz), or ||C_ab||_F^2 > ||M_a||_F ||M_b||_F (linear
+  // CKA above 1); each within a relative tolerance of 1e-6 (float64) or 1e-3 (float32) for
+  // rounding.
   void set_state(const std::map<std::string, at::Tensor>& state);
-
   // Writes the state to `path` (versioned format, written to a temporary name then renamed).
   void save(const std::string& path) const;
-  // Reads an accumulator saved by save(); tensors land on `device`. Throws on a missing,
-  // truncated or corrupt file, or an unknown version.
+  // Reads an accumulator saved by save() (format 1 or 2); tensors land on `device`. Throws on a
+  // missing file, a directory or other non-regular file, a truncated or corrupt file, an unknown
+  // version, or a state that set_state refuses (naming the file and the entry).
   static CovarianceAccumulator load(const std::string& path, at::Device device = at::kCPU);
 
-  int64_t n() const { return n_; }
-  bool empty() const { return n_ == 0; }
+  int64_t n() const;
+  bool empty() const { return n() == 0; }
   const CovarianceAccumulatorOptions& options() const { return options_; }
   const std::vector<std::pair<int64_t, int64_t>>& pair_indices() const { return pairs_; }
   // Feature counts (empty before the first batch).
-  const std::vector<int64_t>& n_features() const { return p_; }
+  std::vector<int64_t> n_features() const;
   // dtypes of each layer's batches (empty before the first batch).
-  const std::vector<at::ScalarType>& input_dtypes() const { return input_dtypes_; }
+  std::vector<at::ScalarType> input_dtypes() const;
+  // Each layer's scale (see Scale above; empty before the first batch).
+  std::vector<double> scales() const;
 
  private:
   // The layers the overloads without names use: the first two (or the first, twice).
@@ -125,7 +162,12 @@ class CovarianceAccumulator {
   void check_enough(const char* fn, int64_t a, int64_t b, bool cca_like) const;
   detail::PairMoments moments(const char* fn, const std::string& x_layer,
                               const std::string& y_layer, bool cca_like) const;
-  void set_state_impl(const char* fn, const std::map<std::string, at::Tensor>& state);
+  // Validates `state` and replaces this accumulator's by it; the caller holds mutex_.
+  void set_state_impl(const char* fn, const std::map<std::string, at::Tensor>& state,
+                      const std::string& where);
+  void merge_locked(const char* fn, const CovarianceAccumulator& other);
+  void copy_from(const CovarianceAccumulator& other);
+  void reset();
   void check_compatible(const char* fn, const char* name, const CovarianceAccumulator& other) const;
 
   CovarianceAccumulatorOptions options_;
@@ -135,6 +177,8 @@ class CovarianceAccumulator {
   std::vector<at::ScalarType> input_dtypes_;
   std::vector<at::Tensor> mean_, comoment_, min_, max_;
   std::vector<at::Tensor> cross_;  // one per pairs_ entry
+  std::vector<int> scale_exp_;     // per layer: moments are in units of 2^scale_exp_
+  mutable std::mutex mutex_;
 };
 
 }  // namespace svcca

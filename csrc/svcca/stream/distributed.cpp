@@ -6,6 +6,8 @@
 
 #include <vector>
 
+#include "svcca/stream/scaling.h"
+
 namespace svcca {
 namespace {
 
@@ -46,6 +48,24 @@ double dtype_code(at::ScalarType t) {
   return static_cast<double>(static_cast<int>(t));
 }
 
+// A rank that has seen only zeros (or no spread) in a layer has no unit: it takes any other's.
+constexpr double kNoUnit = -1e9;
+
+// The exponents of the common units: the MAX over ranks of each rank's (kNoUnit where it has
+// none); 0 where no rank has one.
+std::vector<int> common_units(c10d::ProcessGroup& pg, const std::vector<double>& local,
+                              at::Device device) {
+  at::Tensor t = at::tensor(local, at::kDouble).to(device);
+  reduce(pg, t, c10d::ReduceOp::MAX);
+  t = t.cpu();
+  std::vector<int> out;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const double v = t[i].item<double>();
+    out.push_back(v <= kNoUnit ? 0 : static_cast<int>(v));
+  }
+  return out;
+}
+
 }  // namespace
 
 void all_reduce(CovarianceAccumulator& accumulator, c10d::ProcessGroup& process_group) {
@@ -80,6 +100,34 @@ void all_reduce(CovarianceAccumulator& accumulator, c10d::ProcessGroup& process_
   }
   sig[0] = static_cast<double>(sig.size());
   agree(pg, sig, device, "covariance");
+
+  // Round 0: the common unit of each layer (see Scale in covariance_accumulator.h); every rank
+  // rescales its moments to it (powers of two: exact, barring negligible underflow).
+  {
+    std::vector<double> local;
+    std::vector<int> mine;
+    for (size_t l = 0; l < n_layers; ++l) {
+      const std::string i = std::to_string(l);
+      const double m =
+          at::maximum(state.at("min." + i).abs(), state.at("max." + i).abs()).max().item<double>();
+      mine.push_back(detail::parse_scale(kFn, "state[\"scale." + i + "\"]",
+                                         state.at("scale." + i).item<double>()));
+      local.push_back(m > 0.0 ? static_cast<double>(mine.back()) : kNoUnit);
+    }
+    const std::vector<int> k = common_units(pg, local, device);
+    for (size_t l = 0; l < n_layers; ++l) {
+      const std::string i = std::to_string(l);
+      const int d = mine[l] - k[l];
+      state["mean." + i] = detail::mul_pow2(state.at("mean." + i), d);
+      state["comoment." + i] = detail::mul_pow2(state.at("comoment." + i), 2 * d);
+      state["scale." + i] = at::scalar_tensor(detail::pow2(k[l]), state.at("n").options());
+    }
+    for (const auto& pr : pairs) {
+      const std::string key = "cross." + std::to_string(pr.first) + "." + std::to_string(pr.second);
+      state[key] = detail::mul_pow2(
+          state.at(key), (mine[pr.first] - k[pr.first]) + (mine[pr.second] - k[pr.second]));
+    }
+  }
 
   // Round 1: n and n * mean -> the global mean.
   const double n_local = state.at("n").item<double>();
@@ -142,6 +190,7 @@ void all_reduce(CovarianceAccumulator& accumulator, c10d::ProcessGroup& process_
     const at::Tensor& mn = state.at("min." + i);
     const int64_t p = mn.numel();
     out["mean." + i] = mean[l];
+    out["scale." + i] = state.at("scale." + i);
     out["min." + i] = extremes.narrow(0, offset, p).to(mn.scalar_type());
     out["max." + i] = (-extremes.narrow(0, offset + p, p)).to(mn.scalar_type());
     offset += 2 * p;
@@ -158,6 +207,18 @@ void all_reduce(MinibatchCkaAccumulator& accumulator, c10d::ProcessGroup& proces
                           o.sigma ? *o.sigma : -1.0, o.threshold};
   sig[0] = static_cast<double>(sig.size());
   agree(process_group, sig, device, "minibatch CKA");
+  // The common units of x and y (MAX over the ranks that have any spread), then sums.
+  const int kx = detail::parse_scale(kFn, "state[\"scale_x\"]", state.at("scale_x").item<double>());
+  const int ky = detail::parse_scale(kFn, "state[\"scale_y\"]", state.at("scale_y").item<double>());
+  const std::vector<int> k =
+      common_units(process_group,
+                   {state.at("hsic_xx").item<double>() > 0.0 ? static_cast<double>(kx) : kNoUnit,
+                    state.at("hsic_yy").item<double>() > 0.0 ? static_cast<double>(ky) : kNoUnit},
+                   device);
+  const int dx = kx - k[0], dy = ky - k[1];
+  state["hsic_xx"] = detail::mul_pow2(state.at("hsic_xx"), 4 * dx);
+  state["hsic_yy"] = detail::mul_pow2(state.at("hsic_yy"), 4 * dy);
+  state["hsic_xy"] = detail::mul_pow2(state.at("hsic_xy"), 2 * dx + 2 * dy);
   const std::vector<std::string> keys{"n_batches", "n", "hsic_xy", "hsic_xx", "hsic_yy"};
   std::vector<at::Tensor> parts;
   for (const auto& k : keys) parts.push_back(state.at(k).reshape({1}));
@@ -165,6 +226,8 @@ void all_reduce(MinibatchCkaAccumulator& accumulator, c10d::ProcessGroup& proces
   reduce(process_group, sums, c10d::ReduceOp::SUM);
   std::map<std::string, at::Tensor> out;
   for (size_t i = 0; i < keys.size(); ++i) out[keys[i]] = sums[static_cast<int64_t>(i)].clone();
+  out["scale_x"] = at::scalar_tensor(detail::pow2(k[0]), state.at("n").options());
+  out["scale_y"] = at::scalar_tensor(detail::pow2(k[1]), state.at("n").options());
   accumulator.set_state(out);
 }
 

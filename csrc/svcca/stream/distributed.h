@@ -16,15 +16,17 @@ namespace svcca {
 // any c10d backend that implements allreduce with SUM/MIN/MAX on float64 tensors of the
 // accumulator's device: Gloo (CPU tensors; and CUDA through staging), NCCL (CUDA tensors, where
 // LibTorch is built with it), MPI.
-// Four small collectives: the ranks first agree on shapes and dtypes (a mismatch or an empty
-// accumulator on any rank throws on every rank instead of hanging), then sum n and n * mean to get
-// the global mean, sum the co-moments recentered to it
+// Five small collectives: the ranks first agree on shapes and dtypes (a mismatch or an empty
+// accumulator on any rank throws on every rank instead of hanging), then on each layer's
+// power-of-two unit (MAX; every rank rescales its moments to it, exactly), then sum n and
+// n * mean to get the global mean, sum the co-moments recentered to it
 // (M_r + n_r (mean_r - mean)(mean_r - mean)^T: the Chan et al. update, all ranks at once), and
 // reduce min/max with MIN (on [min, -max]). Throws when a collective fails or times out (the
 // process group's timeout).
 void all_reduce(CovarianceAccumulator& accumulator, c10d::ProcessGroup& process_group);
 
-// The minibatch CKA state is a set of sums: one SUM all-reduce (after the same agreement step).
+// The minibatch CKA state is a set of sums: one SUM all-reduce (after the same agreement step and
+// a MAX of the linear kernel's units, to which every rank rescales its sums).
 void all_reduce(MinibatchCkaAccumulator& accumulator, c10d::ProcessGroup& process_group);
 
 }  // namespace svcca

@@ -4,13 +4,15 @@
 #include <ATen/core/jit_type.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
-#include <cstdio>
+#include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include "svcca/io/atomic_file.h"
 
 namespace svcca {
 namespace detail {
@@ -41,6 +43,42 @@ T get(const std::vector<char>& in, size_t offset) {
   return value;
 }
 
+// The whole content of the regular file `path`. A folder, FIFO, device or socket is refused by
+// name before any read (reading /dev/zero or a FIFO would never end; a folder fails inside
+// the stream library with an unhelpful message).
+std::vector<char> read_regular_file(const char* fn, const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  const int open_err = errno;
+  TORCH_CHECK_VALUE(fd >= 0, fn, ": path must name a readable accumulator state file, but \"", path,
+                    "\" cannot be opened (", std::strerror(open_err), ")");
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  TORCH_CHECK_VALUE(::fstat(fd, &st) == 0, fn, ": path must name a readable accumulator state ",
+                    "file, but \"", path, "\" cannot be examined (", std::strerror(errno), ")");
+  TORCH_CHECK_VALUE(!S_ISDIR(st.st_mode), fn, ": path must name an accumulator state file, but \"",
+                    path, "\" is a directory");
+  TORCH_CHECK_VALUE(S_ISREG(st.st_mode), fn,
+                    ": path must name a regular accumulator state file, but \"", path,
+                    "\" is not a regular file (a FIFO, device or socket)");
+  const size_t size = static_cast<size_t>(st.st_size);
+  std::vector<char> bytes(size);
+  size_t got = 0;
+  while (got < size) {
+    const ssize_t r = ::read(fd, bytes.data() + got, size - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    TORCH_CHECK_VALUE(r >= 0, fn, ": path must name a readable accumulator state file, but ",
+                      "reading \"", path, "\" failed (", std::strerror(errno), ")");
+    if (r == 0) break;  // shrank while being read: the size checks below report it
+    got += static_cast<size_t>(r);
+  }
+  bytes.resize(got);
+  return bytes;
+}
+
 }  // namespace
 
 c10::impl::GenericDict make_payload(const std::string& kind) {
@@ -59,33 +97,18 @@ void save_stream_file(const char* fn, const std::string& path,
   put<uint64_t>(header, body.size());
   put<uint64_t>(header, fnv1a(body.data(), body.size()));
 
-  // Temporary name in the same directory, so that rename() is atomic on POSIX file systems.
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    TORCH_CHECK(out.good(), fn, ": path must be writable, but cannot open \"", tmp,
-                "\" for writing");
-    out.write(header.data(), static_cast<std::streamsize>(header.size()));
-    out.write(body.data(), static_cast<std::streamsize>(body.size()));
-    out.flush();
-    if (!out.good()) {
-      std::remove(tmp.c_str());
-      TORCH_CHECK(false, fn, ": path must be writable, but writing \"", tmp, "\" failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    TORCH_CHECK(false, fn, ": path must be writable, but renaming \"", tmp, "\" to \"", path,
-                "\" failed");
-  }
+  // A unique temporary beside path (mkstemp), renamed over it: concurrent savers of one path never
+  // share a temporary, a crash never leaves a half-written file under path, and an error removes
+  // the temporary.
+  TempFile tmp(fn, path);
+  tmp.write(header.data(), header.size());
+  tmp.write(body.data(), body.size());
+  tmp.commit();
 }
 
 c10::impl::GenericDict load_stream_file(const char* fn, const std::string& path,
                                         const std::string& kind) {
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK_VALUE(in.good(), fn, ": path must name a readable accumulator state file, but \"",
-                    path, "\" cannot be opened");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::vector<char> bytes = read_regular_file(fn, path);
   TORCH_CHECK_VALUE(bytes.size() >= kHeaderSize, fn, ": path must name an accumulator state file, ",
                     "but \"", path, "\" is truncated (", bytes.size(),
                     " bytes, the header alone is ", kHeaderSize, ")");
@@ -93,8 +116,10 @@ c10::impl::GenericDict load_stream_file(const char* fn, const std::string& path,
                     ": path must name an accumulator state file, but \"", path,
                     "\" does not start with the svcca stream magic");
   const auto version = get<uint32_t>(bytes, 8);
-  TORCH_CHECK_VALUE(version == kStreamFileVersion, fn, ": path must hold format version ",
-                    kStreamFileVersion, ", but \"", path, "\" has version ", version);
+  TORCH_CHECK_VALUE(version >= kOldestStreamFileVersion && version <= kStreamFileVersion, fn,
+                    ": path must hold format version ", kOldestStreamFileVersion, " to ",
+                    kStreamFileVersion, ", but \"", path, "\" has version ", version,
+                    " (written by a newer svcca?)");
   const auto size = get<uint64_t>(bytes, 16);
   const auto hash = get<uint64_t>(bytes, 24);
   TORCH_CHECK_VALUE(bytes.size() - kHeaderSize == size, fn, ": path must hold a complete state, ",

@@ -21,10 +21,15 @@ namespace detail {
 //   u64      FNV-1a 64 hash of the payload (detects truncation and corruption)
 //   payload  torch::jit::pickle_save of a Dict[str, Any] (readable by torch.load in Python after
 //            skipping the 32-byte header); it always holds "kind" (str).
-inline constexpr uint32_t kStreamFileVersion = 1;
+// Version 2 (svcca 0.x, issue 12): covariance and linear minibatch CKA states may hold per-layer
+// power-of-two scales ("scale.<l>", "scale_x", "scale_y"); their moments are in those units.
+// Version 1 files (no scales: every scale 1) still load.
+inline constexpr uint32_t kStreamFileVersion = 2;
+inline constexpr uint32_t kOldestStreamFileVersion = 1;
 
-// Writes `payload` to `path` through a temporary file in the same directory, then renames it,
-// so a crash never leaves a half-written file under `path`. Throws naming `fn` on I/O errors.
+// Writes `payload` to `path` through a unique temporary file in the same directory (mkstemp), then
+// renames it, so a crash never leaves a half-written file under `path` and concurrent saves to one
+// path never collide (the last rename wins). Throws naming `fn` on I/O errors.
 void save_stream_file(const char* fn, const std::string& path,
                       const c10::impl::GenericDict& payload);
 
@@ -32,7 +37,8 @@ void save_stream_file(const char* fn, const std::string& path,
 c10::impl::GenericDict make_payload(const std::string& kind);
 
 // Reads and checks a file written by save_stream_file whose "kind" is `kind`. Throws naming `fn`
-// and `path` when the file is missing, truncated, corrupt, of another version or kind.
+// and `path` when the file is missing, not a regular file (a directory, FIFO or device), truncated,
+// corrupt, of an unknown version or of another kind.
 c10::impl::GenericDict load_stream_file(const char* fn, const std::string& path,
                                         const std::string& kind);
 

@@ -5,8 +5,10 @@ same computation, with ``torch.ops.svcca.tap`` after every submodule call. Make 
 :func:`tap_model` (or ``svcca::TappedModule`` in C++), load it with ``torch.jit.load`` after
 ``import svcca`` (which loads the op library), and read its captures with :func:`capture`.
 """
+import contextlib
 import fnmatch
 import re
+import threading
 
 import torch
 
@@ -14,6 +16,86 @@ __all__ = ["capture", "tap_model", "layer_names", "list_layers"]
 
 _LAYERS_ATTR = "svcca_layers"
 _TYPES_ATTR = "svcca_layer_types"
+
+
+class _ModeGate:
+    """Which modules are held in eval mode, by which threads, and which run in their own mode.
+
+    Shared by :func:`list_layers`, :func:`capture` and :func:`svcca.module_grid` (the Python
+    counterpart of C++'s ``svcca::EvalMode``). ``eval_mode(modules)``: every submodule's
+    training flag is counted, so the first holder saves it and sets ``False`` and the last puts
+    it back, whatever the order in which threads finish; it first waits for captures of other
+    threads running in the module's own mode. ``run(module)``: a capture on a thread that holds
+    the module in eval mode runs at once (in eval mode); on any other thread it waits until no
+    thread holds it, so it never runs in a mode it did not ask for. Keyed by ``id`` of the module
+    passed (a gate on a submodule does not hold back its parent's captures).
+    """
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._holders = {}  # id(module) -> {thread id: count}
+        self._plain = {}    # id(module) -> captures in flight in the module's own mode
+        self._flags = {}    # id(submodule) -> [count, saved flag]
+
+    @contextlib.contextmanager
+    def eval_mode(self, modules):
+        tid = threading.get_ident()
+        keys = [id(m) for m in modules]
+        with self._cv:
+            self._cv.wait_for(lambda: all(self._plain.get(k, 0) == 0 for k in keys))
+            for k in keys:
+                holders = self._holders.setdefault(k, {})
+                holders[tid] = holders.get(tid, 0) + 1
+            subs = list({id(mod): mod for m in modules for mod in m.modules()}.values())
+            fresh = []
+            for mod in subs:  # save every flag before changing any
+                f = self._flags.get(id(mod))
+                if f is None:
+                    f = self._flags[id(mod)] = [0, mod.training]
+                    fresh.append(mod)
+                f[0] += 1
+            for mod in fresh:
+                mod.training = False  # this module only (train(False) would recurse)
+        try:
+            yield
+        finally:
+            with self._cv:
+                for mod in subs:
+                    f = self._flags[id(mod)]
+                    f[0] -= 1
+                    if f[0] == 0:
+                        mod.training = f[1]
+                        del self._flags[id(mod)]
+                for k in keys:
+                    holders = self._holders[k]
+                    holders[tid] -= 1
+                    if holders[tid] == 0:
+                        del holders[tid]
+                    if not holders:
+                        del self._holders[k]
+                self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def run(self, module):
+        tid = threading.get_ident()
+        k = id(module)
+        with self._cv:
+            plain = tid not in self._holders.get(k, {})
+            if plain:
+                self._cv.wait_for(lambda: not self._holders.get(k))
+                self._plain[k] = self._plain.get(k, 0) + 1
+        try:
+            yield
+        finally:
+            if plain:
+                with self._cv:
+                    self._plain[k] -= 1
+                    if self._plain[k] == 0:
+                        del self._plain[k]
+                    self._cv.notify_all()
+
+
+_GATE = _ModeGate()
 
 
 def tap_model(path, output_path, method_name="forward_tapped"):
@@ -83,20 +165,26 @@ def capture(module, *inputs, layers=None, detach=True, method="forward_tapped"):
     globs or ``"re:<regex>"`` patterns (default: every layer); an unknown name is a ValueError that
     lists the closest names. ``detach=False`` keeps the captures in the autograd graph (for
     similarity losses). The recording always ends, also when forward raises.
+
+    The module runs in its current mode: call ``module.eval()`` first to measure a model saved in
+    training mode (BatchNorm batch statistics, dropout). Thread-safe: while another thread holds
+    the module in eval mode for :func:`list_layers` or :func:`svcca.module_grid`, the capture
+    waits for it to end rather than run in a mode it did not ask for.
     """
     fn = getattr(module, method, None)
     if fn is None:
         raise ValueError("capture: module must have the tapped method %r (make it with "
                          "svcca.tap_model), but got a %s without it" % (method, type(module).__name__))
     names = _resolve(module, layers)
-    torch.ops.svcca._capture_begin(names, bool(detach))
-    try:
-        output = fn(*inputs)
-    except RuntimeError as e:
-        raise RuntimeError("capture: inputs must be accepted by the model's forward, but got %s; "
-                           "the model raised: %s" % (_describe(inputs), e)) from e
-    finally:
-        record_names, values = torch.ops.svcca._capture_end()
+    with _GATE.run(module):
+        torch.ops.svcca._capture_begin(names, bool(detach))
+        try:
+            output = fn(*inputs)
+        except RuntimeError as e:
+            raise RuntimeError("capture: inputs must be accepted by the model's forward, but got "
+                               "%s; the model raised: %s" % (_describe(inputs), e)) from e
+        finally:
+            record_names, values = torch.ops.svcca._capture_end()
     captures = {}
     for name, value in zip(record_names, values):
         captures.setdefault(name, []).append(value)
@@ -109,25 +197,21 @@ def list_layers(module, *inputs, method="forward_tapped"):
     Returns a list of dicts ``{"name", "type", "shape", "dtype", "calls"}`` in call order (the
     shape of the first call; ``calls``: how many times the module ran). Runs the tapped method
     once in eval mode (so BatchNorm statistics do not move; every module's flag is restored) under
-    ``torch.no_grad()``, recording shapes only: no activation is kept.
+    ``torch.no_grad()``, recording shapes only: no activation is kept. Thread-safe: concurrent
+    calls count the modules they hold in eval mode (the last one restores each flag), and a
+    :func:`capture` of the module on another thread waits until they are done.
     """
     fn = getattr(module, method, None)
     if fn is None:
         raise ValueError("list_layers: module must have the tapped method %r (make it with "
                          "svcca.tap_model), but got a %s without it" % (method, type(module).__name__))
     types = dict(zip(getattr(module, _LAYERS_ATTR, []), getattr(module, _TYPES_ATTR, [])))
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad():
-            torch.ops.svcca._capture_begin([], True, True)
-            try:
-                fn(*inputs)
-            finally:
-                names, values = torch.ops.svcca._capture_end()
-    finally:
-        for m, training in modes:  # parents first: children then get their own flag back
-            m.train(training)
+    with _GATE.eval_mode([module]), torch.no_grad():
+        torch.ops.svcca._capture_begin([], True, True)
+        try:
+            fn(*inputs)
+        finally:
+            names, values = torch.ops.svcca._capture_end()
     layers, index = [], {}
     for name, value in zip(names, values):
         if name in index:

@@ -5,10 +5,39 @@ The accumulators (``torch.classes.svcca.CovarianceAccumulator`` and
 (``acc.state()``); after :func:`all_reduce_state`, ``acc.set_state(reduced)`` on every rank gives
 the accumulator of all ranks' rows, as if one process had streamed them all.
 """
+import math
+
 import torch
 import torch.distributed as dist
 
 __all__ = ["all_reduce_state"]
+
+_NO_UNIT = -1e9  # a rank that has seen only zeros (no spread) in a layer has no unit
+
+
+def _exponent(scale):
+    """k with scale == 2**k (scales in states are powers of two)."""
+    mantissa, e = math.frexp(float(scale))
+    if mantissa != 0.5:
+        raise ValueError("all_reduce_state: scale entries must be finite positive powers of two, "
+                         "but got %r" % float(scale))
+    return e - 1
+
+
+def _mul_pow2(t, k):
+    """t * 2**k, exact, in steps that stay inside t's dtype's range."""
+    step = 100 if t.dtype == torch.float32 else 1000
+    while k != 0:
+        c = max(-step, min(step, k))
+        t = t * math.ldexp(1.0, c)
+        k -= c
+    return t
+
+
+def _common_units(local, device, group):
+    """MAX over ranks of each entry of ``local`` (``_NO_UNIT`` where a rank has none)."""
+    t = _reduce(torch.tensor(local, dtype=torch.float64, device=device), dist.ReduceOp.MAX, group)
+    return [0 if v <= _NO_UNIT else int(v) for v in t.cpu().tolist()]
 
 
 def _reduce(tensor, op, group):
@@ -21,13 +50,15 @@ def all_reduce_state(state_dict, group=None):
 
     A collective: every rank must call it. Which reductions apply:
 
-    * minibatch CKA state (``n_batches``, ``n``, ``hsic_*``): sums (``SUM``).
+    * minibatch CKA state (``n_batches``, ``n``, ``hsic_*``): sums (``SUM``), after each rank
+      rescales its sums to the common units (``scale_x``, ``scale_y``: ``MAX`` over ranks).
     * covariance state (``n``, ``mean.l``, ``comoment.l``, ``min.l``, ``max.l``, ``cross.a.b``):
       the co-moments are centered on each rank's mean (that keeps them exact), so they add up
       only once recentered to the global mean: ``SUM`` of ``n`` and ``n * mean`` gives the global
       mean, then ``SUM`` of ``comoment + n (mean_r - mean)(mean_r - mean)^T`` (and likewise for
       ``cross``), and ``MIN`` of ``min`` and of ``-max``. Counts are summed in float64 (exact up
-      to 2**53 rows).
+      to 2**53 rows). First each layer's power-of-two unit ``scale.l`` reduces with ``MAX`` and
+      every rank rescales its moments to it (exact). States without scales (older svcca) work.
 
     Every rank must have seen at least one batch (shapes come from the first batch); an empty
     state on any rank raises ValueError on every rank instead of hanging. Works with any backend
@@ -49,12 +80,51 @@ def all_reduce_state(state_dict, group=None):
                          "rank, but the ranks' states differ")
 
     if not is_cov:
+        if "scale_x" in state_dict:
+            # Power-of-two units of x and y (see MinibatchCkaAccumulator): rescale every rank's
+            # sums to the largest unit of any rank with spread, then add up.
+            state_dict = dict(state_dict)
+            kx, ky = _exponent(state_dict["scale_x"]), _exponent(state_dict["scale_y"])
+            k = _common_units([float(kx) if state_dict["hsic_xx"].item() > 0 else _NO_UNIT,
+                               float(ky) if state_dict["hsic_yy"].item() > 0 else _NO_UNIT],
+                              device, group)
+            dx, dy = kx - k[0], ky - k[1]
+            state_dict["hsic_xx"] = _mul_pow2(state_dict["hsic_xx"], 4 * dx)
+            state_dict["hsic_yy"] = _mul_pow2(state_dict["hsic_yy"], 4 * dy)
+            state_dict["hsic_xy"] = _mul_pow2(state_dict["hsic_xy"], 2 * dx + 2 * dy)
+            scales = {"scale_x": math.ldexp(1.0, k[0]), "scale_y": math.ldexp(1.0, k[1])}
+            keys = sorted(k for k in state_dict if k not in scales)
+            sums = torch.cat([state_dict[k].reshape(1).to(torch.float64) for k in keys])
+            _reduce(sums, dist.ReduceOp.SUM, group)
+            out = {k: sums[i].clone().to(state_dict[k].dtype) for i, k in enumerate(keys)}
+            for key, v in scales.items():
+                out[key] = torch.tensor(v, dtype=state_dict[key].dtype, device=device)
+            return out
         keys = sorted(state_dict)
         sums = torch.cat([state_dict[k].reshape(1).to(torch.float64) for k in keys])
         _reduce(sums, dist.ReduceOp.SUM, group)
         return {k: sums[i].clone().to(state_dict[k].dtype) for i, k in enumerate(keys)}
 
     n_layers = sum(1 for k in state_dict if k.startswith("mean."))
+    out_scales = {}
+    if "scale.0" in state_dict:
+        # Power-of-two units per layer (see CovarianceAccumulator): rescale every rank's moments
+        # to the largest unit of any rank with nonzero data in the layer.
+        state_dict = dict(state_dict)
+        mine = [_exponent(state_dict["scale.%d" % l]) for l in range(n_layers)]
+        mags = [torch.maximum(state_dict["min.%d" % l].abs(), state_dict["max.%d" % l].abs())
+                .max().item() for l in range(n_layers)]
+        k = _common_units([float(m) if g > 0 else _NO_UNIT for m, g in zip(mine, mags)],
+                          device, group)
+        d = [a - b for a, b in zip(mine, k)]
+        for l in range(n_layers):
+            state_dict["mean.%d" % l] = _mul_pow2(state_dict["mean.%d" % l], d[l])
+            state_dict["comoment.%d" % l] = _mul_pow2(state_dict["comoment.%d" % l], 2 * d[l])
+            out_scales["scale.%d" % l] = torch.tensor(
+                math.ldexp(1.0, k[l]), dtype=state_dict["scale.%d" % l].dtype, device=device)
+        for key in [k for k in state_dict if k.startswith("cross.")]:
+            _, a, b = key.split(".")
+            state_dict[key] = _mul_pow2(state_dict[key], d[int(a)] + d[int(b)])
     n_local = state_dict["n"].to(torch.float64).reshape(1)
     means = [state_dict["mean.%d" % l] for l in range(n_layers)]
     sums = torch.cat([n_local] + [m.to(torch.float64) * n_local for m in means])
@@ -100,4 +170,5 @@ def all_reduce_state(state_dict, group=None):
         p = maxs[l].numel()
         out["max.%d" % l] = (-extremes[offset:offset + p]).to(maxs[l].dtype)
         offset += p
+    out.update(out_scales)
     return out

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from .capture import _edit_distance
+from .capture import _GATE, _edit_distance
 
 __all__ = ["Grid", "similarity_grid", "module_grid", "default_memory_budget"]
 
@@ -467,24 +467,21 @@ def module_grid(model, inputs, other=None, layers=None, exclude=None, measure="c
     recorders = [_Recorder(m, names) for m, names in zip(models, selected)]
     for r in recorders:
         r.pool = pool
-    flags = [(mod, mod.training) for m in models for mod in m.modules()]
 
     def say(msg):
         if progress:
             print("module_grid: " + msg, file=sys.stderr, flush=True)
 
     try:
-        for m in models:
-            m.eval()
-        with torch.no_grad():
+        # Eval mode for every submodule, each flag put back afterwards; counted per submodule and
+        # shared with svcca.list_layers / svcca.capture on other threads (svcca.capture._GATE).
+        with _GATE.eval_mode(models), torch.no_grad():
             return _module_grid(fn, models, recorders, selected, inputs, n_known, one_shot,
                                 batch_size, budget, device, measure, conv,
                                 (fraction, dims, epsilon, precision, side), layers, exclude, say)
     finally:
         for r in recorders:
             r.detach()
-        for mod, training in flags:
-            mod.training = training
 
 
 def _module_grid(fn, models, recorders, selected, inputs, n_known, one_shot, batch_size, budget,
