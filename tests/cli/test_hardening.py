@@ -74,6 +74,12 @@ def test_non_regular_files_are_refused_at_once(fails, tmp_path):
     assert not os.path.exists(tmp_path / "o")
 
 
+def test_a_file_that_is_no_model_is_reported_without_cpp_names(fails, tmp_path):
+    (tmp_path / "notes.pt").write_text("not a model\n")
+    line = fails(EXIT_INPUT, ["layers", tmp_path / "notes.pt"], "notes.pt", "TorchScript")
+    assert "TappedModule" not in line
+
+
 def test_symlink_loop_is_not_a_missing_file(fails, tmp_path):
     loop = tmp_path / "loop.npy"
     os.symlink(loop, loop)
@@ -214,6 +220,10 @@ def test_batch_size_zero_is_a_usage_error_like_minus_one(fails, tmp_path):
                            tmp_path / "o"], "--batch-size must be at least 1", b)
         fails(EXIT_USAGE, ["dynamics", FINAL, FINAL, "--input", PROBE, "--batch-size", b,
                            "--out", tmp_path / "o"], "--batch-size")
+    # Out of int64's range: CLI11 clamped it and the grid ran with it.
+    for b in ("99999999999999999999", "1e3", "12x"):
+        fails(EXIT_USAGE, ["grid", FINAL, "--input", PROBE, "--batch-size", b, "--out",
+                           tmp_path / "o"], "--batch-size must be a whole number", b)
     assert not os.path.exists(tmp_path / "o")
 
 

@@ -74,6 +74,7 @@ struct RawRun {
   CLI::Option* exclude_opt = nullptr;
   std::string memory;
   CLI::Option* batch_opt = nullptr;
+  std::string batch_text;
   CLI::Option* out_opt = nullptr;
 };
 
@@ -164,12 +165,22 @@ void finish_input(InputSpec& input, const RawInput& raw) {
   input.seed = parse_seed("--seed", raw.seed_text);
 }
 
-int64_t finish_batch(const CLI::Option* opt, int64_t batch_size) {
-  if (opt->count() > 0 && batch_size < 1) {
+// --batch-size as text: CLI11 would clamp an out-of-range number into int64 and run with it.
+int64_t finish_batch(const CLI::Option* opt, const std::string& text) {
+  if (opt->count() == 0) return 0;
+  const std::string digits = !text.empty() && text[0] == '-' ? text.substr(1) : text;
+  if (digits.empty() || digits.size() > 18 ||
+      digits.find_first_not_of("0123456789") != std::string::npos) {
+    throw UsageError(
+        "--batch-size must be a whole number of examples from 1 to 10^18 - 1, but got '" + text +
+        "'");
+  }
+  const int64_t batch_size = std::stoll(text);
+  if (batch_size < 1) {
     throw UsageError("--batch-size must be at least 1, but got " + std::to_string(batch_size) +
                      " (leave it out to use every example at once)");
   }
-  return opt->count() > 0 ? batch_size : 0;
+  return batch_size;
 }
 
 }  // namespace
@@ -229,7 +240,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       grid, "--layers", grid_run.layers,
       "layer names, globs (conv*, layer1.*) or re:REGEX; repeat or comma-separate; default all");
   grid_run.batch_opt = grid->add_option(
-      "--batch-size", line.grid.batch_size,
+      "--batch-size", grid_run.batch_text,
       "stream B >= 1 examples at a time (default: exact over all examples, in passes)");
   bool grid_strict = false;
   add_run_options(grid, line.grid.run, grid_run, grid_strict);
@@ -281,7 +292,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
   dynamics->add_option("--conv", line.dynamics.conv, convs)->capture_default_str();
   dyn_run.layers_opt =
       add_list(dynamics, "--layers", dyn_run.layers, "layer names, globs or re:REGEX; default all");
-  dyn_run.batch_opt = dynamics->add_option("--batch-size", line.dynamics.batch_size,
+  dyn_run.batch_opt = dynamics->add_option("--batch-size", dyn_run.batch_text,
                                            "examples per batch, B >= 1 (default: all)");
   add_run_options(dynamics, line.dynamics.run, dyn_run, dyn_strict);
   dyn_run.out_opt =
@@ -337,7 +348,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       finish_input(r.input, grid_in);
       r.layers = split_list("--layers", grid_run.layers, grid_run.layers_opt);
       r.run.exclude = split_list("--exclude", grid_run.exclude, grid_run.exclude_opt);
-      r.batch_size = finish_batch(grid_run.batch_opt, r.batch_size);
+      r.batch_size = finish_batch(grid_run.batch_opt, grid_run.batch_text);
       if (!grid_run.memory.empty()) r.run.memory_bytes = parse_memory("--memory", grid_run.memory);
       check_required(grid_run.out_opt, "--out");
       check_name("--out", grid_out, "a folder");
@@ -359,7 +370,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       finish_input(r.input, dyn_in);
       r.layers = split_list("--layers", dyn_run.layers, dyn_run.layers_opt);
       r.run.exclude = split_list("--exclude", dyn_run.exclude, dyn_run.exclude_opt);
-      r.batch_size = finish_batch(dyn_run.batch_opt, r.batch_size);
+      r.batch_size = finish_batch(dyn_run.batch_opt, dyn_run.batch_text);
       if (!dyn_run.memory.empty()) r.run.memory_bytes = parse_memory("--memory", dyn_run.memory);
       check_required(dyn_run.out_opt, "--out");
       check_name("--out", dyn_out, "a folder");

@@ -80,6 +80,9 @@ TappedModule load_model(const std::string& path) {
     return TappedModule::load(path);
   } catch (const std::exception& e) {
     std::string m = message_of(e);
+    // The CLI names files and options, not the C++ function that read them.
+    const std::string prefix = "TappedModule::load: ";
+    if (m.rfind(prefix, 0) == 0) m = m.substr(prefix.size());
     if (m.find(path) == std::string::npos) m = quoted(path) + ": " + m;
     throw InputError(m);
   }
