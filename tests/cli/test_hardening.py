@@ -158,10 +158,13 @@ def test_a_full_disk_leaves_the_previous_set_whole(exe, ok, tmp_path):
 
     r = subprocess.run([exe] + [str(a) for a in common] + ["--measure", "debiased-cka"],
                        capture_output=True, text=True, preexec_fn=limited, timeout=300)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == EXIT_OUTPUT, r.stderr
+    after = _read_set(out)
+    assert sorted(after) == OUT_SET  # no temporaries left
+    mixed = [name for name in OUT_SET if after[name] != before[name]]
+    assert mixed == [], "files of the new run beside the old ones: %s" % mixed
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "unchanged" in lines[0], r.stderr
-    assert _read_set(out) == before  # no new grid.json beside the old heatmaps, no temporaries
 
 
 def test_a_killed_writer_leaves_no_lasting_temporaries(ok, tmp_path):
