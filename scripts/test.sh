@@ -22,5 +22,9 @@ else
   svcca_build "$dir" -DSVCCA_BUILD_TESTS=ON
   ctest --test-dir "$dir" --output-on-failure -j"$(nproc)"
   fuzz_seconds=${SVCCA_FUZZ_SECONDS:-10}
-  if [ "$fuzz_seconds" != 0 ]; then "$SVCCA_ROOT/tests/fuzz/run.sh" "$fuzz_seconds"; fi
+  # Linking the library just built means only the sources under test are compiled with clang.
+  if [ "$fuzz_seconds" != 0 ]; then
+    SVCCA_FUZZ_BUILD="$SVCCA_ROOT/build-fuzz-ci" SVCCA_FUZZ_CORE="$dir/csrc/libsvcca_core.a" \
+      "$SVCCA_ROOT/tests/fuzz/run.sh" "$fuzz_seconds"
+  fi
 fi

@@ -4,7 +4,9 @@
 # -timeout or an unexpected exception fails the run and leaves the input in <build>/findings/.
 #   tests/fuzz/run.sh [SECONDS_PER_TARGET]   default 20 (scripts/test.sh runs 10)
 # Environment: SVCCA_FUZZ_BUILD (build dir, default build-fuzz/), SVCCA_FUZZ_CXX (clang++-14),
-# SVCCA_FUZZ_TARGETS (default "npy state cli").
+# SVCCA_FUZZ_TARGETS (default "npy state cli"), SVCCA_FUZZ_CORE (a libsvcca_core.a of the main
+# build to link, so that only the sources under test are compiled with clang; scripts/test.sh
+# passes build/csrc/libsvcca_core.a; default: svcca_core is built with clang, instrumented).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -21,7 +23,8 @@ launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER="$cxx" \
   -DSVCCA_BUILD_FUZZERS=ON -DSVCCA_BUILD_TESTS=OFF -DSVCCA_BUILD_TOOLS=OFF \
-  -DSVCCA_BUILD_TORCH_EXT=OFF -DSVCCA_BUILD_BENCHMARKS=OFF "${launcher[@]}" >/dev/null
+  -DSVCCA_BUILD_TORCH_EXT=OFF -DSVCCA_BUILD_BENCHMARKS=OFF \
+  -DSVCCA_FUZZ_CORE_LIBRARY="${SVCCA_FUZZ_CORE:-}" "${launcher[@]}" >/dev/null
 build_targets=()
 for t in $targets; do build_targets+=(--target "svcca_fuzz_$t"); done
 cmake --build "$dir" -j"$(nproc)" "${build_targets[@]}"
