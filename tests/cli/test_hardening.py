@@ -165,6 +165,7 @@ def test_a_full_disk_leaves_the_previous_set_whole(exe, ok, tmp_path):
     assert mixed == [], "files of the new run beside the old ones: %s" % mixed
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "unchanged" in lines[0], r.stderr
+    assert lines[0].startswith("svcca-inspect: --out: ") and "write_grid_files" not in lines[0]
 
 
 def test_a_killed_writer_leaves_no_lasting_temporaries(ok, tmp_path):
