@@ -99,7 +99,12 @@ def test_sizes_beyond_the_memory_are_refused_with_what_they_need(fails, tmp_path
         f.write(_npy_header("<f4", (2 ** 20, 2 ** 18)))
     os.truncate(big, len(_npy_header("<f4", (2 ** 20, 2 ** 18))) + 4 * 2 ** 38)
     fails(EXIT_INPUT, ["compare", big, big], "big.npy", "1048576", "needs", "available")
-    # Shapes whose product overflows.
+    # A grid whose layer alone exceeds the machine: no --memory suggestion beyond it.
+    line = fails(EXIT_USAGE, ["grid", FINAL, "--input-shape", "99999999,1,8,8", "--out",
+                              tmp_path / "o"], "conv1", "more than this machine's",
+                 "fewer examples")
+    assert "give --memory" not in line
+        # Shapes whose product overflows.
     fails(EXIT_USAGE, ["layers", FINAL, "--input-shape", "999999999999,999999999999"],
           "--input-shape")
     del line

@@ -669,6 +669,28 @@ int64_t available_memory_bytes() {
   return available;
 }
 
+int64_t total_memory_bytes() {
+  int64_t total = -1;
+  if (std::ifstream meminfo("/proc/meminfo"); meminfo) {
+    std::string key, unit;
+    int64_t value = 0;
+    while (meminfo >> key >> value) {
+      std::getline(meminfo, unit);
+      if (key == "MemTotal:") total = value * 1024;
+    }
+  }
+  std::ifstream max_file("/sys/fs/cgroup/memory.max");
+  std::string max_text;
+  if (max_file >> max_text && max_text != "max") {
+    try {
+      const int64_t limit = std::stoll(max_text);
+      total = total < 0 ? limit : std::min(total, limit);
+    } catch (const std::exception&) {
+    }
+  }
+  return total;
+}
+
 std::string size_text(double bytes) {
   char buf[48];
   if (bytes >= 1073741824.0) {

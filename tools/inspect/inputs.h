@@ -17,6 +17,9 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 // Bytes of memory this process can still allocate: /proc/meminfo's MemAvailable, or the cgroup's
 // memory.max minus memory.current when that is lower (-1 where neither can be read).
 int64_t available_memory_bytes();
+// The machine's memory: /proc/meminfo's MemTotal, or the cgroup's memory.max when lower (-1 where
+// neither can be read).
+int64_t total_memory_bytes();
 // "1.50 GiB" or "300 MiB".
 std::string size_text(double bytes);
 // Throws an Error with `exit_code` unless `bytes` fits in the available memory; `what` says what

@@ -298,15 +298,24 @@ PassPlan plan_passes(const std::vector<PlannedLayer>& layers, int64_t n, int64_t
     if (!layers[i].undefined.empty()) continue;
     const double bytes = static_cast<double>(layers[i].bytes_per_example) * static_cast<double>(n);
     if (bytes > avail) {
+      const double suggested =
+          std::max((overhead - forward + bytes * copies) * 8.0 / 7.0, overhead + bytes * copies) *
+          1.05;
+      // A suggestion beyond the machine's memory is no suggestion: then only fewer examples (or
+      // a smaller layer) help.
+      const int64_t machine = total_memory_bytes();
+      const bool beyond = machine > 0 && suggested > static_cast<double>(machine);
       throw UsageError("--memory " + gib(static_cast<double>(budget)) + " is too small for " +
                        what + ": layer '" + layers[i].name + "' needs " + gib(bytes * copies) +
                        " for " + std::to_string(n) + " examples, beside " + gib(overhead) +
-                       " for the models' weights, the factors and the forward; give --memory " +
-                       gib(std::max((overhead - forward + bytes * copies) * 8.0 / 7.0,
-                                    overhead + bytes * copies) *
-                           1.05) +
-                       " or more, fewer examples, "
-                       "--conv pool, or leave it out with --exclude");
+                       " for the models' weights, the factors and the forward; " +
+                       (beyond ? "that is more than this machine's " +
+                                     gib(static_cast<double>(machine)) +
+                                     " of memory: give fewer examples, --conv pool, or leave it "
+                                     "out with --exclude"
+                               : "give --memory " + gib(suggested) +
+                                     " or more, fewer examples, --conv pool, or leave it out "
+                                     "with --exclude"));
     }
     if (!group.empty() && held + bytes > avail) {
       plan.groups.push_back(group);
