@@ -12,4 +12,11 @@ function(svcca_target_defaults target)
                                              -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
     target_link_options(${target} PRIVATE -fsanitize=address,undefined)
   endif()
+  if(SVCCA_BUILD_FUZZERS)
+    # Coverage for libFuzzer's guidance, and ASan so that memory errors are findings; the
+    # fuzz executables themselves link -fsanitize=fuzzer (tests/fuzz).
+    target_compile_options(${target} PRIVATE -fsanitize=fuzzer-no-link,address
+                                             -fno-omit-frame-pointer)
+    target_link_options(${target} PRIVATE -fsanitize=address)
+  endif()
 endfunction()

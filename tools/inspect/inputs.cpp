@@ -5,7 +5,6 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/util/Exception.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/csrc/jit/serialization/pickle.h>
@@ -14,6 +13,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -30,23 +31,106 @@ std::string quoted(const std::string& path) {
   return "'" + path + "'";
 }
 
-// Missing files and folders get the same one-line message wherever a file is read.
-void check_readable_file(const std::string& path) {
-  std::error_code ec;
-  const auto status = fs::status(path, ec);
-  if (!fs::exists(status)) throw InputError(quoted(path) + ": no such file");
-  if (fs::is_directory(status)) throw InputError(quoted(path) + ": is a folder, not a file");
-  if (::access(path.c_str(), R_OK) != 0) {
-    throw InputError(quoted(path) + ": cannot be read: " + std::strerror(errno));
+// Text from a file (a .npy header) as it can go into a one-line message: control bytes, NUL
+// included, as \xNN (a NUL would otherwise end the message where it stands).
+std::string printable(const std::string& s) {
+  std::string out;
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u != 0x7f) {
+      out += c;
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", u);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+// Why `path` cannot be opened, from errno after stat() or open().
+std::string open_problem(const std::string& path, int error) {
+  switch (error) {
+    case ENOENT:
+      return quoted(path) + ": no such file";
+    case ENOTDIR:
+      return quoted(path) + ": no such file (a part of the path is not a folder)";
+    case ELOOP:
+      return quoted(path) + ": cannot be read: a symbolic link loop (" + std::strerror(error) + ")";
+    default:
+      return quoted(path) + ": cannot be read: " + std::strerror(error);
   }
 }
 
+// Opens `path` for reading. O_NONBLOCK: opening a FIFO without a writer would block for ever; only
+// regular files are kept (a device such as /dev/zero never ends, a FIFO or socket has no size).
+int open_regular(const std::string& path, const std::string& what, struct stat* st) {
+  if (path.empty()) throw InputError("the " + what + " name is empty");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int error = errno;
+    struct stat s {};
+    if (error == EACCES && ::stat(path.c_str(), &s) == 0 && S_ISDIR(s.st_mode))
+      throw InputError(quoted(path) + ": is a folder, not a " + what);
+    throw InputError(open_problem(path, error));
+  }
+  struct Closer {
+    int fd;
+    bool keep = false;
+    ~Closer() {
+      if (!keep) ::close(fd);
+    }
+  } closer{fd};
+  if (::fstat(fd, st) != 0)
+    throw InputError(quoted(path) + ": cannot stat: " + std::strerror(errno));
+  if (S_ISDIR(st->st_mode)) throw InputError(quoted(path) + ": is a folder, not a " + what);
+  if (!S_ISREG(st->st_mode)) {
+    const char* kind = S_ISFIFO(st->st_mode)   ? "a FIFO (named pipe)"
+                       : S_ISCHR(st->st_mode)  ? "a character device"
+                       : S_ISBLK(st->st_mode)  ? "a block device"
+                       : S_ISSOCK(st->st_mode) ? "a socket"
+                                               : "not a regular file";
+    throw InputError(quoted(path) + ": is " + kind + ", not a regular " + what +
+                     " (svcca-inspect reads regular files only, whose size it can check)");
+  }
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+    throw InputError(quoted(path) + ": cannot be read: " + std::strerror(errno));
+  closer.keep = true;
+  return fd;
+}
+
+struct FdCloser {
+  int fd;
+  ~FdCloser() { ::close(fd); }
+};
+
+// Reads exactly `bytes` bytes at `offset`; returns how many it got before the end of the file.
+int64_t pread_full(const std::string& path, int fd, char* data, int64_t bytes, int64_t offset) {
+  int64_t done = 0;
+  while (done < bytes) {
+    const ssize_t got = ::pread(fd, data + done, static_cast<size_t>(bytes - done), offset + done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) throw InputError(quoted(path) + ": read error: " + std::strerror(errno));
+    if (got == 0) break;
+    done += got;
+  }
+  return done;
+}
+
 std::vector<char> read_bytes(const std::string& path) {
-  check_readable_file(path);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(quoted(path) + ": cannot be opened: " + std::strerror(errno));
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw InputError(quoted(path) + ": read error: " + std::strerror(errno));
+  struct stat st {};
+  const int fd = open_regular(path, "file", &st);
+  FdCloser closer{fd};
+  // The unpickler holds the bytes and the tensors it makes of them.
+  check_fits_in_memory(kExitInput, quoted(path) + " (" + std::to_string(st.st_size) + " bytes)",
+                       2.0 * static_cast<double>(st.st_size));
+  std::vector<char> bytes(static_cast<size_t>(st.st_size));
+  const int64_t got = pread_full(path, fd, bytes.data(), st.st_size, 0);
+  if (got != st.st_size) {
+    throw InputError(quoted(path) + " changed while it was being read (" + std::to_string(got) +
+                     " of " + std::to_string(st.st_size) + " bytes)");
+  }
   return bytes;
 }
 
@@ -154,7 +238,7 @@ class HeaderParser {
     } else if (s_.compare(i_, 4, "None") == 0) {
       v.kind = PyValue::kNone, i_ += 4;
     } else {
-      fail(std::string("unexpected character '") + c + "'");
+      fail("unexpected character '" + printable(std::string(1, c)) + "'");
     }
     --depth_;
     return v;
@@ -166,6 +250,8 @@ class HeaderParser {
   int depth_ = 0;
 };
 
+}  // namespace
+
 struct NpyHeader {
   char byte_order = '<';  // '<', '>', '|'
   char kind = 'f';        // numpy kind letter
@@ -174,6 +260,8 @@ struct NpyHeader {
   std::vector<int64_t> shape;
   int64_t data_offset = 0;
 };
+
+namespace {
 
 std::string descr_problem(const std::string& descr) {
   if (descr.size() < 2) return "dtype '" + descr + "' is not understood";
@@ -248,7 +336,8 @@ NpyHeader parse_npy_header(const std::string& path, const std::vector<char>& hea
   if (shape->kind != PyValue::kTuple) throw InputError(bad + "'shape' is not a tuple");
 
   NpyHeader h;
-  const std::string& d = descr->str;
+  // NUL and other control bytes are escaped, so that they neither parse nor cut messages short.
+  const std::string d = printable(descr->str);
   if (const std::string problem = descr_problem(d); !problem.empty()) {
     throw InputError(quoted(path) + " " + problem);
   }
@@ -260,7 +349,8 @@ NpyHeader parse_npy_header(const std::string& path, const std::vector<char>& hea
   }
   h.byte_order = d[0] == '=' ? '<' : d[0];  // '=' is native: x86 and arm64 are little-endian
   h.kind = d[1];
-  h.item_size = std::stoll(d.substr(2));
+  // At most 2 digits: numpy's largest item is 16 bytes, and a longer number would overflow.
+  h.item_size = d.size() <= 4 ? std::stoll(d.substr(2)) : -1;
   const bool size_ok = h.kind == 'f' ? (h.item_size == 2 || h.item_size == 4 || h.item_size == 8)
                                      : (h.item_size == 1 || h.item_size == 2 || h.item_size == 4 ||
                                         h.item_size == 8);
@@ -298,37 +388,12 @@ void byteswap(char* data, int64_t count, int64_t item_size) {
     std::reverse(data + i * item_size, data + (i + 1) * item_size);
 }
 
-at::Tensor npy_to_tensor(const std::string& path, const NpyHeader& h, int fd, int64_t file_size) {
-  const bool native_float = h.kind == 'f' && (h.item_size == 4 || h.item_size == 8) &&
-                            h.byte_order != '>' && !h.fortran_order;
-  const at::ScalarType float_type = h.item_size == 8 ? at::kDouble : at::kFloat;
-  int64_t count = 1;
-  for (int64_t s : h.shape) count *= s;
-  if (native_float && count > 0 && h.data_offset % h.item_size == 0) {
-    // MAP_PRIVATE with write access: an in-place op on the tensor copies the page instead of
-    // changing the file (or faulting on a read-only mapping).
-    void* base = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-    if (base != MAP_FAILED) {
-      const size_t length = file_size;
-      return at::from_blob(
-          static_cast<char*>(base) + h.data_offset, h.shape,
-          [base, length](void*) { ::munmap(base, length); }, at::TensorOptions().dtype(float_type));
-    }
-  }
-  const int64_t bytes = count * h.item_size;
-  std::vector<char> data(static_cast<size_t>(bytes));
-  int64_t done = 0;
-  while (done < bytes) {
-    const ssize_t got = ::pread(fd, data.data() + done, bytes - done, h.data_offset + done);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) throw InputError(quoted(path) + ": read error: " + std::strerror(errno));
-    done += got;
-  }
+// Items [count] of raw file bytes (in the file's byte order and kind) as a float32 or float64
+// tensor of `storage_shape`: float16 and integers become float32.
+at::Tensor convert_items(const NpyHeader& h, std::vector<char>& data, int64_t count,
+                         const std::vector<int64_t>& storage_shape) {
   if (h.byte_order == '>' && h.item_size > 1) byteswap(data.data(), count, h.item_size);
-
-  // Fortran order: the data is the C-order array of the reversed shape, transposed.
-  std::vector<int64_t> storage_shape = h.shape;
-  if (h.fortran_order) std::reverse(storage_shape.begin(), storage_shape.end());
+  const at::ScalarType float_type = h.item_size == 8 ? at::kDouble : at::kFloat;
   at::Tensor t;
   const auto make = [&](at::ScalarType type) {
     return at::from_blob(data.data(), storage_shape, at::TensorOptions().dtype(type)).clone();
@@ -350,14 +415,117 @@ at::Tensor npy_to_tensor(const std::string& path, const NpyHeader& h, int fd, in
     t = at::from_blob(wide.data(), storage_shape, at::TensorOptions().dtype(at::kDouble))
             .to(at::kFloat);
   }
-  if (h.fortran_order) {
-    std::vector<int64_t> reversed(t.dim());
-    for (int64_t i = 0; i < t.dim(); ++i) reversed[i] = t.dim() - 1 - i;
-    t = t.permute(reversed).contiguous();
-  }
   if (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble) t = t.to(at::kFloat);
   return t;
 }
+
+}  // namespace
+
+// An open .npy file whose rows are read on demand with pread, into memory each tensor owns. No
+// mmap: a file truncated under a mapping (np.save over it) kills the process with SIGBUS, where
+// pread returns short and the size is checked before each read.
+struct NpyFile {
+  std::string path;
+  int fd = -1;
+  NpyHeader h;
+  int64_t file_size = 0;
+  NpyFile() = default;
+  NpyFile(const NpyFile&) = delete;
+  NpyFile& operator=(const NpyFile&) = delete;
+  ~NpyFile() {
+    if (fd >= 0) ::close(fd);
+  }
+
+  int64_t items() const {
+    int64_t count = 1;
+    for (int64_t s : h.shape) count *= s;  // no overflow: checked with the file size
+    return count;
+  }
+  int64_t row_items() const {
+    return h.shape.empty() ? 1 : items() / std::max<int64_t>(1, h.shape[0]);
+  }
+  // The bytes a tensor of `items` items takes once read (float16 and integers become float32).
+  int64_t tensor_item_size() const { return h.kind == 'f' && h.item_size == 8 ? 8 : 4; }
+
+  [[noreturn]] void changed(int64_t now) const {
+    throw InputError(quoted(path) + " changed while it was being read: it is now " +
+                     std::to_string(now) + " bytes, but its header needs " +
+                     std::to_string(file_size) +
+                     " (was it written again, e.g. by np.save, during the run?)");
+  }
+  void check_size() const {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0)
+      throw InputError(quoted(path) + ": cannot stat: " + std::strerror(errno));
+    if (st.st_size != file_size) changed(st.st_size);
+  }
+
+  // Every item, in its shape (Fortran order transposed back).
+  at::Tensor read_all() const {
+    const int64_t count = items();
+    const int64_t bytes = count * h.item_size;
+    check_fits_in_memory(kExitInput,
+                         quoted(path) + " (shape " + shape_string(h.shape) + ", " +
+                             size_text(static_cast<double>(bytes)) + " on disk)",
+                         static_cast<double>(bytes) +
+                             static_cast<double>(count) * static_cast<double>(tensor_item_size()));
+    std::vector<char> data(static_cast<size_t>(bytes));
+    check_size();
+    if (pread_full(path, fd, data.data(), bytes, h.data_offset) != bytes) {
+      struct stat st {};
+      ::fstat(fd, &st);
+      changed(st.st_size);
+    }
+    // Fortran order: the data is the C-order array of the reversed shape, transposed.
+    std::vector<int64_t> storage_shape = h.shape;
+    if (h.fortran_order) std::reverse(storage_shape.begin(), storage_shape.end());
+    at::Tensor t = convert_items(h, data, count, storage_shape);
+    if (h.fortran_order) {
+      std::vector<int64_t> reversed(t.dim());
+      for (int64_t i = 0; i < t.dim(); ++i) reversed[i] = t.dim() - 1 - i;
+      t = t.permute(reversed).contiguous();
+    }
+    return t;
+  }
+
+  // Rows [start, start + count) of a C-order array of >= 1 dims.
+  at::Tensor read_rows(int64_t start, int64_t count) const {
+    TORCH_INTERNAL_ASSERT(!h.fortran_order && !h.shape.empty());
+    const int64_t row = row_items();
+    const int64_t n_items = count * row;
+    const int64_t bytes = n_items * h.item_size;
+    std::vector<int64_t> shape = h.shape;
+    shape[0] = count;
+    const bool native =
+        h.kind == 'f' && (h.item_size == 4 || h.item_size == 8) && h.byte_order != '>';
+    check_fits_in_memory(kExitInput,
+                         "a batch of " + std::to_string(count) + " examples of " + quoted(path) +
+                             " (shape " + shape_string(shape) + ")",
+                         static_cast<double>(n_items) * static_cast<double>(tensor_item_size()) +
+                             (native ? 0.0 : static_cast<double>(bytes)));
+    check_size();
+    const int64_t offset = h.data_offset + start * row * h.item_size;
+    if (native) {
+      at::Tensor t =
+          at::empty(shape, at::TensorOptions().dtype(h.item_size == 8 ? at::kDouble : at::kFloat));
+      if (pread_full(path, fd, static_cast<char*>(t.data_ptr()), bytes, offset) != bytes) {
+        struct stat st {};
+        ::fstat(fd, &st);
+        changed(st.st_size);
+      }
+      return t;
+    }
+    std::vector<char> data(static_cast<size_t>(bytes));
+    if (pread_full(path, fd, data.data(), bytes, offset) != bytes) {
+      struct stat st {};
+      ::fstat(fd, &st);
+      changed(st.st_size);
+    }
+    return convert_items(h, data, n_items, shape);
+  }
+};
+
+namespace {
 
 bool starts_with(const std::vector<char>& bytes, const char* magic, size_t len) {
   return bytes.size() >= len && std::memcmp(bytes.data(), magic, len) == 0;
@@ -453,33 +621,97 @@ NamedTensors read_pickled(const std::string& path, const std::vector<char>& byte
   return out;
 }
 
-at::Tensor read_npy_impl(const std::string& path) {
-  check_readable_file(path);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw InputError(quoted(path) + ": cannot be opened: " + std::strerror(errno));
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
+// The .npy file at `path` with its header parsed, or null when the file does not start with the
+// .npy magic (and `require` is false). Throws InputError as open_regular and parse_npy_header do.
+std::shared_ptr<NpyFile> open_npy(const std::string& path, bool require) {
   struct stat st {};
-  if (::fstat(fd, &st) != 0)
-    throw InputError(quoted(path) + ": cannot stat: " + std::strerror(errno));
-  const int64_t file_size = st.st_size;
+  auto f = std::make_shared<NpyFile>();  // owns the descriptor from here on
+  f->fd = open_regular(path, "file", &st);
+  f->path = path;
+  f->file_size = st.st_size;
+  char magic[kNpyMagicLen] = {};
+  const bool npy =
+      pread_full(path, f->fd, magic, kNpyMagicLen, 0) == static_cast<int64_t>(kNpyMagicLen) &&
+      std::memcmp(magic, kNpyMagic, kNpyMagicLen) == 0;
+  if (!npy && !require) return nullptr;
   // The header is at most 12 bytes of prefix plus a 4-byte length; numpy caps it far lower.
-  std::vector<char> head(static_cast<size_t>(std::min<int64_t>(file_size, 1 << 20)));
-  int64_t done = 0;
-  while (done < static_cast<int64_t>(head.size())) {
-    const ssize_t got = ::pread(fd, head.data() + done, head.size() - done, done);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) break;
-    done += got;
-  }
-  head.resize(done);
-  const NpyHeader h = parse_npy_header(path, head, file_size);
-  return npy_to_tensor(path, h, fd, file_size);
+  std::vector<char> head(static_cast<size_t>(std::min<int64_t>(f->file_size, 1 << 20)));
+  head.resize(pread_full(path, f->fd, head.data(), static_cast<int64_t>(head.size()), 0));
+  f->h = parse_npy_header(path, head, f->file_size);
+  return f;
 }
 
 }  // namespace
+
+int64_t available_memory_bytes() {
+  int64_t available = -1;
+  if (std::ifstream meminfo("/proc/meminfo"); meminfo) {
+    std::string key;
+    int64_t value = 0;
+    std::string unit;
+    while (meminfo >> key >> value) {
+      std::getline(meminfo, unit);
+      if (key == "MemAvailable:") available = value * 1024;
+    }
+  }
+  // cgroup v2: a container's limit can be far below the machine's memory.
+  std::ifstream max_file("/sys/fs/cgroup/memory.max"),
+      current_file("/sys/fs/cgroup/memory.current");
+  std::string max_text;
+  int64_t current = 0;
+  if (max_file >> max_text && max_text != "max" && current_file >> current) {
+    try {
+      const int64_t left = std::max<int64_t>(0, std::stoll(max_text) - current);
+      available = available < 0 ? left : std::min(available, left);
+    } catch (const std::exception&) {
+    }
+  }
+  return available;
+}
+
+int64_t total_memory_bytes() {
+  int64_t total = -1;
+  if (std::ifstream meminfo("/proc/meminfo"); meminfo) {
+    std::string key, unit;
+    int64_t value = 0;
+    while (meminfo >> key >> value) {
+      std::getline(meminfo, unit);
+      if (key == "MemTotal:") total = value * 1024;
+    }
+  }
+  std::ifstream max_file("/sys/fs/cgroup/memory.max");
+  std::string max_text;
+  if (max_file >> max_text && max_text != "max") {
+    try {
+      const int64_t limit = std::stoll(max_text);
+      total = total < 0 ? limit : std::min(total, limit);
+    } catch (const std::exception&) {
+    }
+  }
+  return total;
+}
+
+std::string size_text(double bytes) {
+  char buf[48];
+  if (bytes >= 1073741824.0) {
+    std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / 1073741824.0);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.0f MiB", std::ceil(bytes / 1048576.0));
+  }
+  return buf;
+}
+
+void check_fits_in_memory(int exit_code, const std::string& what, double bytes) {
+  const int64_t available = available_memory_bytes();
+  if (available < 0 || bytes <= static_cast<double>(available)) return;
+  throw Error(exit_code, what + " needs " + size_text(bytes) + " of memory, but only " +
+                             size_text(static_cast<double>(available)) + " is available");
+}
+
+void check_regular_file(const std::string& path, const std::string& what) {
+  struct stat st {};
+  ::close(open_regular(path, what, &st));
+}
 
 std::string shape_string(at::IntArrayRef shape) {
   std::string s = "[";
@@ -488,20 +720,11 @@ std::string shape_string(at::IntArrayRef shape) {
 }
 
 at::Tensor read_npy(const std::string& path) {
-  return read_npy_impl(path);
+  return open_npy(path, true)->read_all();
 }
 
 NamedTensors read_tensors(const std::string& path) {
-  check_readable_file(path);
-  {
-    std::ifstream in(path, std::ios::binary);
-    char magic[kNpyMagicLen] = {};
-    in.read(magic, kNpyMagicLen);
-    if (in.gcount() == static_cast<std::streamsize>(kNpyMagicLen) &&
-        std::memcmp(magic, kNpyMagic, kNpyMagicLen) == 0) {
-      return {{file_stem(path), read_npy_impl(path)}};
-    }
-  }
+  if (const auto npy = open_npy(path, false)) return {{file_stem(path), npy->read_all()}};
   const std::vector<char> bytes = read_bytes(path);
   if (bytes.empty()) throw InputError(quoted(path) + " is empty, not a tensor file");
   return read_pickled(path, bytes);
@@ -519,6 +742,7 @@ at::Tensor read_tensor(const std::string& path) {
 std::vector<int64_t> parse_shape(const std::string& option, const std::string& text) {
   std::vector<int64_t> shape;
   std::string part;
+  int64_t product = 1;
   const auto bad = [&] {
     return UsageError(
         option + " must be sizes separated by commas, each at least 1 (e.g. 64,1,8,8), but got '" +
@@ -531,6 +755,10 @@ std::vector<int64_t> parse_shape(const std::string& option, const std::string& t
       if (v < 1) throw bad();
       shape.push_back(v);
       part.clear();
+      if (__builtin_mul_overflow(product, v, &product) || product >= (int64_t{1} << 62)) {
+        throw UsageError(option + " must have fewer than 2^62 values in all, but got '" + text +
+                         "'");
+      }
     } else if (std::isdigit(static_cast<unsigned char>(text[i]))) {
       part += text[i];
     } else if (text[i] != ' ') {
@@ -542,6 +770,14 @@ std::vector<int64_t> parse_shape(const std::string& option, const std::string& t
 
 InputSource InputSource::from_file(const std::string& path) {
   InputSource s;
+  s.description_ = path;
+  if (auto npy = open_npy(path, false);
+      npy && !npy->h.fortran_order && !npy->h.shape.empty() && npy->h.shape[0] >= 1) {
+    s.shape_ = npy->h.shape;
+    s.row_bytes_ = npy->row_items() * npy->tensor_item_size();
+    s.npy_ = std::move(npy);
+    return s;
+  }
   s.tensor_ = read_tensor(path);
   if (s.tensor_.dim() < 1 || s.tensor_.size(0) < 1) {
     throw InputError(quoted(path) +
@@ -553,7 +789,7 @@ InputSource InputSource::from_file(const std::string& path) {
                      std::string(c10::toString(s.tensor_.scalar_type())));
   }
   s.shape_ = s.tensor_.sizes().vec();
-  s.description_ = path;
+  s.row_bytes_ = (s.tensor_.numel() / s.tensor_.size(0)) * s.tensor_.element_size();
   return s;
 }
 
@@ -562,6 +798,9 @@ InputSource InputSource::random(std::vector<int64_t> shape, uint64_t seed) {
   s.shape_ = std::move(shape);
   s.seed_ = seed;
   s.description_ = "random normal " + shape_string(s.shape_) + ", seed " + std::to_string(seed);
+  int64_t row = 4;  // float32; parse_shape keeps the product below 2^62
+  for (size_t i = 1; i < s.shape_.size(); ++i) row *= s.shape_[i];
+  s.row_bytes_ = row;
   return s;
 }
 
@@ -576,9 +815,42 @@ uint64_t splitmix64(uint64_t x) {
 }
 }  // namespace
 
+namespace {
+
+// Inputs are examples a model is run on: NaN or inf would come out as undefined cells or
+// failures far from their cause.
+void check_finite(const std::string& path, const at::Tensor& t, int64_t start) {
+  if (!t.is_floating_point() || at::isfinite(t).all().item<bool>()) return;
+  const at::Tensor bad_rows = at::logical_not(at::isfinite(t)).reshape({t.size(0), -1}).any(1);
+  const int64_t first = bad_rows.nonzero().min().item<int64_t>();
+  throw InputError(quoted(path) + " holds NaN or infinite values (the first in example " +
+                   std::to_string(start + first + 1) +
+                   "): svcca-inspect needs finite inputs to run a model on");
+}
+
+}  // namespace
+
 at::Tensor InputSource::batch(int64_t start, int64_t count) const {
   TORCH_INTERNAL_ASSERT(start >= 0 && count >= 1 && start + count <= n());
-  if (tensor_.defined()) return tensor_.slice(0, start, start + count).contiguous();
+  if (npy_) {
+    at::Tensor t = npy_->read_rows(start, count);
+    check_finite(description_, t, start);
+    return t;
+  }
+  if (tensor_.defined()) {
+    at::Tensor t = tensor_.slice(0, start, start + count).contiguous();
+    check_finite(description_, t, start);
+    return t;
+  }
+  // The rows, the chunks they are drawn in, and the copy that joins them.
+  std::vector<int64_t> shape = shape_;
+  shape[0] = count;
+  check_fits_in_memory(
+      kExitUsage,
+      "--input-shape " + shape_string(shape_) + ": a batch of " + std::to_string(count) +
+          " random examples (shape " + shape_string(shape) + ")",
+      (2.0 * static_cast<double>(count) + static_cast<double>(std::min(kRandomChunk, n()))) *
+          static_cast<double>(row_bytes_));
   std::vector<at::Tensor> parts;
   for (int64_t chunk = start / kRandomChunk; chunk * kRandomChunk < start + count; ++chunk) {
     const int64_t lo = chunk * kRandomChunk;

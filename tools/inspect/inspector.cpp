@@ -14,10 +14,12 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <sstream>
 
 #include "errors.h"
 #include "inputs.h"
 #include "svcca/capture/capture.h"
+#include "svcca/report/report.h"
 
 namespace svcca::inspect {
 namespace {
@@ -72,14 +74,15 @@ std::string join(const std::vector<std::string>& items, const std::string& sep) 
 }
 
 TappedModule load_model(const std::string& path) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw InputError(quoted(path) + ": no such file");
-  if (fs::is_directory(path, ec))
-    throw InputError(quoted(path) + ": is a folder, not a model file");
+  // A missing file, a folder, a link loop, /dev/zero or a FIFO, each with its own message.
+  check_regular_file(path, "model file");
   try {
     return TappedModule::load(path);
   } catch (const std::exception& e) {
     std::string m = message_of(e);
+    // The CLI names files and options, not the C++ function that read them.
+    const std::string prefix = "TappedModule::load: ";
+    if (m.rfind(prefix, 0) == 0) m = m.substr(prefix.size());
     if (m.find(path) == std::string::npos) m = quoted(path) + ": " + m;
     throw InputError(m);
   }
@@ -101,6 +104,13 @@ GridOptions grid_options(const char* fn, const std::string& measure, const std::
     o.conv = parse_grid_conv(fn, "--conv", conv);
   } catch (const std::exception& e) {
     throw UsageError(message_of(e));
+  }
+  // Checked here, before any model runs (the grid itself finds it only after the forward).
+  if (o.conv == GridConv::kFourier && o.measure != GridMeasure::kCca) {
+    throw UsageError(std::string(fn) +
+                     ": --conv fourier goes with --measure cca only (the mean Fourier CCA over "
+                     "spatial frequencies), but got --measure " +
+                     to_string(o.measure));
   }
   return o;
 }
@@ -288,15 +298,24 @@ PassPlan plan_passes(const std::vector<PlannedLayer>& layers, int64_t n, int64_t
     if (!layers[i].undefined.empty()) continue;
     const double bytes = static_cast<double>(layers[i].bytes_per_example) * static_cast<double>(n);
     if (bytes > avail) {
+      const double suggested =
+          std::max((overhead - forward + bytes * copies) * 8.0 / 7.0, overhead + bytes * copies) *
+          1.05;
+      // A suggestion beyond the machine's memory is no suggestion: then only fewer examples (or
+      // a smaller layer) help.
+      const int64_t machine = total_memory_bytes();
+      const bool beyond = machine > 0 && suggested > static_cast<double>(machine);
       throw UsageError("--memory " + gib(static_cast<double>(budget)) + " is too small for " +
                        what + ": layer '" + layers[i].name + "' needs " + gib(bytes * copies) +
                        " for " + std::to_string(n) + " examples, beside " + gib(overhead) +
-                       " for the models' weights, the factors and the forward; give --memory " +
-                       gib(std::max((overhead - forward + bytes * copies) * 8.0 / 7.0,
-                                    overhead + bytes * copies) *
-                           1.05) +
-                       " or more, fewer examples, "
-                       "--conv pool, or leave it out with --exclude");
+                       " for the models' weights, the factors and the forward; " +
+                       (beyond ? "that is more than this machine's " +
+                                     gib(static_cast<double>(machine)) +
+                                     " of memory: give fewer examples, --conv pool, or leave it "
+                                     "out with --exclude"
+                               : "give --memory " + gib(suggested) +
+                                     " or more, fewer examples, --conv pool, or leave it out "
+                                     "with --exclude"));
     }
     if (!group.empty() && held + bytes > avail) {
       plan.groups.push_back(group);
@@ -378,14 +397,38 @@ int64_t effective_batch(const char* fn, int64_t batch_size, int64_t n) {
 std::unique_ptr<GridAccumulator> make_accumulator(const char* fn, std::vector<std::string> rows,
                                                   std::vector<std::string> cols,
                                                   const GridOptions& options) {
+  if (resolved_conv(options) == GridConv::kFourier) {
+    throw UsageError(std::string(fn) +
+                     ": --batch-size cannot be used with --conv fourier (Fourier CCA needs every "
+                     "example at once); leave out --batch-size");
+  }
   try {
     return std::make_unique<GridAccumulator>(std::move(rows), std::move(cols), options);
   } catch (const std::exception& e) {
-    // Construction fails only on options, e.g. a measure that needs every example at once.
-    throw UsageError(std::string(fn) + ": --batch-size cannot be used here: " + message_of(e) +
-                     " (leave out --batch-size to use every example in one batch)");
+    // Construction fails only on options: a measure that needs every example at once (rbf-cka).
+    // The grid's message names its C++ class and arguments; the CLI names its own options.
+    throw UsageError(std::string(fn) + ": --batch-size cannot be used with --measure " +
+                     to_string(options.measure) +
+                     " (it needs every example at once); leave out --batch-size to use every "
+                     "example in one batch, or use --measure minibatch-cka, a minibatch estimator "
+                     "that streams");
   }
 }
+
+}  // namespace
+
+void check_request_options(const char* fn, const std::string& measure, const std::string& conv,
+                           int64_t batch_size) {
+  const GridOptions o = grid_options(fn, measure, conv);
+  if (std::string(fn) == "dynamics" && resolved_conv(o) == GridConv::kFourier) {
+    throw UsageError(
+        "dynamics: --conv fourier is not supported here (it needs every layer at "
+        "once); use grid with two checkpoints");
+  }
+  if (batch_size > 0) make_accumulator(fn, {"x"}, {"x"}, o);
+}
+
+namespace {
 
 std::string patterns_text(const std::vector<std::string>& patterns) {
   return patterns.empty() ? "all" : join(patterns, ",");
@@ -411,6 +454,57 @@ InspectionReport model_grid_report(const char* command, const std::vector<std::s
 
 }  // namespace
 
+namespace {
+
+// `layers` runs one forward over every example. Its memory is estimated from a forward on two
+// examples (the input, and twice the largest layer output beside it), so that a request far
+// beyond the machine is refused with what it would need instead of being killed by the kernel.
+void check_layers_memory(const TappedModule& model, const LayersRequest& request,
+                         const InputSource& input) {
+  std::vector<LayerInfo> probe;
+  try {
+    probe = model.list_layers({to_model_dtype(model, input.batch(0, 2))});
+  } catch (const std::exception&) {
+    return;  // the full run reports the model's own message
+  }
+  double largest = 0.0;
+  std::string largest_name;
+  for (const LayerInfo& info : probe) {
+    if (info.shape.empty() || info.shape[0] != 2) continue;
+    double items = 1.0;
+    for (size_t i = 1; i < info.shape.size(); ++i) items *= static_cast<double>(info.shape[i]);
+    const double bytes = items * (info.dtype == "float64" || info.dtype == "int64" ? 8.0 : 4.0);
+    if (bytes > largest) largest = bytes, largest_name = info.name;
+  }
+  const double n = static_cast<double>(input.n());
+  const double in_bytes = n * static_cast<double>(input.row_bytes());
+  const double need = 2.0 * in_bytes + 2.0 * n * largest;
+  const int64_t available = available_memory_bytes();
+  if (available < 0 || need <= static_cast<double>(available)) return;
+  const bool random = request.input.file.empty();
+  std::vector<int64_t> few = input.shape();
+  few[0] = 2;
+  throw Error(
+      random ? kExitUsage : kExitInput,
+      "layers: one forward over all " + std::to_string(input.n()) + " examples of " +
+          (random ? "--input-shape " + shape_string(input.shape()) : quoted(request.input.file)) +
+          " needs about " + size_text(need) + " of memory (the input " + size_text(in_bytes) +
+          (largest_name.empty() ? std::string()
+                                : ", layer '" + largest_name + "' " + size_text(n * largest)) +
+          "), but only " + size_text(static_cast<double>(available)) +
+          " is available; layers needs only a few examples (e.g. --input-shape " +
+          join(
+              [&] {
+                std::vector<std::string> parts;
+                for (int64_t d : few) parts.push_back(std::to_string(d));
+                return parts;
+              }(),
+              ",") +
+          ")");
+}
+
+}  // namespace
+
 InspectionReport inspect_layers(const LayersRequest& request) {
   InspectionReport report;
   report.command = "layers";
@@ -425,6 +519,7 @@ InspectionReport inspect_layers(const LayersRequest& request) {
   const InputSource input = make_input("layers", request.input);
   report.input = input.description();
   report.examples = input.n();
+  if (input.n() > 2) check_layers_memory(model, request, input);
   const at::Tensor x = to_model_dtype(model, input.batch(0, input.n()));
   std::vector<LayerInfo> infos;
   try {
@@ -748,6 +843,19 @@ InspectionReport inspect_compare(const CompareRequest& request) {
                          std::string(c10::toString(t.scalar_type())));
       }
       if (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble) t = t.to(at::kFloat);
+      if (!at::isfinite(t).all().item<bool>()) {
+        // Activations with NaN or inf are a broken input file, not an undefined measure.
+        const at::Tensor bad = at::logical_not(at::isfinite(t)).reshape({-1}).nonzero();
+        const int64_t flat = bad.min().item<int64_t>();
+        const int64_t per_row =
+            t.dim() >= 1 && t.size(0) > 0 ? std::max<int64_t>(1, t.numel() / t.size(0)) : 1;
+        const int64_t index =
+            request.neurons_first && t.dim() == 2 ? flat % t.size(1) : flat / per_row;
+        throw InputError(where + " holds NaN or infinite values (the first in " +
+                         (request.neurons_first ? "datapoint " : "example ") +
+                         std::to_string(index + 1) +
+                         "); svcca-inspect compares finite activations");
+      }
       if (request.neurons_first) {
         if (t.dim() != 2) {
           throw InputError(
@@ -1014,14 +1122,38 @@ int64_t parse_memory(const std::string& option, const std::string& text) {
 }
 
 InspectionReport inspect_tap(const TapRequest& request) {
+  const std::string& out = request.output;
+  std::error_code ec;
+  const fs::file_status st = fs::status(out, ec);
+  if (fs::is_directory(st)) {
+    throw OutputError("tap: -o " + quoted(out) + " is a folder; give the file to write, e.g. " +
+                      quoted((fs::path(out) / "model_tapped.pt").string()));
+  }
+  if (fs::exists(st) && !fs::is_regular_file(st)) {
+    throw OutputError("tap: -o " + quoted(out) + " exists and is not a regular file");
+  }
   TappedModule model = load_model(request.model);
+  // The archive is made in memory, then written to a unique temporary file (mkstemp) beside
+  // the target and renamed: an existing file is replaced whole or not at all, and no fixed
+  // temporary name (X.tmp, which may be a user's file) is ever touched.
+  std::ostringstream bytes;
   try {
-    model.save(request.output);
+    model.module().save(bytes);
+  } catch (const std::exception& e) {
+    throw OutputError("tap: cannot serialize the tapped model: " + message_of(e));
+  }
+  const fs::path parent = fs::path(out).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent, ec)) {
+    throw OutputError("tap: cannot write " + quoted(out) + ": the folder " +
+                      quoted(parent.string()) + " does not exist");
+  }
+  try {
+    write_file_atomic(out, bytes.str());
   } catch (const std::exception& e) {
     std::string m = message_of(e);
-    if (m.find(request.output) == std::string::npos)
-      m = "cannot write " + quoted(request.output) + ": " + m;
-    throw OutputError(m);
+    const std::string prefix = "write_file_atomic: ";
+    if (m.rfind(prefix, 0) == 0) m = m.substr(prefix.size());
+    throw OutputError("tap: cannot write " + quoted(out) + ": " + m);
   }
   InspectionReport report;
   report.command = "tap";

@@ -90,6 +90,12 @@ struct DynamicsRequest {
   RunSpec run;
 };
 
+// Checks a command's options before any file is read or model run: the measure and conv names,
+// --conv fourier only with --measure cca (and not in dynamics), and --batch-size (> 0: given)
+// only with a measure and conv that stream. Throws UsageError naming the options.
+void check_request_options(const char* fn, const std::string& measure, const std::string& conv,
+                           int64_t batch_size);
+
 // Parses a memory size: "6G", "512M", "1.5GiB", "800000000" (bytes); names `option` in errors.
 int64_t parse_memory(const std::string& option, const std::string& text);
 

@@ -174,7 +174,11 @@ void write_files(InspectionReport& report, const std::string& dir) {
     report.files = write_grid_files(report.grid, dir, report.command, options);
   } catch (const std::exception& e) {
     const auto* c10e = dynamic_cast<const c10::Error*>(&e);
-    throw OutputError(one_line(c10e ? c10e->what_without_backtrace() : e.what()));
+    std::string m = one_line(c10e ? c10e->what_without_backtrace() : e.what());
+    // The CLI names its option, not the C++ function that wrote the files.
+    const std::string prefix = "write_grid_files: ";
+    if (m.rfind(prefix, 0) == 0) m = "--out: " + m.substr(prefix.size());
+    throw OutputError(m);
   }
 }
 

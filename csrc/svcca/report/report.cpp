@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <spng.h>
 #include <sys/stat.h>
 #include <torch/version.h>  // TORCH_VERSION (macros only; the header Debian's 1.13.1 ships says 1.13.0)
@@ -1179,11 +1180,57 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
 }
 
+namespace {
+
+// Writes `bytes` to the new file `path` (O_EXCL) and fsyncs it; returns "" or what failed.
+std::string write_new_file(const std::string& path, const std::string& bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) return std::string("open: ") + std::strerror(errno);
+  std::string error;
+  size_t done = 0;
+  while (error.empty() && done < bytes.size()) {
+    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      error = std::string("write: ") + std::strerror(errno);
+    } else {
+      done += static_cast<size_t>(w);
+    }
+  }
+  if (error.empty() && ::fsync(fd) != 0) error = std::string("fsync: ") + std::strerror(errno);
+  if (::close(fd) != 0 && error.empty()) error = std::string("close: ") + std::strerror(errno);
+  return error;
+}
+
+// The temporary folders of write_grid_files are ".<stem>.tmp.<pid>.XXXXXX"; those of writers
+// that no longer run (killed mid-write) are removed, so that a SIGKILL leaves no lasting orphan.
+void remove_stale_temporaries(const fs::path& dir, const std::string& stem) {
+  const std::string prefix = "." + stem + ".tmp.";
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string rest = name.substr(prefix.size());  // "<pid>.XXXXXX"
+    const size_t dot = rest.find('.');
+    if (dot == std::string::npos || dot == 0 || rest.size() - dot - 1 != 6) continue;
+    const std::string pid_text = rest.substr(0, dot);
+    if (pid_text.find_first_not_of("0123456789") != std::string::npos || pid_text.size() > 9)
+      continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    std::error_code e2;
+    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH && it->is_directory(e2))
+      fs::remove_all(it->path(), e2);
+  }
+}
+
+}  // namespace
+
 std::vector<std::string> write_grid_files(const Grid& grid, const std::string& dir,
                                           const std::string& stem, const HeatmapOptions& options) {
   constexpr const char* fn = "write_grid_files";
   TORCH_CHECK_VALUE(!stem.empty() && stem.find('/') == std::string::npos, fn,
                     ": stem must be a non-empty file name without '/', but got \"", stem, "\"");
+  TORCH_CHECK_VALUE(!dir.empty(), fn, ": dir must be a folder name, but got an empty string");
   std::error_code ec;
   fs::create_directories(dir, ec);
   TORCH_CHECK(!ec && fs::is_directory(dir), fn, ": dir \"", dir,
@@ -1194,17 +1241,69 @@ std::vector<std::string> write_grid_files(const Grid& grid, const std::string& d
   const std::string csv = grid_to_csv(grid);
   const std::string svg = heatmap_svg(grid, options);
   const auto png = heatmap_png(grid, options, nullptr, nullptr);
+  const std::pair<const char*, std::string> files[] = {
+      {".json", json}, {".csv", csv}, {".svg", svg}, {".png", std::string(png.begin(), png.end())}};
   const fs::path base = fs::path(dir) / stem;
-  std::vector<std::string> paths;
-  auto write = [&](const char* ext, const std::string& bytes) {
+  for (const auto& [ext, bytes] : files) {
     const std::string path = base.string() + ext;
-    write_file_atomic(path, bytes);
-    paths.push_back(path);
-  };
-  write(".json", json);
-  write(".csv", csv);
-  write(".svg", svg);
-  write(".png", std::string(png.begin(), png.end()));
+    TORCH_CHECK(!fs::is_directory(path, ec), fn, ": dir \"", dir,
+                "\" must not hold a folder named \"", stem + ext,
+                "\" where the file is to be written");
+  }
+  remove_stale_temporaries(dir, stem);
+
+  // The set is replaced all or nothing: every file is written into a fresh temporary folder in
+  // `dir` (the same file system, so rename is atomic), and renamed in only once all are written.
+  // A full disk or a failed write removes the folder and leaves the old set as it was.
+  std::string tmpl =
+      (fs::path(dir) / ("." + stem + ".tmp." + std::to_string(::getpid()) + ".XXXXXX")).string();
+  TORCH_CHECK(
+      ::mkdtemp(tmpl.data()) != nullptr, fn, ": dir \"", dir,
+      "\" must be writable, but creating a temporary folder in it failed: ", std::strerror(errno));
+  const fs::path tmp(tmpl);
+  struct Cleanup {
+    fs::path path;
+    ~Cleanup() {
+      std::error_code e;
+      fs::remove_all(path, e);
+    }
+  } cleanup{tmp};
+  for (const auto& [ext, bytes] : files) {
+    const std::string error = write_new_file((tmp / (stem + ext)).string(), bytes);
+    TORCH_CHECK(error.empty(), fn, ": path \"", base.string() + ext, "\" could not be written (",
+                error, "); the previous files of the set, if any, are unchanged");
+  }
+  // The old files are kept (hard links in the temporary folder) until every rename is done, so
+  // that a failing rename can put them back.
+  bool kept[4] = {false, false, false, false};
+  for (size_t i = 0; i < 4; ++i) {
+    const std::string target = base.string() + files[i].first;
+    const std::string old = (tmp / ("old" + std::string(files[i].first))).string();
+    kept[i] = ::link(target.c_str(), old.c_str()) == 0;
+  }
+  std::vector<std::string> paths;
+  for (size_t i = 0; i < 4; ++i) {
+    const std::string target = base.string() + files[i].first;
+    if (std::rename((tmp / (stem + files[i].first)).c_str(), target.c_str()) != 0) {
+      const std::string error = std::strerror(errno);
+      for (size_t j = 0; j < i; ++j) {  // undo the renames done so far
+        const std::string t = base.string() + files[j].first;
+        const std::string old = (tmp / ("old" + std::string(files[j].first))).string();
+        if (kept[j]) {
+          std::rename(old.c_str(), t.c_str());
+        } else {
+          ::unlink(t.c_str());
+        }
+      }
+      TORCH_CHECK(false, fn, ": path \"", target, "\" could not be written (rename: ", error,
+                  "); the previous files of the set, if any, are unchanged");
+    }
+    paths.push_back(target);
+  }
+  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+    ::fsync(dfd);  // the renames themselves survive a crash
+    ::close(dfd);
+  }
   return paths;
 }
 

@@ -1,5 +1,5 @@
 // Rendering of grids: JSON (nlohmann), CSV, heatmaps (SVG, PNG through libspng, terminal), and
-// atomic file writes (temporary name, then rename).
+// atomic file writes (unique temporary name, then rename).
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -80,8 +80,13 @@ std::string undefined_summary(const Grid& grid);
 // (leaving nothing behind) when the folder does not exist or cannot be written.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
-// Writes <dir>/<stem>.json, .csv, .svg and .png, each atomically; creates `dir` if missing.
-// Returns the paths written. Throws naming the path that could not be written.
+// Writes <dir>/<stem>.json, .csv, .svg and .png as one set, all or nothing; creates `dir` if
+// missing. The four files are written into a fresh temporary folder in `dir`
+// (".<stem>.tmp.<pid>.XXXXXX", mkdtemp) and renamed in only after all of them are written; on
+// any error (a full disk, a failed rename) the temporary folder is removed and the files of a
+// previous set are left as they were (renames already done are undone). Temporary folders left
+// by writers that were killed are removed by the next call. Returns the paths written. Throws
+// naming the path that could not be written.
 std::vector<std::string> write_grid_files(const Grid& grid, const std::string& dir,
                                           const std::string& stem = "grid",
                                           const HeatmapOptions& options = {});
