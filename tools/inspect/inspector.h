@@ -61,6 +61,17 @@ struct RunSpec {
   bool train_mode = false;   // false: every capture runs in eval mode (flags restored)
 };
 
+// Bootstrap intervals and permutation p-values for every cell (--bootstrap, --ci, --ci-method,
+// --permutations; seeded by --seed): svcca/inference/grid_inference.h. Off when both are 0.
+struct InferenceSpec {
+  int64_t bootstrap = 0;              // resamples per cell
+  double ci = 0.95;                   // confidence level, in (0, 1)
+  std::string ci_method = "percentile";  // "percentile" | "bca"
+  int64_t permutations = 0;           // permutations per cell
+  uint64_t seed = 0;
+  bool on() const { return bootstrap != 0 || permutations != 0; }
+};
+
 struct GridRequest {
   std::vector<std::string> models;  // one model (L x L) or two (A layers x B layers)
   InputSpec input;
@@ -70,6 +81,7 @@ struct GridRequest {
   int64_t batch_size = 0;           // 0: exact from all examples (captured in passes); else
                                     // stream B examples at a time (GridAccumulator)
   RunSpec run;                      // exclude, memory, train mode (run.layers is `layers`)
+  InferenceSpec inference;          // intervals / p-values (seed: input.seed)
 };
 
 struct CompareRequest {
@@ -78,6 +90,7 @@ struct CompareRequest {
   std::string conv = "auto";
   std::vector<std::string> layers;  // glob patterns on the tensors' names; empty: all
   bool neurons_first = false;       // arrays are [neurons, examples] (google/svcca's layout)
+  InferenceSpec inference;          // intervals / p-values
 };
 
 struct DynamicsRequest {

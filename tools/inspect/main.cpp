@@ -47,6 +47,11 @@ space; [N, T, D] token layers: the mean over tokens), cls ([N, T, D]: the first 
 A module called k times gives layers name#1 ... name#k. Cells a measure cannot compute (a
 constant layer, cca with fewer than p + 2 examples, a 2-D layer under fold) are null, with their
 reasons in the JSON and on stderr; --strict makes them an error (exit 1).
+--bootstrap N (grid, compare): N resamples of the examples, the same for every cell, give each
+cell an interval at --ci (percentile, or --ci-method bca); --permutations M: a p-value
+(b + 1) / (M + 1) of 'no relation' per cell and the null's mean. Seeded by --seed (the same seed,
+the same numbers); in the JSON's grid.inference and <command>_cells.csv (one row per cell). Cost
+per resample: O(n^2) per cell for the CKA family, the weighted moments for cca / svcca.
 
 Exit codes:
   0  success
@@ -71,7 +76,9 @@ void add_input_options(CLI::App* sub, InputSpec& input, std::string& shape_text)
                                 "random normal examples of this shape, e.g. 64,1,8,8");
   file->excludes(shape);
   shape->excludes(file);
-  sub->add_option("--seed", input.seed, "seed of the random examples")->capture_default_str();
+  sub->add_option("--seed", input.seed,
+                  "seed of the random examples (grid: and of --bootstrap / --permutations)")
+      ->capture_default_str();
 }
 
 // --exclude, --memory, --strict, --train-mode (grid, dynamics).
@@ -85,6 +92,23 @@ void add_run_options(CLI::App* sub, RunSpec& run, std::string& memory, bool& str
   sub->add_flag("--strict", strict, "an undefined (null) cell is an error (exit 1)");
   sub->add_flag("--train-mode", run.train_mode,
                 "run the model in the mode it was saved in (default: eval mode)");
+}
+
+// --bootstrap, --ci, --ci-method, --permutations (grid, compare).
+void add_inference_options(CLI::App* sub, InferenceSpec& spec) {
+  sub->add_option("--bootstrap", spec.bootstrap,
+                  "bootstrap resamples of the examples per cell: an interval for every cell "
+                  "(0: off)")
+      ->capture_default_str();
+  sub->add_option("--ci", spec.ci, "confidence level of the --bootstrap intervals, in (0, 1)")
+      ->capture_default_str();
+  sub->add_option("--ci-method", spec.ci_method, "percentile or bca (bias-corrected, accelerated)")
+      ->check(CLI::IsMember({"percentile", "bca"}))
+      ->capture_default_str();
+  sub->add_option("--permutations", spec.permutations,
+                  "permutations of the examples per cell: a p-value of 'no relation' for every "
+                  "cell (0: off)")
+      ->capture_default_str();
 }
 
 // One line per distinct reason, for stderr.
@@ -144,6 +168,7 @@ int main(int argc, char** argv) {
   grid->add_option("--batch-size", grid_req.batch_size,
                    "stream B examples at a time (default: exact over all examples, in passes)");
   add_run_options(grid, grid_req.run, grid_memory, grid_strict);
+  add_inference_options(grid, grid_req.inference);  // seeded by --seed
   grid->add_option("--out", grid_out, "folder for the grid files (created if missing)")->required();
 
   // compare
@@ -169,6 +194,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"examples-first", "neurons-first"}))
       ->capture_default_str();
   compare->add_option("--out", compare_out, "also write compare.json/.csv/.svg/.png here");
+  add_inference_options(compare, compare_req.inference);
+  compare->add_option("--seed", compare_req.inference.seed, "seed of --bootstrap / --permutations")
+      ->capture_default_str();
 
   // dynamics
   DynamicsRequest dyn_req;
