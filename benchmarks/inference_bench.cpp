@@ -45,23 +45,31 @@ int main(int argc, char** argv) {
   std::string measures = "cka,svcca";
   for (int i = 1; i < argc; ++i) {
     auto next = [&] { return i + 1 < argc ? std::atoll(argv[++i]) : 0; };
-    if (!std::strcmp(argv[i], "--resamples")) resamples = next();
-    else if (!std::strcmp(argv[i], "--baseline-calls")) baseline = next();
-    else if (!std::strcmp(argv[i], "--n")) n = next();
-    else if (!std::strcmp(argv[i], "--p")) p = next();
-    else if (!std::strcmp(argv[i], "--grid-resamples")) grid_resamples = next();
-    else if (!std::strcmp(argv[i], "--skip-grid")) grid = false;
-    else if (!std::strcmp(argv[i], "--measures") && i + 1 < argc) measures = argv[++i];
+    if (!std::strcmp(argv[i], "--resamples"))
+      resamples = next();
+    else if (!std::strcmp(argv[i], "--baseline-calls"))
+      baseline = next();
+    else if (!std::strcmp(argv[i], "--n"))
+      n = next();
+    else if (!std::strcmp(argv[i], "--p"))
+      p = next();
+    else if (!std::strcmp(argv[i], "--grid-resamples"))
+      grid_resamples = next();
+    else if (!std::strcmp(argv[i], "--skip-grid"))
+      grid = false;
+    else if (!std::strcmp(argv[i], "--measures") && i + 1 < argc)
+      measures = argv[++i];
     else {
       std::fprintf(stderr, "svcca_inference_bench: unknown argument %s\n", argv[i]);
       return 2;
     }
   }
-  std::printf("threads %d, n %lld, p %lld, %lld resamples (baseline: %lld one-shot calls, "
-              "scaled to %lld)\n",
-              at::get_num_threads(), static_cast<long long>(n), static_cast<long long>(p),
-              static_cast<long long>(resamples), static_cast<long long>(baseline),
-              static_cast<long long>(resamples));
+  std::printf(
+      "threads %d, n %lld, p %lld, %lld resamples (baseline: %lld one-shot calls, "
+      "scaled to %lld)\n",
+      at::get_num_threads(), static_cast<long long>(n), static_cast<long long>(p),
+      static_cast<long long>(resamples), static_cast<long long>(baseline),
+      static_cast<long long>(resamples));
   at::manual_seed(0);
   at::Tensor z = at::randn({n, 32});
   at::Tensor x = at::relu(at::mm(z, at::randn({32, p})) + 0.5 * at::randn({n, p}));
@@ -88,11 +96,11 @@ int main(int argc, char** argv) {
     }
     const double one = seconds_since(t0) / static_cast<double>(baseline);
     const double per = boot / static_cast<double>(resamples);
-    std::printf("%-6s bootstrap %8.2f s (%.4f s/resample; interval [%.4f, %.4f]); one-shot "
-                "%.4f s/call -> %8.2f s for %lld; ratio %.1fx (first resample %.8f vs %.8f)\n",
-                m.c_str(), boot, per, r.low, r.high, one, one * static_cast<double>(resamples),
-                static_cast<long long>(resamples), one / per, r.resamples[0].item<double>(),
-                check);
+    std::printf(
+        "%-6s bootstrap %8.2f s (%.4f s/resample; interval [%.4f, %.4f]); one-shot "
+        "%.4f s/call -> %8.2f s for %lld; ratio %.1fx (first resample %.8f vs %.8f)\n",
+        m.c_str(), boot, per, r.low, r.high, one, one * static_cast<double>(resamples),
+        static_cast<long long>(resamples), one / per, r.resamples[0].item<double>(), check);
     std::fflush(stdout);
   }
 
@@ -103,8 +111,8 @@ int main(int argc, char** argv) {
     svcca::NamedActivations layers;
     std::vector<std::string> names;
     for (size_t i = 0; i < widths.size(); ++i) {
-      at::Tensor l = at::relu(at::mm(zz, at::randn({32, widths[i]})) +
-                              0.5 * at::randn({n, widths[i]}));
+      at::Tensor l =
+          at::relu(at::mm(zz, at::randn({32, widths[i]})) + 0.5 * at::randn({n, widths[i]}));
       names.push_back("layer" + std::to_string(i));
       layers.push_back({names.back(), l});
     }

@@ -42,8 +42,8 @@ using BootstrapTuple =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t>;
 
 BootstrapTuple to_tuple(const BootstrapResult& r) {
-  return {scalar(r.estimate), scalar(r.low), scalar(r.high), scalar(r.standard_error),
-          r.resamples, r.invalid};
+  return {scalar(r.estimate),       scalar(r.low), scalar(r.high),
+          scalar(r.standard_error), r.resamples,   r.invalid};
 }
 
 BootstrapOptions bootstrap_options(const char* fn, int64_t resamples, double level, int64_t seed,
@@ -61,12 +61,11 @@ BootstrapOptions bootstrap_options(const char* fn, int64_t resamples, double lev
 
 BootstrapTuple bootstrap_op(const at::Tensor& x, const at::Tensor& y, const std::string& measure,
                             int64_t resamples, double level, int64_t seed,
-                            const std::string& method, double fraction,
-                            c10::optional<int64_t> dims, double epsilon,
-                            c10::optional<double> sigma) {
+                            const std::string& method, double fraction, c10::optional<int64_t> dims,
+                            double epsilon, c10::optional<double> sigma) {
   return to_tuple(bootstrap(x, y, measure,
-                            bootstrap_options("bootstrap", resamples, level, seed, method,
-                                              fraction, dims, epsilon, sigma)));
+                            bootstrap_options("bootstrap", resamples, level, seed, method, fraction,
+                                              dims, epsilon, sigma)));
 }
 
 BootstrapTuple bootstrap_difference_op(const at::Tensor& a, const at::Tensor& b,
@@ -75,10 +74,10 @@ BootstrapTuple bootstrap_difference_op(const at::Tensor& a, const at::Tensor& b,
                                        const std::string& method, double fraction,
                                        c10::optional<int64_t> dims, double epsilon,
                                        c10::optional<double> sigma) {
-  return to_tuple(bootstrap_difference(
-      a, b, c, measure,
-      bootstrap_options("bootstrap_difference", resamples, level, seed, method, fraction, dims,
-                        epsilon, sigma)));
+  return to_tuple(
+      bootstrap_difference(a, b, c, measure,
+                           bootstrap_options("bootstrap_difference", resamples, level, seed, method,
+                                             fraction, dims, epsilon, sigma)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t> permutation_test_op(
@@ -135,9 +134,14 @@ grid_inference_op(at::TensorList x, c10::optional<at::TensorList> y, const std::
     }
     cells.push_back(c);
   }
-  return {g.values,           or_empty(inf.low),     or_empty(inf.high),
-          or_empty(inf.standard_error), or_empty(inf.p_value), or_empty(inf.null_mean),
-          reasons,            cells};
+  return {g.values,
+          or_empty(inf.low),
+          or_empty(inf.high),
+          or_empty(inf.standard_error),
+          or_empty(inf.p_value),
+          or_empty(inf.null_mean),
+          reasons,
+          cells};
 }
 
 }  // namespace

@@ -55,7 +55,8 @@ def acts(tmp_path):
          + 0.5 * torch.randn(120, 5, generator=g, dtype=torch.float64),
          "a2": torch.randn(120, 4, generator=g, dtype=torch.float64)}
     b = {"b1": z @ torch.randn(3, 6, generator=g, dtype=torch.float64)
-         + 0.5 * torch.randn(120, 6, generator=g, dtype=torch.float64)}
+         + 0.5 * torch.randn(120, 6, generator=g, dtype=torch.float64),
+         "b2": torch.randn(120, 2, generator=g, dtype=torch.float64)}
     torch.save(a, tmp_path / "a.pt")
     torch.save(b, tmp_path / "b.pt")
     return a, b, tmp_path / "a.pt", tmp_path / "b.pt"
@@ -69,27 +70,28 @@ def test_compare_intervals_and_p_values_equal_the_python_api(run, acts, tmp_path
     inf = j["grid"]["inference"]
     assert inf["resamples"] == 50 and inf["permutations"] == 39 and inf["seed"] == 3
     assert inf["level"] == 0.9 and inf["method"] == "percentile"
-    rows = j["grid"]["rows"]
+    rows, cols = j["grid"]["rows"], j["grid"]["cols"]
     for i, name in enumerate(rows):
-        r = svcca.bootstrap(a[name], b["b1"], "cka", resamples=50, level=0.9, seed=3)
-        p = svcca.permutation_test(a[name], b["b1"], "cka", permutations=39, seed=3)
-        np.testing.assert_allclose(inf["low"][i][0], r.low, rtol=1e-12)
-        np.testing.assert_allclose(inf["high"][i][0], r.high, rtol=1e-12)
-        np.testing.assert_allclose(inf["standard_error"][i][0], r.standard_error, rtol=1e-12)
-        np.testing.assert_allclose(inf["p_value"][i][0], p.p_value, rtol=1e-12)
-        np.testing.assert_allclose(inf["null_mean"][i][0], p.null_mean, rtol=1e-12)
-    related = rows.index("a1")
-    assert inf["p_value"][related][0] == pytest.approx(1 / 40)
-    assert inf["low"][related][0] > inf["high"][1 - related][0]  # a1 is related to b1, a2 not
+        for k, other in enumerate(cols):
+            r = svcca.bootstrap(a[name], b[other], "cka", resamples=50, level=0.9, seed=3)
+            p = svcca.permutation_test(a[name], b[other], "cka", permutations=39, seed=3)
+            np.testing.assert_allclose(inf["low"][i][k], r.low, rtol=1e-12)
+            np.testing.assert_allclose(inf["high"][i][k], r.high, rtol=1e-12)
+            np.testing.assert_allclose(inf["standard_error"][i][k], r.standard_error, rtol=1e-12)
+            np.testing.assert_allclose(inf["p_value"][i][k], p.p_value, rtol=1e-12)
+            np.testing.assert_allclose(inf["null_mean"][i][k], p.null_mean, rtol=1e-12)
+    related, b1 = rows.index("a1"), cols.index("b1")
+    assert inf["p_value"][related][b1] == pytest.approx(1 / 40)
+    assert inf["low"][related][b1] > inf["high"][1 - related][b1]  # a1 is related to b1, a2 not
     # The long CSV: one record per cell, the same numbers.
     with open(tmp_path / "o" / "compare_cells.csv", newline="") as f:
         recs = list(csv.reader(f))
     assert recs[0][2:] == ["value", "low", "high", "standard_error", "p_value", "null_mean"]
-    assert len(recs) == 1 + len(rows)
+    assert len(recs) == 1 + len(rows) * len(cols)
     for rec in recs[1:]:
-        i = rows.index(rec[0])
-        np.testing.assert_allclose(float(rec[3]), inf["low"][i][0], rtol=1e-15)
-        np.testing.assert_allclose(float(rec[6]), inf["p_value"][i][0], rtol=1e-15)
+        i, k = rows.index(rec[0]), cols.index(rec[1])
+        np.testing.assert_allclose(float(rec[3]), inf["low"][i][k], rtol=1e-15)
+        np.testing.assert_allclose(float(rec[6]), inf["p_value"][i][k], rtol=1e-15)
 
 
 def test_same_seed_same_numbers_other_seed_others(run, acts):

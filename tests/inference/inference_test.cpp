@@ -75,10 +75,29 @@ TEST_F(InferenceTest, ResampleEqualsOneShotOnDrawnRows) {
     std::vector<double> expected;
     for (int64_t k = 0; k < b; ++k) {
       at::Tensor rows = drawn(w.select(1, k));
-      expected.push_back(one_shot(m, x.index_select(0, rows), y.index_select(0, rows),
-                                  o.measure_options));
+      expected.push_back(
+          one_shot(m, x.index_select(0, rows), y.index_select(0, rows), o.measure_options));
     }
     EXPECT_ALLCLOSE(r.resamples, at::tensor(expected, at::kDouble), tol::kDecomp64);
+  }
+  // Linear CKA's three paths: narrow x narrow (feature side, above), wide x narrow and wide x
+  // wide (Gram side: p^2 > n).
+  auto [wide, other] = related(40, 12, 9, 9);
+  for (const at::Tensor& second : {y, other}) {
+    BootstrapOptions o;
+    o.resamples = b;
+    o.seed = 7;
+    BootstrapResult r = bootstrap(wide, second, "cka", o);
+    at::Tensor w = detail::Draws(7).bootstrap_weights(40, b);
+    std::vector<double> expected;
+    for (int64_t k = 0; k < b; ++k) {
+      at::Tensor rows = drawn(w.select(1, k));
+      expected.push_back(
+          linear_cka(wide.index_select(0, rows), second.index_select(0, rows)).item<double>());
+    }
+    EXPECT_ALLCLOSE(r.resamples, at::tensor(expected, at::kDouble), tol::kDecomp64);
+    EXPECT_NEAR(permutation_test(wide, second, "cka", {5, 1}).estimate,
+                linear_cka(wide, second).item<double>(), 1e-10);
   }
 }
 
@@ -112,8 +131,8 @@ TEST_F(InferenceTest, PercentileIntervalsCoverThePopulationCka) {
   const at::Tensor a = at::tensor({1.0, 0.5, -0.3, 0.8}, o64).reshape({2, 2});
   const double s = 1.2;
   const at::Tensor syy = at::mm(a.t(), a) + s * s * at::eye(2, o64);
-  const double population = a.square().sum().item<double>() /
-                            (std::sqrt(2.0) * syy.square().sum().sqrt().item<double>());
+  const double population =
+      a.square().sum().item<double>() / (std::sqrt(2.0) * syy.square().sum().sqrt().item<double>());
   const int64_t trials = 400, n = 500;
   int64_t covered = 0;
   const auto start = std::chrono::steady_clock::now();

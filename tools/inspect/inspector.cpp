@@ -563,7 +563,8 @@ std::string num_text(double v) {
 GridInferenceOptions inference_options(const char* fn, const InferenceSpec& spec,
                                        const GridOptions& options, bool streaming) {
   if (spec.bootstrap < 0 || spec.permutations < 0) {
-    throw UsageError(std::string(fn) + ": --" + (spec.bootstrap < 0 ? "bootstrap" : "permutations") +
+    throw UsageError(std::string(fn) + ": --" +
+                     (spec.bootstrap < 0 ? "bootstrap" : "permutations") +
                      " must be >= 1 (0: off), but got " +
                      std::to_string(spec.bootstrap < 0 ? spec.bootstrap : spec.permutations));
   }
@@ -768,7 +769,8 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
 InspectionReport inspect_compare(const CompareRequest& request) {
   const GridOptions options = grid_options("compare", request.measure, request.conv);
   std::optional<GridInferenceOptions> infer;
-  if (request.inference.on()) infer = inference_options("compare", request.inference, options, false);
+  if (request.inference.on())
+    infer = inference_options("compare", request.inference, options, false);
   NamedTensors sets[2] = {read_tensors(request.a), read_tensors(request.b)};
   const std::string paths[2] = {request.a, request.b};
 

@@ -64,10 +64,10 @@ struct RunSpec {
 // Bootstrap intervals and permutation p-values for every cell (--bootstrap, --ci, --ci-method,
 // --permutations; seeded by --seed): svcca/inference/grid_inference.h. Off when both are 0.
 struct InferenceSpec {
-  int64_t bootstrap = 0;              // resamples per cell
-  double ci = 0.95;                   // confidence level, in (0, 1)
+  int64_t bootstrap = 0;                 // resamples per cell
+  double ci = 0.95;                      // confidence level, in (0, 1)
   std::string ci_method = "percentile";  // "percentile" | "bca"
-  int64_t permutations = 0;           // permutations per cell
+  int64_t permutations = 0;              // permutations per cell
   uint64_t seed = 0;
   bool on() const { return bootstrap != 0 || permutations != 0; }
 };

@@ -34,7 +34,7 @@ double normal_quantile(double p) {
   if (p <= 0.0) return -std::numeric_limits<double>::infinity();
   if (p >= 1.0) return std::numeric_limits<double>::infinity();
   // Acklam's coefficients.
-  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
                              1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
   static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
                              6.680131188771972e+01, -1.328068155288572e+01};
@@ -147,7 +147,8 @@ CellSamples sample_cells(const Resampler& r, const std::vector<const ResampleLay
                          const std::vector<std::pair<int64_t, int64_t>>& cells, int64_t n,
                          at::Device device, const BootstrapOptions& o) {
   CellSamples s;
-  s.estimate = resampled_cells(r, layers, cells, at::ones({n, 1}, at::kDouble), device).select(1, 0);
+  s.estimate =
+      resampled_cells(r, layers, cells, at::ones({n, 1}, at::kDouble), device).select(1, 0);
   Draws draws(o.seed);
   s.resamples = resampled_cells(r, layers, cells, draws.bootstrap_weights(n, o.resamples), device);
   if (o.method == IntervalMethod::kBca) {

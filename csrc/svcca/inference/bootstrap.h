@@ -41,8 +41,8 @@ struct BootstrapOptions {
 };
 
 struct BootstrapResult {
-  double estimate = 0.0;        // the measure on all examples
-  double low = 0.0;             // the interval at `level`
+  double estimate = 0.0;  // the measure on all examples
+  double low = 0.0;       // the interval at `level`
   double high = 0.0;
   double standard_error = 0.0;  // standard deviation of the valid resampled values
   at::Tensor resamples;         // [resamples] float64 CPU, the value on each resample (NaN: the

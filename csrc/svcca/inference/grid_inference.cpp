@@ -73,8 +73,10 @@ InferenceGridBuilder::InferenceGridBuilder(std::vector<std::string> rows,
                     "but got \"minibatch-cka\" (its value depends on the batching)");
   const GridConv conv = resolved_conv(grid_options);
   TORCH_CHECK_VALUE(conv == GridConv::kFlatten || conv == GridConv::kPool || conv == GridConv::kCls,
-                    kFn, ": conv must be \"flatten\", \"pool\" or \"cls\" for intervals and "
-                    "p-values, but got \"", to_string(conv), "\"");
+                    kFn,
+                    ": conv must be \"flatten\", \"pool\" or \"cls\" for intervals and "
+                    "p-values, but got \"",
+                    to_string(conv), "\"");
   impl_->resampler = detail::make_resampler(kFn, measure, grid_options);
   impl_->measure = measure;
   for (const auto& r : rows) impl_->row_slots[r];
@@ -191,9 +193,8 @@ void InferenceGridBuilder::apply(Grid& grid) const {
         std::vector<at::Tensor> parts;
         for (int64_t s = 0; s < m.n; s += r.batch()) {
           const int64_t count = std::min(r.batch(), m.n - s);
-          parts.push_back(
-              detail::resampled_cells(r, layers, cells, detail::jackknife_weights(m.n, s, count),
-                                      device));
+          parts.push_back(detail::resampled_cells(
+              r, layers, cells, detail::jackknife_weights(m.n, s, count), device));
         }
         jack = at::cat(parts, 1);
       }
@@ -219,7 +220,8 @@ void InferenceGridBuilder::apply(Grid& grid) const {
       for (size_t c = 0; c < cells.size(); ++c) {
         const auto [li, lj] = cells[c];
         const auto [i, j] = at[c];
-        const double e = m.resampler->permuted(*layers[li], *layers[lj], identity)[0].item<double>();
+        const double e =
+            m.resampler->permuted(*layers[li], *layers[lj], identity)[0].item<double>();
         const at::Tensor null = m.resampler->permuted(*layers[li], *layers[lj], perms);
         if (!std::isfinite(e) || !at::isfinite(null).all().item<bool>()) {
           add_reason(out.undefined, "no p-value: the measure is undefined on a permutation", i, j);

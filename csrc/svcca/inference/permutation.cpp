@@ -38,7 +38,8 @@ PermutationResult permutation_test(const at::Tensor& x, const at::Tensor& y,
   const int64_t n = x.size(0);
   PermutationResult out;
   out.estimate = r->permuted(*lx, *ly, at::arange(n, at::kLong).unsqueeze(0))[0].item<double>();
-  out.null = r->permuted(*lx, *ly, detail::Draws(options.seed).permutations(n, options.permutations));
+  out.null =
+      r->permuted(*lx, *ly, detail::Draws(options.seed).permutations(n, options.permutations));
   TORCH_CHECK_VALUE(std::isfinite(out.estimate) && at::isfinite(out.null).all().item<bool>(), fn,
                     ": the measure must be defined on every permutation, but got a non-finite "
                     "value (estimate ",

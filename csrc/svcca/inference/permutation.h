@@ -16,8 +16,8 @@
 namespace svcca {
 
 struct PermutationOptions {
-  int64_t permutations = 1000;  // random permutations of y's examples, >= 1
-  uint64_t seed = 0;            // the permutations' seed: the same seed gives the same numbers
+  int64_t permutations = 1000;       // random permutations of y's examples, >= 1
+  uint64_t seed = 0;                 // the permutations' seed: the same seed gives the same numbers
   GridOptions measure_options = {};  // as BootstrapOptions::measure_options
 };
 

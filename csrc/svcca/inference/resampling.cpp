@@ -42,38 +42,94 @@ at::Tensor drawn_rows(const at::Tensor& w) {
 
 // ---- CKA family: Gram matrices -----------------------------------------------------------------
 
+// Biased linear CKA of a narrow layer (p^2 <= n, p <= kNarrowMaxFeatures) is taken from its
+// features instead: a resample's centered cross-moments X_r^T Y_r = sum_i w_i x_i y_i^T -
+// (X^T w)(Y^T w)^T / N for every resample at once as one GEMM of the row-wise products
+// [n, p1 p2] with the weights [n, B]: O(n p1 p2) per resample instead of O(n^2), no n x n matrix.
+constexpr int64_t kNarrowMaxFeatures = 64;
+// Rows of the row-wise products formed at a time (memory: this many rows of p1 p2 doubles).
+constexpr int64_t kProductBytes = int64_t{32} << 20;
+
 struct KernelLayer : ResampleLayer {
   int64_t n = 0;
-  at::Tensor g;       // [n, n] double-centered Gram (kernel) matrix of the full sample
-  at::Tensor c;       // the estimator's centering of it (g, or its U-centering when debiased)
-  at::Tensor c_self;  // 0-d <c, c>
-  at::Tensor diag;    // [n] diag(g)
+  bool narrow = false;
+  at::Tensor xc;  // narrow: [n, p] centered / scale
+  // The Gram side (narrow layers: formed from xc when a pair with a wide layer needs it).
+  mutable at::Tensor g;       // [n, n] double-centered Gram (kernel) matrix of the full sample
+  mutable at::Tensor c;       // the estimator's centering of it (g, or its U-centering)
+  mutable at::Tensor c_self;  // 0-d <c, c>
+  mutable at::Tensor diag;    // [n] diag(g)
   int64_t bytes() const override {
-    int64_t b = g.numel() * g.element_size();
-    if (!c.is_same(g)) b += c.numel() * c.element_size();
+    int64_t b = xc.defined() ? xc.numel() * xc.element_size() : 0;
+    if (g.defined()) b += g.numel() * g.element_size();
+    if (c.defined() && !c.is_same(g)) b += c.numel() * c.element_size();
     return b;
+  }
+  void ensure_gram() const {
+    if (g.defined()) return;
+    g = at::mm(xc, xc.t());
+    c = g;
+    c_self = g.square().sum();
+    diag = g.diagonal().clone();
   }
 };
 
 struct KernelDraw : ResampleDraw {
   at::Tensor kw;    // [n, B] K w
   at::Tensor self;  // [B] the layer's HSIC with itself on each resample (NaN: degenerate)
+  at::Tensor m;     // narrow: [p, B] X^T w
 };
+
+// sum_i w_i a_i b_i^T for every column of w: [B, p1, p2], from row blocks of the row-wise
+// products of a: [n, p1] and b: [n, p2].
+at::Tensor weighted_products(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w) {
+  const int64_t n = a.size(0), p1 = a.size(1), p2 = b.size(1);
+  const int64_t rows = std::clamp<int64_t>(kProductBytes / std::max<int64_t>(8 * p1 * p2, 1), 1, n);
+  at::Tensor out = at::zeros({p1 * p2, w.size(1)}, w.options());
+  for (int64_t s = 0; s < n; s += rows) {
+    const int64_t r = std::min(rows, n - s);
+    at::Tensor kr =
+        (a.narrow(0, s, r).unsqueeze(2) * b.narrow(0, s, r).unsqueeze(1)).reshape({r, -1});
+    out.addmm_(kr.t(), w.narrow(0, s, r));
+  }
+  return out.t().reshape({w.size(1), p1, p2});
+}
+
+// ||sum_i w_i a_i b_i^T - m_a m_b^T / N||_F^2 per resample (the centered resample's squared
+// cross-moment norm), from the products [B, p1, p2] and the sums m_a: [p1, B], m_b: [p2, B].
+at::Tensor centered_norm2(const at::Tensor& prod, const at::Tensor& ma, const at::Tensor& mb,
+                          const at::Tensor& n) {
+  at::Tensor outer = ma.t().unsqueeze(2) * mb.t().unsqueeze(1) / n.view({-1, 1, 1});
+  return (prod - outer).square().sum({1, 2});
+}
 
 class KernelResampler : public Resampler {
  public:
   KernelResampler(bool rbf, bool debiased, RbfCkaOptions rbf_options, Precision precision)
-      : rbf_(rbf), debiased_(debiased), rbf_options_(std::move(rbf_options)), precision_(precision) {}
+      : rbf_(rbf),
+        debiased_(debiased),
+        rbf_options_(std::move(rbf_options)),
+        precision_(precision) {}
 
   std::shared_ptr<const ResampleLayer> layer(const char* fn, const std::string& name,
                                              const at::Tensor& mat) const override {
-    const int64_t n = mat.size(0);
+    const int64_t n = mat.size(0), p = mat.size(1);
     TORCH_CHECK_VALUE(n >= 2, fn, ": ", name, " must have at least 2 examples, but got ", n);
     if (debiased_) check_debiased_examples(fn, n);
-    GramStats gs = centered_gram(mat, compute_dtype(mat, mat, precision_));
-    check_not_constant(fn, name.c_str(), gs.non_constant);
     auto l = std::make_shared<KernelLayer>();
     l->n = n;
+    const at::ScalarType dtype = compute_dtype(mat, mat, precision_);
+    if (!rbf_ && !debiased_ && p <= kNarrowMaxFeatures && p * p <= n) {
+      check_not_constant(fn, name.c_str(), non_constant_columns(mat));
+      at::Tensor xc = center(mat, dtype).data;
+      const double scale = xc.abs().amax().item<double>();
+      if (scale > 0.0 && std::isfinite(scale)) xc = xc / scale;
+      l->narrow = true;
+      l->xc = xc;
+      return l;
+    }
+    GramStats gs = centered_gram(mat, dtype);
+    check_not_constant(fn, name.c_str(), gs.non_constant);
     at::Tensor k = gs.gram;
     if (rbf_) {
       at::Tensor d = squared_distances_from_gram(gs.gram);
@@ -95,11 +151,21 @@ class KernelResampler : public Resampler {
   std::shared_ptr<const ResampleDraw> draw(const ResampleLayer& layer,
                                            const at::Tensor& weights) const override {
     const auto& l = static_cast<const KernelLayer&>(layer);
-    const at::Tensor w = weights.to(l.g.scalar_type());
     auto d = std::make_shared<KernelDraw>();
-    d->kw = at::mm(l.g, w);
-    at::Tensor quad = (w * at::mm(l.g.square(), w)).sum(0);
-    at::Tensor self = hsic(quad, d->kw, d->kw, l.diag, l.diag, w);
+    at::Tensor quad, self;
+    if (l.narrow) {
+      const at::Tensor w = weights.to(l.xc.scalar_type());
+      d->m = at::mm(l.xc.t(), w);
+      d->kw = at::mm(l.xc, d->m);
+      const at::Tensor prod = weighted_products(l.xc, l.xc, w);
+      quad = prod.square().sum({1, 2});
+      self = centered_norm2(prod, d->m, d->m, w.sum(0));
+    } else {
+      const at::Tensor w = weights.to(l.g.scalar_type());
+      d->kw = at::mm(l.g, w);
+      quad = (w * at::mm(l.g.square(), w)).sum(0);
+      self = hsic(quad, d->kw, d->kw, l.diag, l.diag, w);
+    }
     // A resample on which the layer is constant: its centered Gram is zero up to rounding.
     const double rtol = static_cast<double>(l.n) * machine_eps(self.scalar_type());
     d->self = self.masked_fill(self <= quad * rtol, kNaN);
@@ -113,9 +179,16 @@ class KernelResampler : public Resampler {
     const auto& da = static_cast<const KernelDraw&>(dx);
     const auto& db = static_cast<const KernelDraw&>(dy);
     if (&x == &y) return (da.self / da.self).to(at::kDouble).cpu();  // 1, NaN where degenerate
-    const at::Tensor w = weights.to(a.g.scalar_type());
-    at::Tensor quad = (w * at::mm(a.g * b.g, w)).sum(0);
-    at::Tensor hxy = hsic(quad, da.kw, db.kw, a.diag, b.diag, w);
+    const at::Tensor w = weights.to(da.self.scalar_type());
+    at::Tensor hxy;
+    if (a.narrow && b.narrow) {
+      hxy = centered_norm2(weighted_products(a.xc, b.xc, w), da.m, db.m, w.sum(0));
+    } else {
+      a.ensure_gram();  // no-ops for wide layers
+      b.ensure_gram();
+      at::Tensor quad = (w * at::mm(a.g * b.g, w)).sum(0);
+      hxy = hsic(quad, da.kw, db.kw, a.diag, b.diag, w);
+    }
     return (hxy / (da.self * db.self).sqrt()).to(at::kDouble).cpu();
   }
 
@@ -123,9 +196,20 @@ class KernelResampler : public Resampler {
                       const at::Tensor& perms) const override {
     const auto& a = static_cast<const KernelLayer&>(x);
     const auto& b = static_cast<const KernelLayer&>(y);
+    std::vector<at::Tensor> out;
+    if (a.narrow && b.narrow) {
+      // ||X^T Y[perm]||_F^2 / (||X^T X||_F ||Y^T Y||_F): the Gram formula in feature space.
+      const at::Tensor p = perms.to(a.xc.device());
+      const at::Tensor norm =
+          (at::mm(a.xc.t(), a.xc).square().sum() * at::mm(b.xc.t(), b.xc).square().sum()).sqrt();
+      for (int64_t i = 0; i < perms.size(0); ++i)
+        out.push_back(at::mm(a.xc.t(), b.xc.index_select(0, p[i])).square().sum() / norm);
+      return at::stack(out).to(at::kDouble).cpu();
+    }
+    a.ensure_gram();
+    b.ensure_gram();
     const at::Tensor p = perms.to(a.c.device());
     const at::Tensor norm = (a.c_self * b.c_self).sqrt();
-    std::vector<at::Tensor> out;
     for (int64_t i = 0; i < perms.size(0); ++i) {
       const at::Tensor pi = p[i];
       out.push_back((a.c * b.c.index_select(0, pi).index_select(1, pi)).sum() / norm);
@@ -290,8 +374,8 @@ class MomentResampler : public Resampler {
       if (!ox.ok || !oy.ok) continue;
       at::Tensor sxy = (at::mm(ox.a.t(), oy.a) - at::outer(ox.m, oy.m) * ox.n) / (ox.n - 1.0);
       if (kind_ == MomentKind::kProcrustes) {
-        out[k] = std::min(1.0, at::linalg_svdvals(sxy).sum().item<double>() /
-                                   std::sqrt(ox.trace * oy.trace));
+        out[k] = std::min(
+            1.0, at::linalg_svdvals(sxy).sum().item<double>() / std::sqrt(ox.trace * oy.trace));
       } else {
         out[k] = cca_core(ox.factors, oy.factors, sxy, false).correlations.mean().item<double>();
       }
@@ -413,7 +497,8 @@ std::unique_ptr<Resampler> make_resampler(const char* fn, const std::string& mea
     return std::make_unique<PwccaResampler>(o.pwcca);
   }
   std::string names;
-  for (const auto& m : inference_measure_names()) names += (names.empty() ? "\"" : ", \"") + m + "\"";
+  for (const auto& m : inference_measure_names())
+    names += (names.empty() ? "\"" : ", \"") + m + "\"";
   TORCH_CHECK_VALUE(false, fn, ": measure must be one of ", names, ", but got \"", measure, "\"");
 }
 
@@ -463,7 +548,9 @@ at::Tensor resampled_cells(const Resampler& r, const std::vector<const ResampleL
     }
     for (size_t c = 0; c < cells.size(); ++c) {
       const auto [i, j] = cells[c];
-      out[c].narrow(0, start, count).copy_(r.values(*layers[i], *draws[i], *layers[j], *draws[j], w));
+      out[c]
+          .narrow(0, start, count)
+          .copy_(r.values(*layers[i], *draws[i], *layers[j], *draws[j], w));
     }
   }
   return out;

@@ -9,6 +9,10 @@
 //     K[idx][:, idx] is re-centered exactly (double centering and U-centering are invariant to
 //     adding row and column constants, so the centered Gram of the full sample serves). rbf-cka
 //     keeps the full sample's bandwidth. A permutation is an O(n^2) gather of one centered Gram.
+//     Biased linear CKA of narrow layers (p^2 <= n, p <= 64) stays on the feature side: the
+//     resamples' centered cross-moments X^T diag(w) Y - (X^T w)(Y^T w)^T / n as one GEMM of the
+//     row-wise products [n, p1 p2] with the weights, O(n p1 p2) per resample, no n x n matrix
+//     (a narrow layer paired with a wide one forms its Gram matrix then).
 //   * cca, svcca, procrustes: multinomial-weighted moments of the data centered once,
 //     X^T diag(w) Y over the ~0.63 n distinct rows of a resample (O(n p1 p2)), then the
 //     measure's O(p^3) decompositions from the moments; no gather, cast or centering of the
