@@ -334,7 +334,10 @@ class MomentResampler : public Resampler {
       o.a = xs * ws.sqrt().unsqueeze(1);
       const at::Tensor nc = xs.amax(0) != xs.amin(0);
       if (!nc.any().item<bool>()) continue;
-      at::Tensor cov = (at::mm(o.a.t(), o.a) - at::outer(o.m, o.m) * o.n) / (o.n - 1.0);
+      // covariance(): the symmetric product on and above the diagonal blocks only.
+      at::Tensor cov = (covariance(o.a).mul_(static_cast<double>(distinct - 1)) -
+                        at::outer(o.m, o.m) * o.n) /
+                       (o.n - 1.0);
       if (kind_ == MomentKind::kProcrustes) {
         o.trace = cov.trace().item<double>();
         o.ok = o.trace > 0.0;
