@@ -4,7 +4,7 @@
 // Not Google Benchmark: each side is timed once (minutes), so the baseline may run fewer calls and
 // be scaled to R (the per-call time of a one-shot measure does not depend on the resample).
 //   svcca_inference_bench [--resamples R] [--baseline-calls C] [--n N] [--p P] [--grid-resamples G]
-//                         [--skip-grid] [--measures cka,svcca]
+//                         [--skip-grid] [--measures cka,svcca | none]
 // Prints, per measure, seconds per resample on both sides and the ratio (goal: cka >= 20x,
 // svcca >= 2x), then the grid's time.
 #include <ATen/ATen.h>
@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
 
   std::stringstream list(measures);
   std::string m;
-  while (std::getline(list, m, ',')) {
+  while (measures != "none" && std::getline(list, m, ',')) {
     svcca::BootstrapOptions o;
     o.resamples = resamples;
     auto t0 = Clock::now();

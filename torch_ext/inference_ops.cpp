@@ -47,48 +47,48 @@ BootstrapTuple to_tuple(const BootstrapResult& r) {
 }
 
 BootstrapOptions bootstrap_options(const char* fn, int64_t resamples, double level, int64_t seed,
-                                   const std::string& method, double fraction,
+                                   c10::string_view method, double fraction,
                                    c10::optional<int64_t> dims, double epsilon,
                                    c10::optional<double> sigma) {
   BootstrapOptions o;
   o.resamples = resamples;
   o.level = level;
   o.seed = checked_seed(fn, seed);
-  o.method = parse_interval_method(fn, "method", method);
+  o.method = parse_interval_method(fn, "method", std::string(method));
   o.measure_options = measure_options(fraction, dims, epsilon, sigma);
   return o;
 }
 
-BootstrapTuple bootstrap_op(const at::Tensor& x, const at::Tensor& y, const std::string& measure,
-                            int64_t resamples, double level, int64_t seed,
-                            const std::string& method, double fraction, c10::optional<int64_t> dims,
-                            double epsilon, c10::optional<double> sigma) {
-  return to_tuple(bootstrap(x, y, measure,
+BootstrapTuple bootstrap_op(const at::Tensor& x, const at::Tensor& y, c10::string_view measure,
+                            int64_t resamples, double level, int64_t seed, c10::string_view method,
+                            double fraction, c10::optional<int64_t> dims, double epsilon,
+                            c10::optional<double> sigma) {
+  return to_tuple(bootstrap(x, y, std::string(measure),
                             bootstrap_options("bootstrap", resamples, level, seed, method, fraction,
                                               dims, epsilon, sigma)));
 }
 
 BootstrapTuple bootstrap_difference_op(const at::Tensor& a, const at::Tensor& b,
-                                       const at::Tensor& c, const std::string& measure,
+                                       const at::Tensor& c, c10::string_view measure,
                                        int64_t resamples, double level, int64_t seed,
-                                       const std::string& method, double fraction,
+                                       c10::string_view method, double fraction,
                                        c10::optional<int64_t> dims, double epsilon,
                                        c10::optional<double> sigma) {
   return to_tuple(
-      bootstrap_difference(a, b, c, measure,
+      bootstrap_difference(a, b, c, std::string(measure),
                            bootstrap_options("bootstrap_difference", resamples, level, seed, method,
                                              fraction, dims, epsilon, sigma)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t> permutation_test_op(
-    const at::Tensor& x, const at::Tensor& y, const std::string& measure, int64_t permutations,
+    const at::Tensor& x, const at::Tensor& y, c10::string_view measure, int64_t permutations,
     int64_t seed, double fraction, c10::optional<int64_t> dims, double epsilon,
     c10::optional<double> sigma) {
   PermutationOptions o;
   o.permutations = permutations;
   o.seed = checked_seed("permutation_test", seed);
   o.measure_options = measure_options(fraction, dims, epsilon, sigma);
-  PermutationResult r = permutation_test(x, y, measure, o);
+  PermutationResult r = permutation_test(x, y, std::string(measure), o);
   return {scalar(r.estimate), scalar(r.p_value), scalar(r.null_mean), r.null, r.exceed};
 }
 
@@ -100,18 +100,18 @@ at::Tensor or_empty(const at::Tensor& t) {
 // not asked for), and the reasons of cells without one.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
            std::vector<std::string>, std::vector<at::Tensor>>
-grid_inference_op(at::TensorList x, c10::optional<at::TensorList> y, const std::string& measure,
-                  const std::string& conv, int64_t resamples, double level,
-                  const std::string& method, int64_t permutations, int64_t seed, double fraction,
-                  c10::optional<int64_t> dims, double epsilon, c10::optional<double> sigma) {
+grid_inference_op(at::TensorList x, c10::optional<at::TensorList> y, c10::string_view measure,
+                  c10::string_view conv, int64_t resamples, double level, c10::string_view method,
+                  int64_t permutations, int64_t seed, double fraction, c10::optional<int64_t> dims,
+                  double epsilon, c10::optional<double> sigma) {
   constexpr const char* fn = "grid_inference";
   GridOptions o = measure_options(fraction, dims, epsilon, sigma);
-  o.measure = parse_grid_measure(fn, "measure", measure);
-  o.conv = parse_grid_conv(fn, "conv", conv);
+  o.measure = parse_grid_measure(fn, "measure", std::string(measure));
+  o.conv = parse_grid_conv(fn, "conv", std::string(conv));
   GridInferenceOptions io;
   io.resamples = resamples;
   io.level = level;
-  io.method = parse_interval_method(fn, "method", method);
+  io.method = parse_interval_method(fn, "method", std::string(method));
   io.permutations = permutations;
   io.seed = checked_seed(fn, seed);
   NamedActivations a, b;

@@ -121,8 +121,9 @@ def test_grid_on_a_model_every_cell_has_an_interval(run, tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--bootstrap", -1], "--bootstrap must be >= 1 (0: off), but got -1"),
+    (["--bootstrap", -1], "--bootstrap must be >= 2 (0: off), but got -1"),
     (["--permutations", -5], "--permutations must be >= 1 (0: off), but got -5"),
+    (["--bootstrap", 1], "resamples must be >= 2"),
     (["--bootstrap", 10, "--ci", 1.5], "--ci must lie in (0, 1), e.g. 0.95, but got 1.5"),
     (["--bootstrap", 10, "--ci", 0], "--ci must lie in (0, 1)"),
     (["--bootstrap", 10, "--ci-method", "normal"], "--ci-method"),

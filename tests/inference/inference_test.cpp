@@ -2,6 +2,7 @@
 // on the drawn rows, coverage on data with a known population value, p-values uniform under
 // independence and 1 / (m + 1) for identical layers, seeds, grids, and every rejected input.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <chrono>
@@ -98,6 +99,19 @@ TEST_F(InferenceTest, ResampleEqualsOneShotOnDrawnRows) {
     EXPECT_ALLCLOSE(r.resamples, at::tensor(expected, at::kDouble), tol::kDecomp64);
     EXPECT_NEAR(permutation_test(wide, second, "cka", {5, 1}).estimate,
                 linear_cka(wide, second).item<double>(), 1e-10);
+  }
+  // svcca with a layer wider than n (p > n: the one-shot measure on the drawn rows).
+  at::Tensor very_wide = at::cat({wide, wide.square(), wide.sin(), wide.cos(), wide.exp()}, 1);
+  BootstrapOptions o;
+  o.resamples = 4;
+  BootstrapResult r = bootstrap(very_wide, y, "svcca", o);
+  at::Tensor w = detail::Draws(0).bootstrap_weights(40, 4);
+  for (int64_t k = 0; k < 4; ++k) {
+    at::Tensor rows = drawn(w.select(1, k));
+    EXPECT_NEAR(
+        r.resamples[k].item<double>(),
+        svcca::svcca(very_wide.index_select(0, rows), y.index_select(0, rows)).score.item<double>(),
+        1e-12);
   }
 }
 
@@ -297,19 +311,22 @@ TEST_F(InferenceTest, DegenerateResamplesAreCountedNotAveraged) {
   EXPECT_GT(r.invalid, 0);
   EXPECT_EQ(at::isnan(r.resamples).sum().item<int64_t>(), r.invalid);
   EXPECT_TRUE(std::isfinite(r.low) && std::isfinite(r.high));
-  o.resamples = 1;
-  at::Tensor few = at::zeros({40, 1}, at::kDouble);
-  few[0][0] = 1.0;
-  EXPECT_THROWS_WITH(bootstrap(few, y.repeat({5, 1}), "cka", o),
-                     "bootstrap: resamples must give at least 2 defined values");
+  // Fewer than two defined values: no interval, and the reason says how many were defined.
+  detail::Interval iv;
+  std::string why;
+  EXPECT_FALSE(detail::interval_of(0.5, at::tensor({std::nan(""), 0.3, std::nan("")}, at::kDouble),
+                                   {}, 0.95, IntervalMethod::kPercentile, &iv, &why));
+  EXPECT_NE(why.find("only 1 of 3 resamples have a defined value"), std::string::npos) << why;
 }
 
 TEST_F(InferenceTest, RejectsBadArguments) {
   auto [x, y] = related(20, 3, 3, 7);
   BootstrapOptions o;
-  o.resamples = 0;
-  EXPECT_THROWS_WITH_TYPE(bootstrap(x, y, "cka", o), c10::ValueError,
-                          "bootstrap: resamples must be >= 1, but got 0");
+  for (int64_t r : {0, 1, -3}) {
+    o.resamples = r;
+    EXPECT_THROWS_WITH_TYPE(bootstrap(x, y, "cka", o), c10::ValueError,
+                            "bootstrap: resamples must be >= 2 (an interval needs two values)");
+  }
   o.resamples = 10;
   for (double level : {0.0, 1.0, 1.5, -0.2, std::nan("")}) {
     o.level = level;
@@ -383,6 +400,39 @@ TEST_F(InferenceTest, GridCellsEqualPairCalls) {
     EXPECT_TRUE(std::isnan(inf.p_value[0][3].item<double>()));
     EXPECT_DOUBLE_EQ(inf.p_value[1][1].item<double>(), 1.0 / 20.0);
   }
+}
+
+// The ops (torch_ext/inference_ops.cpp) through the dispatcher equal the direct calls (the
+// dispatcher_test pattern; kept here with the other inference tests).
+TEST_F(InferenceTest, OpsThroughTheDispatcherEqualDirectCalls) {
+  auto [x, y] = related(40, 4, 3, 10);
+  auto find = [](const char* name) {
+    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+  };
+  using BootSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t>(
+      const at::Tensor&, const at::Tensor&, c10::string_view, int64_t, double, int64_t,
+      c10::string_view, double, c10::optional<int64_t>, double, c10::optional<double>);
+  auto b = find("svcca::bootstrap")
+               .typed<BootSig>()
+               .call(x, y, "svcca", 25, 0.9, 3, "bca", 0.99, c10::nullopt, 0.0, c10::nullopt);
+  BootstrapOptions o;
+  o.resamples = 25;
+  o.level = 0.9;
+  o.seed = 3;
+  o.method = IntervalMethod::kBca;
+  BootstrapResult d = bootstrap(x, y, "svcca", o);
+  EXPECT_EQ(std::get<1>(b).item<double>(), d.low);
+  EXPECT_EQ(std::get<2>(b).item<double>(), d.high);
+  EXPECT_TRUE(std::get<4>(b).equal(d.resamples));
+  using PermSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t>(
+      const at::Tensor&, const at::Tensor&, c10::string_view, int64_t, int64_t, double,
+      c10::optional<int64_t>, double, c10::optional<double>);
+  auto p = find("svcca::permutation_test")
+               .typed<PermSig>()
+               .call(x, y, "cca", 30, 2, 0.99, c10::nullopt, 0.0, c10::nullopt);
+  PermutationResult pd = permutation_test(x, y, "cca", {30, 2});
+  EXPECT_EQ(std::get<1>(p).item<double>(), pd.p_value);
+  EXPECT_TRUE(std::get<3>(p).equal(pd.null));
 }
 
 }  // namespace

@@ -562,11 +562,13 @@ std::string num_text(double v) {
 // conv / streaming restrictions of grid inference.
 GridInferenceOptions inference_options(const char* fn, const InferenceSpec& spec,
                                        const GridOptions& options, bool streaming) {
-  if (spec.bootstrap < 0 || spec.permutations < 0) {
-    throw UsageError(std::string(fn) + ": --" +
-                     (spec.bootstrap < 0 ? "bootstrap" : "permutations") +
-                     " must be >= 1 (0: off), but got " +
-                     std::to_string(spec.bootstrap < 0 ? spec.bootstrap : spec.permutations));
+  if (spec.bootstrap < 0) {
+    throw UsageError(std::string(fn) + ": --bootstrap must be >= 2 (0: off), but got " +
+                     std::to_string(spec.bootstrap));
+  }
+  if (spec.permutations < 0) {
+    throw UsageError(std::string(fn) + ": --permutations must be >= 1 (0: off), but got " +
+                     std::to_string(spec.permutations));
   }
   if (!(spec.ci > 0.0 && spec.ci < 1.0)) {
     throw UsageError(std::string(fn) + ": --ci must lie in (0, 1), e.g. 0.95, but got " +

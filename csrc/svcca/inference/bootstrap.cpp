@@ -64,7 +64,8 @@ double normal_quantile(double p) {
 }
 
 void check_bootstrap_options(const char* fn, int64_t resamples, double level) {
-  TORCH_CHECK_VALUE(resamples >= 1, fn, ": resamples must be >= 1, but got ", resamples);
+  TORCH_CHECK_VALUE(resamples >= 2, fn,
+                    ": resamples must be >= 2 (an interval needs two values), but got ", resamples);
   TORCH_CHECK_VALUE(std::isfinite(level) && level > 0.0 && level < 1.0, fn,
                     ": level must lie in (0, 1), but got ", level);
 }
@@ -204,7 +205,7 @@ BootstrapResult bootstrap(const at::Tensor& x, const at::Tensor& y, const std::s
   constexpr const char* fn = detail::kBootstrapFn;
   detail::check_pair(fn, x, y);
   detail::check_bootstrap_options(fn, options.resamples, options.level);
-  auto r = detail::make_resampler(fn, measure, options.measure_options);
+  auto r = detail::make_resampler(fn, measure, options.measure_options, false);
   auto lx = r->layer(fn, "x", x);
   auto ly = r->layer(fn, "y", y);
   auto s = detail::sample_cells(*r, {lx.get(), ly.get()}, {{0, 1}}, x.size(0), x.device(), options);
@@ -218,7 +219,7 @@ BootstrapResult bootstrap_difference(const at::Tensor& a, const at::Tensor& b, c
   detail::check_pair(fn, a, c);
   detail::check_pair(fn, b, c);
   detail::check_bootstrap_options(fn, options.resamples, options.level);
-  auto r = detail::make_resampler(fn, measure, options.measure_options);
+  auto r = detail::make_resampler(fn, measure, options.measure_options, false);
   auto la = r->layer(fn, "a", a);
   auto lb = r->layer(fn, "b", b);
   auto lc = r->layer(fn, "c", c);

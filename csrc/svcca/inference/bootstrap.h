@@ -31,7 +31,7 @@ IntervalMethod parse_interval_method(const char* fn, const std::string& name,
 std::string to_string(IntervalMethod method);
 
 struct BootstrapOptions {
-  int64_t resamples = 1000;  // bootstrap resamples, >= 1 (>= 2 valid ones make an interval)
+  int64_t resamples = 1000;  // bootstrap resamples, >= 2 (>= 2 valid ones make an interval)
   double level = 0.95;       // confidence level of the interval, in (0, 1)
   uint64_t seed = 0;         // the resamples' seed: the same seed gives the same numbers
   IntervalMethod method = IntervalMethod::kPercentile;
@@ -56,7 +56,7 @@ struct BootstrapResult {
 // Bootstrap interval of measure(x, y) over examples. x: [n, p1], y: [n, p2] (2-D, finite,
 // float32 / float64, one device: svcca.h's policy; numerics in float64 by default). measure: one
 // of inference_measure_names() (resampling.h). Throws (c10::ValueError) when the inputs fail the
-// measure's own checks, resamples < 1, level is not in (0, 1), measure is unknown, or fewer than
+// measure's own checks, resamples < 2, level is not in (0, 1), measure is unknown, or fewer than
 // 2 resamples are valid (the message says why the others were not).
 //   auto r = svcca::bootstrap(x, y, "cka", {/*resamples=*/1000});  // r.low, r.high
 BootstrapResult bootstrap(const at::Tensor& x, const at::Tensor& y, const std::string& measure,

@@ -77,7 +77,7 @@ InferenceGridBuilder::InferenceGridBuilder(std::vector<std::string> rows,
                     ": conv must be \"flatten\", \"pool\" or \"cls\" for intervals and "
                     "p-values, but got \"",
                     to_string(conv), "\"");
-  impl_->resampler = detail::make_resampler(kFn, measure, grid_options);
+  impl_->resampler = detail::make_resampler(kFn, measure, grid_options, options.permutations > 0);
   impl_->measure = measure;
   for (const auto& r : rows) impl_->row_slots[r];
   for (const auto& c : cols) impl_->col_slots[c];

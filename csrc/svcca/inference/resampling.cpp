@@ -250,7 +250,7 @@ enum class MomentKind { kCca, kSvcca, kProcrustes };
 
 struct MomentLayer : ResampleLayer {
   std::string name;
-  at::Tensor raw;   // the layer as given (wide svcca layers: resampled one-shot)
+  at::Tensor raw;   // svcca: the layer as given (pairs with a wide layer: one-shot resamples)
   at::Tensor xc;    // [n, p] centered at the full sample's mean, compute dtype
   at::Tensor mean;  // [p]
   at::Tensor z;     // cca / svcca: whitened basis of the full sample [n, r] (permutations)
@@ -281,8 +281,13 @@ struct MomentDraw : ResampleDraw {
 
 class MomentResampler : public Resampler {
  public:
-  MomentResampler(MomentKind kind, FactorOptions fopt, Precision precision, SvccaOptions svcca)
-      : kind_(kind), fopt_(std::move(fopt)), precision_(precision), svcca_(std::move(svcca)) {}
+  MomentResampler(MomentKind kind, FactorOptions fopt, Precision precision, SvccaOptions svcca,
+                  bool permutations)
+      : kind_(kind),
+        fopt_(std::move(fopt)),
+        precision_(precision),
+        svcca_(std::move(svcca)),
+        permutations_(permutations) {}
 
   std::shared_ptr<const ResampleLayer> layer(const char* fn, const std::string& name,
                                              const at::Tensor& mat) const override {
@@ -297,13 +302,13 @@ class MomentResampler : public Resampler {
     TORCH_CHECK_VALUE(nc.any().item<bool>(), fn, ": ", name,
                       " must have at least one non-constant feature, but all ", p,
                       " features are constant");
-    if (kind_ != MomentKind::kProcrustes) {
+    if (kind_ != MomentKind::kProcrustes && (permutations_ || l->wide)) {
       l->z = whitened_factor(fn, name.c_str(), mat, fopt_, precision_, FactorSide::kAuto).z;
     }
-    if (l->wide) {
-      l->raw = mat;
-      return l;
-    }
+    // svcca: a wide layer's resamples run the one-shot measure (on the pair's raw rows), so its
+    // partner's raw rows are needed too.
+    if (kind_ == MomentKind::kSvcca) l->raw = mat;
+    if (l->wide) return l;
     Centered c = center(mat, compute_dtype(mat, mat, precision_));
     l->xc = c.data;
     l->mean = c.mean;
@@ -335,9 +340,9 @@ class MomentResampler : public Resampler {
       const at::Tensor nc = xs.amax(0) != xs.amin(0);
       if (!nc.any().item<bool>()) continue;
       // covariance(): the symmetric product on and above the diagonal blocks only.
-      at::Tensor cov = (covariance(o.a).mul_(static_cast<double>(distinct - 1)) -
-                        at::outer(o.m, o.m) * o.n) /
-                       (o.n - 1.0);
+      at::Tensor cov =
+          (covariance(o.a).mul_(static_cast<double>(distinct - 1)) - at::outer(o.m, o.m) * o.n) /
+          (o.n - 1.0);
       if (kind_ == MomentKind::kProcrustes) {
         o.trace = cov.trace().item<double>();
         o.ok = o.trace > 0.0;
@@ -364,7 +369,7 @@ class MomentResampler : public Resampler {
     std::vector<double> out(count, kNaN);
     for (int64_t k = 0; k < count; ++k) {
       if (a.wide || b.wide) {
-        const at::Tensor rows = drawn_rows(weights.select(1, k).to(a.z.device()));
+        const at::Tensor rows = drawn_rows(weights.select(1, k).to(a.raw.device()));
         try {
           out[k] = svcca::svcca(a.raw.index_select(0, rows), b.raw.index_select(0, rows), svcca_)
                        .score.item<double>();
@@ -393,6 +398,7 @@ class MomentResampler : public Resampler {
     const bool proc = kind_ == MomentKind::kProcrustes;
     const at::Tensor& u = proc ? a.xn : a.z;
     const at::Tensor& v = proc ? b.xn : b.z;
+    TORCH_INTERNAL_ASSERT(u.defined() && v.defined(), "permuted: layers made without permutations");
     const at::Tensor p = perms.to(u.device());
     const double scale = proc ? 1.0 : 1.0 / static_cast<double>(u.size(0) - 1);
     std::vector<at::Tensor> out;
@@ -410,6 +416,7 @@ class MomentResampler : public Resampler {
   FactorOptions fopt_;
   Precision precision_;
   SvccaOptions svcca_;
+  bool permutations_;
 };
 
 // ---- pwcca: the one-shot measure on the resampled rows -----------------------------------------
@@ -473,7 +480,7 @@ class PwccaResampler : public Resampler {
 }  // namespace
 
 std::unique_ptr<Resampler> make_resampler(const char* fn, const std::string& measure,
-                                          const GridOptions& o) {
+                                          const GridOptions& o, bool permutations) {
   if (measure == "cka" || measure == "debiased-cka") {
     return std::make_unique<KernelResampler>(false, measure == "debiased-cka", o.rbf, o.precision);
   }
@@ -484,16 +491,16 @@ std::unique_ptr<Resampler> make_resampler(const char* fn, const std::string& mea
   if (measure == "cca") {
     check_cca_options(fn, o.cca);
     return std::make_unique<MomentResampler>(MomentKind::kCca, factor_options(o.cca),
-                                             o.cca.precision, o.svcca);
+                                             o.cca.precision, o.svcca, permutations);
   }
   if (measure == "svcca") {
     check_svcca_options(fn, o.svcca);
     return std::make_unique<MomentResampler>(MomentKind::kSvcca, svcca_factor_options(o.svcca),
-                                             o.svcca.cca.precision, o.svcca);
+                                             o.svcca.cca.precision, o.svcca, permutations);
   }
   if (measure == "procrustes") {
     return std::make_unique<MomentResampler>(MomentKind::kProcrustes, FactorOptions{}, o.precision,
-                                             o.svcca);
+                                             o.svcca, permutations);
   }
   if (measure == "pwcca") {
     check_cca_options(fn, o.pwcca.cca);

@@ -77,10 +77,11 @@ class Resampler {
 };
 
 // The resampler of `measure` (inference_measure_names()) with the options in `options` (cca,
-// svcca, pwcca, rbf, precision; options.measure is not read). Throws naming fn and "measure"
-// for an unknown name, and for options out of range.
+// svcca, pwcca, rbf, precision; options.measure is not read). permutations = false: its layers
+// serve bootstrap resamples only (cca and svcca then skip the whitened basis that permutations
+// use). Throws naming fn and "measure" for an unknown name, and for options out of range.
 std::unique_ptr<Resampler> make_resampler(const char* fn, const std::string& measure,
-                                          const GridOptions& options);
+                                          const GridOptions& options, bool permutations = true);
 
 // Seeded draws, the same on every platform: std::mt19937_64 (its sequence is fixed by the C++
 // standard) and a multiply-shift mapping to [0, n), no library distribution.
