@@ -7,7 +7,7 @@
 // accuracy is recomputed on each.
 //
 //   layer_identification [--models DIR] [--nets 10] [--epochs 4] [--resamples 200]
-//                        [--pwcca-resamples 20] [--threads 2]
+//                        [--pwcca-resamples 20] [--threads 1]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/jit/serialization/import.h>
@@ -35,7 +35,7 @@ struct Args {
   int64_t epochs = 4;
   int64_t resamples = 200;
   int64_t pwcca_resamples = 20;  // pwcca reruns the measure per resample: fewer by default
-  int threads = 2;
+  int threads = 1;  // tiny ops: more threads only wait for each other on a shared machine
 };
 
 Args parse(int argc, char** argv) {
@@ -161,6 +161,30 @@ at::Tensor identification(const at::Tensor& values, int64_t nets, int64_t layers
   return acc;
 }
 
+// For each true layer l: which layer of the other nets was most similar, as counts
+// (rows: l, cols: the layer chosen), from column 0 of `values`.
+template <class CellIndex>
+std::vector<std::vector<int64_t>> confusion(const at::Tensor& values, int64_t nets, int64_t layers,
+                                            CellIndex cell) {
+  std::vector<std::vector<int64_t>> c(layers, std::vector<int64_t>(layers, 0));
+  const at::Tensor v = values.contiguous();
+  const double* p = v.data_ptr<double>();
+  const int64_t b = values.size(1);
+  for (int64_t i = 0; i < nets; ++i) {
+    for (int64_t j = 0; j < nets; ++j) {
+      if (i == j) continue;
+      for (int64_t l = 0; l < layers; ++l) {
+        int64_t best = 0;
+        for (int64_t m = 1; m < layers; ++m) {
+          if (p[cell(i, l, j, m) * b] > p[cell(i, l, j, best) * b]) best = m;
+        }
+        ++c[l][best];
+      }
+    }
+  }
+  return c;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -271,6 +295,18 @@ int main(int argc, char** argv) {
       } else {
         std::printf("%-13s %8.1f%% %21s %8.1f  %s   (no interval: %s)\n", row.measure, 100.0 * acc,
                     "-", secs, row.paper, why.c_str());
+      }
+      const auto conf = confusion(est, nets, n_layers, cell);
+      std::printf("%15s", "chosen:");
+      for (int64_t l = 0; l < n_layers; ++l) {
+        std::printf(" %s", names[l].c_str());
+        std::string picks;
+        for (int64_t mm = 0; mm < n_layers; ++mm) {
+          if (conf[l][mm] > 0) {
+            picks += (picks.empty() ? "" : "/") + names[mm] + " " + std::to_string(conf[l][mm]);
+          }
+        }
+        std::printf(" -> %s%s", picks.c_str(), l + 1 < n_layers ? ";" : "\n");
       }
       std::fflush(stdout);
     }
