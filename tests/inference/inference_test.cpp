@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "support/support.h"
+#include "svcca/report/heatmap.h"
+#include "svcca/report/report.h"
 #include "svcca/svcca.h"
 
 namespace svcca {
@@ -400,6 +402,47 @@ TEST_F(InferenceTest, GridCellsEqualPairCalls) {
     EXPECT_TRUE(std::isnan(inf.p_value[0][3].item<double>()));
     EXPECT_DOUBLE_EQ(inf.p_value[1][1].item<double>(), 1.0 / 20.0);
   }
+}
+
+// Reports: the JSON's inference field, the long CSV, and the heatmaps' marks on uncertain cells
+// (interval wider than HeatmapOptions::wide_interval, or p-value above 1 - level).
+TEST_F(InferenceTest, ReportsCarryIntervalsAndMarkUncertainCells) {
+  auto [x, y] = related(30, 3, 3, 11);
+  at::Tensor noise = at::randn({30, 2}, at::kDouble);
+  NamedActivations layers = {{"x", x}, {"y", y}, {"noise", noise}};
+  Grid g = similarity_grid(layers);
+  GridInferenceOptions io;
+  io.resamples = 40;
+  io.permutations = 19;
+  add_grid_inference(g, layers, {}, GridOptions{}, io);
+  const nlohmann::json j = grid_to_json(g);
+  ASSERT_TRUE(j.contains("inference"));
+  EXPECT_EQ(j["inference"]["resamples"], 40);
+  EXPECT_EQ(j["inference"]["low"].size(), 3u);
+  EXPECT_DOUBLE_EQ(j["inference"]["p_value"][0][2].get<double>(),
+                   g.inference.p_value[0][2].item<double>());
+  const std::string csv = grid_cells_csv(g);
+  EXPECT_EQ(csv.rfind("layer,layer,value,low,high,standard_error,p_value,null_mean\r\n", 0), 0u)
+      << csv.substr(0, 80);
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 9);
+  HeatmapOptions ho;
+  const std::vector<bool> u = detail::uncertain_cells(g, ho);
+  const auto marked = std::count(u.begin(), u.end(), true);
+  EXPECT_GT(marked, 0);  // the noise layer's cells: p-values far above 0.05
+  EXPECT_LT(marked, 9);  // the diagonal: interval [1, 1], p = 1 / 20
+  const std::string svg = heatmap_svg(g, ho);
+  size_t circles = 0;
+  for (size_t at = svg.find("<circle"); at != std::string::npos; at = svg.find("<circle", at + 1))
+    ++circles;
+  EXPECT_EQ(static_cast<int64_t>(circles), marked);
+  EXPECT_NE(svg.find("o: CI wider than 0.1 or p &gt; 0.05"), std::string::npos);
+  // Nothing changes without inference.
+  Grid plain = similarity_grid(layers);
+  EXPECT_FALSE(grid_to_json(plain).contains("inference"));
+  EXPECT_EQ(heatmap_svg(plain, ho).find("<circle"), std::string::npos);
+  // A malformed inference tensor is an error naming it.
+  g.inference.low = at::zeros({2, 2}, at::kDouble);
+  EXPECT_THROWS_WITH(grid_to_json(g), "grid_to_json: grid.inference.low must be [3, 3]");
 }
 
 // The ops (torch_ext/inference_ops.cpp) through the dispatcher equal the direct calls (the
