@@ -363,6 +363,14 @@ TEST_F(InferenceTest, RejectsBadArguments) {
   EXPECT_THROWS_WITH(InferenceGridBuilder({"a"}, {}, mb, {10}), "minibatch-cka");
   EXPECT_THROWS_WITH(InferenceGridBuilder({"a"}, {}, GridOptions{}, {0, 0.95}),
                      "grid inference: resamples or permutations must be >= 1");
+  // A memory budget the Gram matrices exceed: a clear error, not an allocation failure later.
+  GridOptions small;
+  small.memory_bytes = 20 * 20 * 8;  // one [20, 20] Gram matrix
+  InferenceGridBuilder b({"a", "b"}, {}, small, {10});
+  at::Tensor wide = at::randn({20, 30}, at::kDouble);
+  b.add("a", wide);
+  EXPECT_THROWS_WITH(b.add("b", wide),
+                     "grid inference: the layers' resampling state must fit memory_bytes = 3200");
 }
 
 // Every cell of a grid equals the pair call on the same seed; symmetric cells mirror; a

@@ -43,6 +43,7 @@ struct InferenceGridBuilder::Impl {
   std::unique_ptr<detail::Resampler> resampler;
   std::map<std::string, Slot> row_slots, col_slots;
   int64_t n = -1;
+  int64_t bytes = 0;  // held by the layers' resampling state
   std::optional<at::Device> device;
 
   Slot& slot(const std::string& name, bool col) {
@@ -113,7 +114,16 @@ void InferenceGridBuilder::add(const std::string& name, const at::Tensor& acts, 
     s.layer = impl_->resampler->layer(kFn, name, mat);
   } catch (const c10::Error& e) {
     s.reason = e.what_without_backtrace();
+    return;
   }
+  impl_->bytes += s.layer->bytes();
+  const int64_t budget = impl_->grid_options.memory_bytes;
+  TORCH_CHECK_VALUE(budget <= 0 || impl_->bytes <= budget, kFn,
+                    ": the layers' resampling state must fit memory_bytes = ", budget,
+                    " bytes, but it holds ", impl_->bytes, " bytes after layer \"", name, "\" (",
+                    impl_->n,
+                    " examples: the CKA family keeps an n x n Gram matrix per "
+                    "wide layer); use fewer examples or layers, or more memory");
 }
 
 void InferenceGridBuilder::add_undefined(const std::string& name, const std::string& reason,

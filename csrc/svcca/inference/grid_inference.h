@@ -41,8 +41,9 @@ class InferenceGridBuilder {
   InferenceGridBuilder& operator=(InferenceGridBuilder&&) noexcept;
 
   // Layer `name` ([n, ...] activations; the conv applied here). A layer for which the measure is
-  // undefined is recorded with its reason. Throws on an unknown or repeated name, or a number of
-  // examples that differs from the layers before.
+  // undefined is recorded with its reason. Throws on an unknown or repeated name, a number of
+  // examples that differs from the layers before, or (grid_options.memory_bytes > 0) when the
+  // layers' resampling state exceeds that budget.
   void add(const std::string& name, const at::Tensor& acts, bool col = false);
   void add_undefined(const std::string& name, const std::string& reason, bool col = false);
   // Fills grid.inference for grid (rows and cols as given here, values from the grid builder):
