@@ -1,7 +1,7 @@
 // The machinery behind bootstrap intervals and permutation tests: each measure evaluated on many
 // resamples of the examples from what it is a function of, without redoing a layer's own work.
 //
-// Cost per resample (n examples, p features; see README "Inference"):
+// Cost per resample (n examples, p features; README "How sure is a similarity"):
 //   * cka, debiased-cka, rbf-cka: each layer is reduced once to its n x n Gram (kernel) matrix K.
 //     A bootstrap resample with multiplicities w (sum n) needs w^T (K o L) w, K w, L w and the
 //     diagonals: three n x n matrix-vector products per pair, batched over resamples as GEMMs
@@ -16,8 +16,12 @@
 //   * cca, svcca, procrustes: multinomial-weighted moments of the data centered once,
 //     X^T diag(w) Y over the ~0.63 n distinct rows of a resample (O(n p1 p2)), then the
 //     measure's O(p^3) decompositions from the moments; no gather, cast or centering of the
-//     data. A permutation of cca / svcca is Zx^T Zy[perm] of the layers' whitened bases
-//     (O(n r1 r2) and an r1 x r2 SVD), of procrustes the normalized cross product.
+//     data. (The moments carry no data, so a layer whose kept eigenvalues span more than
+//     kRefineCondition is not refined against it as cca() refines it: its values then agree with
+//     the one-shot measure to about eps * condition rather than to rounding.)
+//     A permutation of cca / svcca is Zx^T Zy[perm] of the layers' whitened bases
+//     (O(n r1 r2) and an r1 x r2 SVD), of procrustes the normalized cross product. svcca of a
+//     pair with a layer wider than n runs the one-shot measure on the drawn rows (Gram side).
 //   * pwcca: the one-shot measure on the resampled (permuted) rows (its weights sum over raw
 //     features of the resampled data), O(n p^2 + p^3) per resample.
 // A resample on which the measure is undefined (a layer constant on the drawn examples, fewer
