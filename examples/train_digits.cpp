@@ -32,6 +32,8 @@
 #include <vector>
 
 #include "svcca/grid/monitor.h"
+#include "svcca/inference/bootstrap.h"
+#include "svcca/inference/resampling.h"
 #include "svcca/report/report.h"
 
 namespace {
@@ -241,6 +243,49 @@ void print_table(const svcca::Grid& d) {
   }
 }
 
+// Bootstrap intervals on each layer's convergence step: the probe examples resampled (200
+// resamples, seed 0), each layer's CKA to its final state recomputed at every recorded step from
+// the summaries (svcca/inference/resampling.h: the same resamples for every step and layer), and
+// the convergence step (the first recorded step from which the CKA stays >= threshold) taken on
+// each resample; the 2.5 % and 97.5 % quantiles of those steps.
+void print_convergence_intervals(const svcca::TrainingMonitor& monitor, double threshold) {
+  constexpr int64_t kResamples = 200;
+  const std::vector<int64_t> steps = monitor.steps();
+  const int64_t n = monitor.examples(), t_count = static_cast<int64_t>(steps.size());
+  auto r = svcca::detail::make_resampler("train_digits", "cka", svcca::GridOptions{});
+  const at::Tensor w = svcca::detail::Draws(0).bootstrap_weights(n, kResamples);
+  std::printf("95 %% bootstrap intervals of those steps (%lld resamples of the probe):",
+              static_cast<long long>(kResamples));
+  for (size_t li = 0; li < monitor.layers().size(); ++li) {
+    const std::string& layer = monitor.layers()[li];
+    std::vector<std::shared_ptr<const svcca::detail::ResampleLayer>> held;
+    std::vector<const svcca::detail::ResampleLayer*> layers;
+    std::vector<std::pair<int64_t, int64_t>> cells;
+    for (int64_t t = 0; t < t_count; ++t) {
+      held.push_back(r->layer("train_digits", layer, monitor.summary(layer, steps[t])));
+      layers.push_back(held.back().get());
+    }
+    for (int64_t t = 0; t < t_count; ++t) cells.emplace_back(t, t_count - 1);
+    const at::Tensor v = svcca::detail::resampled_cells(*r, layers, cells, w, at::kCPU);
+    std::vector<double> since;
+    for (int64_t b = 0; b < kResamples; ++b) {
+      int64_t s = t_count - 1;
+      while (s > 0 && v[s - 1][b].item<double>() >= threshold) --s;
+      since.push_back(static_cast<double>(steps[s]));
+    }
+    svcca::detail::Interval iv;
+    std::string why;
+    if (svcca::detail::interval_of(since.front(), at::tensor(since, at::kDouble), {}, 0.95,
+                                   svcca::IntervalMethod::kPercentile, &iv, &why)) {
+      std::printf(" %s [%.0f, %.0f]%s", layer.c_str(), iv.low, iv.high,
+                  li + 1 < monitor.layers().size() ? "," : "\n");
+    } else {
+      std::printf(" %s (no interval)%s", layer.c_str(),
+                  li + 1 < monitor.layers().size() ? "," : "\n");
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -275,6 +320,7 @@ int main(int argc, char** argv) {
                   i + 1 < since.size() ? "," : "\n");
       if (i > 0 && since[i] < since[i - 1]) ordered = false;
     }
+    print_convergence_intervals(full.monitor, args.threshold);
     if (ordered) {
       std::printf(
           "=> lower layers converged first (no layer converged before a lower one), as "

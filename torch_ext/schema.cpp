@@ -65,6 +65,32 @@ TORCH_LIBRARY(svcca, m) {
       "resize_spatial(Tensor acts, int[2] size, str mode=\"reference\", str layout=\"NCHW\") -> "
       "Tensor");
 
+  // Inference (torch_ext/inference_ops.cpp): bootstrap intervals over examples, the paired
+  // difference measure(a, c) - measure(b, c), permutation tests; values as float64 0-d tensors.
+  m.def(
+      "bootstrap(Tensor x, Tensor y, str measure=\"cka\", int resamples=1000, float level=0.95, "
+      "int seed=0, str method=\"percentile\", float fraction=0.99, int? dims=None, "
+      "float epsilon=0., float? sigma=None) -> (Tensor estimate, Tensor low, Tensor high, "
+      "Tensor standard_error, Tensor resamples, int invalid)");
+  m.def(
+      "bootstrap_difference(Tensor a, Tensor b, Tensor c, str measure=\"cka\", "
+      "int resamples=1000, float level=0.95, int seed=0, str method=\"percentile\", "
+      "float fraction=0.99, int? dims=None, float epsilon=0., float? sigma=None) -> "
+      "(Tensor estimate, Tensor low, Tensor high, Tensor standard_error, Tensor resamples, "
+      "int invalid)");
+  m.def(
+      "permutation_test(Tensor x, Tensor y, str measure=\"cka\", int permutations=1000, "
+      "int seed=0, float fraction=0.99, int? dims=None, float epsilon=0., float? sigma=None) -> "
+      "(Tensor estimate, Tensor p_value, Tensor null_mean, Tensor null, int exceed)");
+  // A grid with every cell's interval and p-value ([0, 0] tensors for what was not asked for);
+  // reasons / cells: cells without one ([k, 2] int64 (row, col) per reason).
+  m.def(
+      "_grid_inference(Tensor[] x, Tensor[]? y=None, str measure=\"cka\", str conv=\"auto\", "
+      "int resamples=0, float level=0.95, str method=\"percentile\", int permutations=0, "
+      "int seed=0, float fraction=0.99, int? dims=None, float epsilon=0., float? sigma=None) -> "
+      "(Tensor values, Tensor low, Tensor high, Tensor standard_error, Tensor p_value, "
+      "Tensor null_mean, str[] reasons, Tensor[] cells)");
+
   // Layer x layer grids (torch_ext/grid_ops.cpp): values [len(x), len(y or x)], float64 on the CPU.
   m.def(
       "similarity_grid(Tensor[] x, Tensor[]? y=None, str measure=\"cka\", str conv=\"auto\") -> "

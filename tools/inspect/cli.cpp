@@ -40,6 +40,11 @@ space; [N, T, D] token layers: the mean over tokens), cls ([N, T, D]: the first 
 A module called k times gives layers name#1 ... name#k. Cells a measure cannot compute (a
 constant layer, cca with fewer than p + 2 examples, a 2-D layer under fold) are null, with their
 reasons in the JSON and on stderr; --strict makes them an error (exit 1).
+--bootstrap N (grid, compare): N resamples of the examples, the same for every cell, give each
+cell an interval at --ci (percentile, or --ci-method bca); --permutations M: a p-value
+(b + 1) / (M + 1) of 'no relation' per cell and the null's mean. Seeded by --seed (the same seed,
+the same numbers); in the JSON's grid.inference and <command>_cells.csv (one row per cell). Cost
+per resample: O(n^2) per cell for the CKA family, the weighted moments for cca / svcca.
 
 Exit codes:
   0  success
@@ -95,7 +100,9 @@ void add_input_options(CLI::App* sub, std::string& file, RawInput& raw) {
                               "random normal examples of this shape, e.g. 64,1,8,8");
   raw.file->excludes(raw.shape);
   raw.shape->excludes(raw.file);
-  sub->add_option("--seed", raw.seed_text, "seed of the random examples, 0 to 2^64 - 1")
+  sub->add_option("--seed", raw.seed_text,
+                  "seed of the random examples (grid: and of --bootstrap / --permutations), 0 to "
+                  "2^64 - 1")
       ->capture_default_str();
 }
 
@@ -109,6 +116,50 @@ void add_run_options(CLI::App* sub, RunSpec& run, RawRun& raw, bool& strict) {
   sub->add_flag("--strict", strict, "an undefined (null) cell is an error (exit 1)");
   sub->add_flag("--train-mode", run.train_mode,
                 "run the model in the mode it was saved in (default: eval mode)");
+}
+
+// --rank-rtol, --allow-forced-correlations (grid, compare, dynamics): the CCA family's rank rules.
+void add_cca_options(CLI::App* sub, CcaSpec& spec, std::string& rtol_text) {
+  sub->add_option(
+      "--rank-rtol", rtol_text,
+      "cca/svcca/pwcca: eigen-directions <= RTOL x the largest count as zero, in [0, 1] "
+      "(default: p x machine eps, and directions below the input dtype's rounding "
+      "level are dropped)");
+  sub->add_flag("--allow-forced-correlations", spec.allow_forced_correlations,
+                "cca/svcca/pwcca: compute pairs whose kept directions rx + ry exceed n - 1 (their "
+                "spans must intersect, forcing rx + ry - (n - 1) correlations to 1)");
+}
+
+void finish_cca_options(CcaSpec& spec, const std::string& rtol_text) {
+  if (rtol_text.empty()) return;
+  double v = 0.0;
+  size_t used = 0;
+  try {
+    v = std::stod(rtol_text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != rtol_text.size() || !(v >= 0.0 && v <= 1.0)) {
+    throw UsageError("--rank-rtol must be a number in [0, 1], but got '" + rtol_text + "'");
+  }
+  spec.rank_rtol = v;
+}
+
+// --bootstrap, --ci, --ci-method, --permutations (grid, compare).
+void add_inference_options(CLI::App* sub, InferenceSpec& spec) {
+  sub->add_option("--bootstrap", spec.bootstrap,
+                  "bootstrap resamples of the examples per cell: an interval for every cell "
+                  "(0: off)")
+      ->capture_default_str();
+  sub->add_option("--ci", spec.ci, "confidence level of the --bootstrap intervals, in (0, 1)")
+      ->capture_default_str();
+  sub->add_option("--ci-method", spec.ci_method, "percentile or bca (bias-corrected, accelerated)")
+      ->check(CLI::IsMember({"percentile", "bca"}))
+      ->capture_default_str();
+  sub->add_option("--permutations", spec.permutations,
+                  "permutations of the examples per cell: a p-value of 'no relation' for every "
+                  "cell (0: off)")
+      ->capture_default_str();
 }
 
 // "a,b" "c" -> {a, b, c}; an empty item (",", "a,,b", "") is a usage error.
@@ -244,6 +295,9 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       "stream B >= 1 examples at a time (default: exact over all examples, in passes)");
   bool grid_strict = false;
   add_run_options(grid, line.grid.run, grid_run, grid_strict);
+  add_inference_options(grid, line.grid.inference);  // seeded by --seed
+  std::string grid_rtol, compare_rtol, dyn_rtol;
+  add_cca_options(grid, line.grid.run.cca, grid_rtol);
   std::string grid_out;
   // --out and -o are required, checked after the values CLI11 may have taken from other options.
   grid_run.out_opt = grid->add_option("--out", grid_out,
@@ -273,6 +327,11 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       ->capture_default_str();
   compare_raw.out_opt =
       compare->add_option("--out", compare_out, "also write compare.json/.csv/.svg/.png here");
+  add_inference_options(compare, line.compare.inference);
+  add_cca_options(compare, line.compare.cca, compare_rtol);
+  std::string compare_seed = "0";
+  compare->add_option("--seed", compare_seed, "seed of --bootstrap / --permutations, 0 to 2^64 - 1")
+      ->capture_default_str();
 
   // dynamics
   RawInput dyn_in;
@@ -295,6 +354,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
   dyn_run.batch_opt = dynamics->add_option("--batch-size", dyn_run.batch_text,
                                            "examples per batch, B >= 1 (default: all)");
   add_run_options(dynamics, line.dynamics.run, dyn_run, dyn_strict);
+  add_cca_options(dynamics, line.dynamics.run.cca, dyn_rtol);
   dyn_run.out_opt =
       dynamics->add_option("--out", dyn_out, "folder for the files (created if missing; required)");
 
@@ -352,6 +412,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       if (!grid_run.memory.empty()) r.run.memory_bytes = parse_memory("--memory", grid_run.memory);
       check_required(grid_run.out_opt, "--out");
       check_name("--out", grid_out, "a folder");
+      finish_cca_options(r.run.cca, grid_rtol);
       check_request_options("grid", r.measure, r.conv, r.batch_size);
       line.out_dir = grid_out;
       line.strict = grid_strict;
@@ -362,6 +423,8 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       r.layers = split_list("--layers", compare_raw.layers, compare_raw.layers_opt);
       r.neurons_first = layout == "neurons-first";
       if (compare_raw.out_opt->count() > 0) check_name("--out", compare_out, "a folder");
+      r.inference.seed = parse_seed("--seed", compare_seed);
+      finish_cca_options(r.cca, compare_rtol);
       check_request_options("compare", r.measure, r.conv, 0);
       line.out_dir = compare_out;
     } else if (line.command == "dynamics") {
@@ -374,6 +437,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       if (!dyn_run.memory.empty()) r.run.memory_bytes = parse_memory("--memory", dyn_run.memory);
       check_required(dyn_run.out_opt, "--out");
       check_name("--out", dyn_out, "a folder");
+      finish_cca_options(r.run.cca, dyn_rtol);
       check_request_options("dynamics", r.measure, r.conv, r.batch_size);
       line.out_dir = dyn_out;
       line.strict = dyn_strict;

@@ -19,6 +19,7 @@
 #include "errors.h"
 #include "inputs.h"
 #include "svcca/capture/capture.h"
+#include "svcca/inference/grid_inference.h"
 #include "svcca/report/report.h"
 
 namespace svcca::inspect {
@@ -94,6 +95,13 @@ std::vector<std::string> select_layers(const TappedModule& model, const std::str
     return model.select(patterns);
   } catch (const std::exception& e) {
     throw UsageError("--layers for " + quoted(path) + ": " + message_of(e));
+  }
+}
+
+void apply_cca_spec(GridOptions& o, const CcaSpec& spec) {
+  for (CcaOptions* c : {&o.cca, &o.svcca.cca, &o.pwcca.cca}) {
+    c->rank_rtol = spec.rank_rtol;
+    c->allow_forced_correlations = spec.allow_forced_correlations;
   }
 }
 
@@ -632,6 +640,7 @@ Setup make_setup(const char* fn, const std::string& measure, const std::string& 
                  const std::vector<std::string>& layers, const RunSpec& run_spec,
                  const InputSpec& input_spec, int64_t batch_size) {
   Setup s{grid_options(fn, measure, conv), run_spec, 0, make_input(fn, input_spec), 0};
+  apply_cca_spec(s.options, run_spec.cca);
   s.run.layers = layers;
   s.budget = budget_of(s.run);
   s.options.memory_bytes = s.budget;
@@ -639,6 +648,60 @@ Setup make_setup(const char* fn, const std::string& measure, const std::string& 
   // Options that cannot stream fail now (a two-model accumulator, as both commands stream).
   if (s.batch < s.input.n()) make_accumulator(fn, {"x"}, {"x"}, s.options);
   return s;
+}
+
+}  // namespace
+
+namespace {
+
+std::string num_text(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+
+// The grid inference options of `spec`, checked as usage errors (exit 2) before any work; and the
+// conv / streaming restrictions of grid inference.
+GridInferenceOptions inference_options(const char* fn, const InferenceSpec& spec,
+                                       const GridOptions& options, bool streaming) {
+  if (spec.bootstrap < 0) {
+    throw UsageError(std::string(fn) + ": --bootstrap must be >= 2 (0: off), but got " +
+                     std::to_string(spec.bootstrap));
+  }
+  if (spec.permutations < 0) {
+    throw UsageError(std::string(fn) + ": --permutations must be >= 1 (0: off), but got " +
+                     std::to_string(spec.permutations));
+  }
+  if (!(spec.ci > 0.0 && spec.ci < 1.0)) {
+    throw UsageError(std::string(fn) + ": --ci must lie in (0, 1), e.g. 0.95, but got " +
+                     num_text(spec.ci));
+  }
+  GridInferenceOptions o;
+  o.resamples = spec.bootstrap;
+  o.permutations = spec.permutations;
+  o.level = spec.ci;
+  o.seed = spec.seed;
+  try {
+    o.method = parse_interval_method(fn, "--ci-method", spec.ci_method);
+    InferenceGridBuilder check({"x"}, {}, options, o);
+  } catch (const c10::Error& e) {
+    throw UsageError("--bootstrap / --permutations: " + message_of(e));
+  }
+  if (streaming) {
+    throw UsageError(std::string(fn) +
+                     ": --bootstrap and --permutations resample all examples at once; leave out "
+                     "--batch-size");
+  }
+  return o;
+}
+
+void record_inference(Grid& grid, const InferenceSpec& spec) {
+  if (!spec.on()) return;
+  grid.options["bootstrap"] = std::to_string(spec.bootstrap);
+  grid.options["permutations"] = std::to_string(spec.permutations);
+  grid.options["ci"] = num_text(spec.ci);
+  grid.options["ci_method"] = spec.ci_method;
+  grid.options["seed"] = std::to_string(spec.seed);
 }
 
 }  // namespace
@@ -653,6 +716,10 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
   const InputSource& input = setup.input;
   const int64_t n = input.n();
   const int64_t b = setup.batch;
+  InferenceSpec spec = request.inference;
+  spec.seed = request.input.seed;
+  std::optional<GridInferenceOptions> infer;
+  if (spec.on()) infer = inference_options("grid", spec, options, b < n);
   Models m = load_models(request.models, run);
   const size_t n_models = m.models.size();
 
@@ -730,6 +797,8 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
     // Exact: each model in passes of layers that fit the budget; each layer reduced to its
     // factor as soon as its pass is done, then released.
     GridBuilder builder(names[0], names[1], options);
+    std::optional<InferenceGridBuilder> inference;
+    if (infer) inference.emplace(names[0], names[1], options, *infer);
     if (resolve_conv_name(options) == "fold") {
       const auto hw = planned_fold_size(planned, options);
       if (hw.first > 0) builder.set_fold_size(hw.first, hw.second);
@@ -751,6 +820,7 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
       const bool col = i == 1;
       for (const auto& l : planned[i]) {
         if (!l.undefined.empty()) builder.add_undefined(l.name, l.undefined, col);
+        if (!l.undefined.empty() && inference) inference->add_undefined(l.name, l.undefined, col);
       }
       for (size_t gi = 0; gi < plans[i].groups.size(); ++gi) {
         const auto& group = plans[i].groups[gi];
@@ -769,8 +839,10 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
           }
           if (buffers[g].defined()) {
             builder.add(l.name, buffers[g], col);
+            if (inference) inference->add(l.name, buffers[g], col);
           } else {
             builder.add_undefined(l.name, l.undefined, col);
+            if (inference) inference->add_undefined(l.name, l.undefined, col);
           }
           buffers[g] = at::Tensor();  // released before the next layer is reduced
         }
@@ -780,6 +852,10 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
     passes = total_passes;
     if (progress) progress("grid: computing " + to_string(options.measure));
     grid = builder.result();
+    if (inference) {
+      if (progress) progress("grid: intervals and p-values of every cell");
+      inference->apply(grid);
+    }
   }
 
   if (n_models == 2) {
@@ -790,11 +866,16 @@ InspectionReport inspect_grid(const GridRequest& request, const Progress& progre
   }
   grid.options["model"] = request.models[0];
   record_run_options(grid, run, budget, passes, chunk);
+  record_inference(grid, spec);
   return model_grid_report("grid", request.models, input, n, b, request.layers, std::move(grid));
 }
 
 InspectionReport inspect_compare(const CompareRequest& request) {
-  const GridOptions options = grid_options("compare", request.measure, request.conv);
+  GridOptions options = grid_options("compare", request.measure, request.conv);
+  apply_cca_spec(options, request.cca);
+  std::optional<GridInferenceOptions> infer;
+  if (request.inference.on())
+    infer = inference_options("compare", request.inference, options, false);
   NamedTensors sets[2] = {read_tensors(request.a), read_tensors(request.b)};
   const std::string paths[2] = {request.a, request.b};
 
@@ -886,6 +967,8 @@ InspectionReport inspect_compare(const CompareRequest& request) {
   }
 
   Grid grid = similarity_grid(acts[0], acts[1], options);
+  if (infer) add_grid_inference(grid, acts[0], acts[1], options, *infer);
+  record_inference(grid, request.inference);
   const bool same = stem(request.a) == stem(request.b);
   grid.row_label = same ? std::string("A") : stem(request.a);
   grid.col_label = same ? std::string("B") : stem(request.b);

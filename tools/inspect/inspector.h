@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,12 @@ struct LayersRequest {
   InputSpec input;
 };
 
+// The CCA family's rank options (--rank-rtol, --allow-forced-correlations; CcaOptions in cca.h).
+struct CcaSpec {
+  std::optional<double> rank_rtol;         // unset: the default rule (with the input's floor)
+  bool allow_forced_correlations = false;  // compute pairs with rx + ry > n - 1 anyway
+};
+
 // How the models are run: which layers, in which mode, within which memory budget.
 struct RunSpec {
   std::vector<std::string> layers;  // patterns (capture.h: TappedModule::select); empty: all
@@ -59,6 +66,18 @@ struct RunSpec {
       exclude;               // globs (* crosses dots) on record names, e.g. "*.bn*", "blk#2"
   int64_t memory_bytes = 0;  // budget; 0: svcca::default_memory_budget()
   bool train_mode = false;   // false: every capture runs in eval mode (flags restored)
+  CcaSpec cca;               // rank options of cca / svcca / pwcca
+};
+
+// Bootstrap intervals and permutation p-values for every cell (--bootstrap, --ci, --ci-method,
+// --permutations; seeded by --seed): svcca/inference/grid_inference.h. Off when both are 0.
+struct InferenceSpec {
+  int64_t bootstrap = 0;                 // resamples per cell
+  double ci = 0.95;                      // confidence level, in (0, 1)
+  std::string ci_method = "percentile";  // "percentile" | "bca"
+  int64_t permutations = 0;              // permutations per cell
+  uint64_t seed = 0;
+  bool on() const { return bootstrap != 0 || permutations != 0; }
 };
 
 struct GridRequest {
@@ -70,6 +89,7 @@ struct GridRequest {
   int64_t batch_size = 0;           // 0: exact from all examples (captured in passes); else
                                     // stream B examples at a time (GridAccumulator)
   RunSpec run;                      // exclude, memory, train mode (run.layers is `layers`)
+  InferenceSpec inference;          // intervals / p-values (seed: input.seed)
 };
 
 struct CompareRequest {
@@ -78,6 +98,8 @@ struct CompareRequest {
   std::string conv = "auto";
   std::vector<std::string> layers;  // glob patterns on the tensors' names; empty: all
   bool neurons_first = false;       // arrays are [neurons, examples] (google/svcca's layout)
+  CcaSpec cca;                      // rank options of cca / svcca / pwcca
+  InferenceSpec inference;          // intervals / p-values
 };
 
 struct DynamicsRequest {

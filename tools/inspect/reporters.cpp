@@ -105,11 +105,31 @@ std::string render_text(const InspectionReport& report, bool color) {
                          report.models.size() > 1 ? " against " + report.models[1] : "", g.examples,
                          report.input);
     }
+    const GridInference& inf = g.inference;
+    if (inf.resamples > 0) {
+      out += fmt::format(
+          "  intervals: {:g} % {} bootstrap over {} resamples of the examples, "
+          "seed {}\n",
+          inf.level * 100.0, inf.method, inf.resamples, inf.seed);
+    }
+    if (inf.permutations > 0) {
+      out += fmt::format("  p-values: {} permutations of the examples, seed {}\n", inf.permutations,
+                         inf.seed);
+    }
     if (g.rows.size() == 1 && g.cols.size() == 1) {
       const double x = g.values.to(at::kDouble).item<double>();
-      out += std::isfinite(x)
-                 ? fmt::format("  {} {} / {}: {:.6f}\n", g.measure, g.rows[0], g.cols[0], x)
-                 : fmt::format("  {} {} / {}: undefined\n", g.measure, g.rows[0], g.cols[0]);
+      std::string extra;
+      if (inf.resamples > 0 && std::isfinite(inf.low.item<double>())) {
+        extra += fmt::format(" [{:.6f}, {:.6f}]", inf.low.item<double>(), inf.high.item<double>());
+      }
+      if (inf.permutations > 0 && std::isfinite(inf.p_value.item<double>())) {
+        extra += fmt::format(", p = {:.4g} (null mean {:.6f})", inf.p_value.item<double>(),
+                             inf.null_mean.item<double>());
+      }
+      out +=
+          std::isfinite(x)
+              ? fmt::format("  {} {} / {}: {:.6f}{}\n", g.measure, g.rows[0], g.cols[0], x, extra)
+              : fmt::format("  {} {} / {}: undefined\n", g.measure, g.rows[0], g.cols[0]);
       out += undefined_summary(g);
     } else {
       // The heatmap ends with undefined_summary: each reason once, with its cell count.

@@ -109,6 +109,20 @@ struct UndefinedCells {
   std::vector<std::pair<int64_t, int64_t>> cells;  // (row, col) indices into Grid::values
 };
 
+// Bootstrap intervals and permutation p-values of every cell of a grid
+// (svcca/inference/grid_inference.h); empty (resamples = permutations = 0) unless asked for.
+struct GridInference {
+  int64_t resamples = 0;     // bootstrap resamples per cell (0: no intervals)
+  double level = 0.0;        // the intervals' confidence level
+  std::string method;        // "percentile" | "bca"
+  int64_t permutations = 0;  // permutations per cell (0: no p-values)
+  uint64_t seed = 0;         // seed of the resamples and permutations (shared by every cell)
+  at::Tensor low, high, standard_error;  // [rows, cols] float64 CPU (NaN: no interval)
+  at::Tensor p_value, null_mean;         // [rows, cols] float64 CPU (NaN: no test)
+  // Defined cells without an interval or p-value, with the reason (e.g. too few valid resamples).
+  std::vector<UndefinedCells> undefined;
+};
+
 // A grid of similarities with its labels. values[i][j] is the measure of rows[i] (x) against
 // cols[j] (y). Serialised by svcca/report/report.h.
 struct Grid {
@@ -123,6 +137,7 @@ struct Grid {
   // The NaN cells of `values`, grouped by cause (one entry per distinct reason, in row-major order
   // of their first cell). Empty when every cell is defined.
   std::vector<UndefinedCells> undefined;
+  GridInference inference;  // intervals and p-values, when asked for
 };
 
 // L x L grid of one model's layers. Every defined cell equals the one-shot pair call on the

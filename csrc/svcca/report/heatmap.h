@@ -28,8 +28,14 @@ Rgb colormap(double t);
 // (value - vmin) / (vmax - vmin) clamped to [0, 1]; NaN for a non-finite value.
 double scaled(double value, double vmin, double vmax);
 
-// options.title, or "<measure> (<examples> examples)" when it is empty.
+// options.title, or "<measure> (<examples> examples)" when it is empty; with uncertain cells
+// (uncertain_cells) followed by what their mark means.
 std::string heatmap_title(const Grid& grid, const HeatmapOptions& options);
+
+// [rows * cols] row-major: the defined cells whose interval is wider than options.wide_interval
+// or whose p-value is above 1 - level (HeatmapOptions::wide_interval); all false without
+// grid.inference.
+std::vector<bool> uncertain_cells(const Grid& grid, const HeatmapOptions& options);
 
 // The colour bar's five ticks: (f, label) for f = 0, 0.25, ..., 1 of vmin..vmax, labels with two
 // decimals ("0.00" ... "1.00").

@@ -163,9 +163,46 @@ double scaled(double value, double vmin, double vmax) {
   return std::clamp((value - vmin) / (vmax - vmin), 0.0, 1.0);
 }
 
+std::vector<bool> uncertain_cells(const Grid& grid, const HeatmapOptions& options) {
+  const auto nr = static_cast<int64_t>(grid.rows.size());
+  const auto nc = static_cast<int64_t>(grid.cols.size());
+  std::vector<bool> out(static_cast<size_t>(nr * nc), false);
+  if (!has_inference(grid)) return out;
+  const GridInference& inf = grid.inference;
+  auto read = [&](const at::Tensor& t) {
+    return t.defined() && t.numel() == nr * nc ? t.to(at::kDouble).cpu().contiguous()
+                                               : at::Tensor();
+  };
+  const at::Tensor lo = read(inf.low), hi = read(inf.high), pv = read(inf.p_value);
+  const double alpha = 1.0 - (inf.level > 0.0 ? inf.level : 0.95);
+  for (int64_t k = 0; k < nr * nc; ++k) {
+    bool u = false;
+    if (lo.defined() && hi.defined()) {
+      const double w = hi.data_ptr<double>()[k] - lo.data_ptr<double>()[k];
+      u = std::isfinite(w) && w > options.wide_interval;
+    }
+    if (pv.defined()) {
+      const double q = pv.data_ptr<double>()[k];
+      u = u || (std::isfinite(q) && q > alpha);
+    }
+    out[static_cast<size_t>(k)] = u;
+  }
+  return out;
+}
+
 std::string heatmap_title(const Grid& grid, const HeatmapOptions& options) {
-  if (!options.title.empty()) return options.title;
-  return grid.measure + " (" + std::to_string(grid.examples) + " examples)";
+  std::string title = options.title.empty()
+                          ? grid.measure + " (" + std::to_string(grid.examples) + " examples)"
+                          : options.title;
+  const std::vector<bool> u = uncertain_cells(grid, options);
+  if (std::find(u.begin(), u.end(), true) == u.end()) return title;
+  const GridInference& inf = grid.inference;
+  std::ostringstream note;
+  note << "; o: ";
+  if (inf.resamples > 0) note << "CI wider than " << options.wide_interval;
+  if (inf.resamples > 0 && inf.permutations > 0) note << " or ";
+  if (inf.permutations > 0) note << "p > " << 1.0 - (inf.level > 0.0 ? inf.level : 0.95);
+  return title + note.str();
 }
 
 std::vector<std::pair<double, std::string>> colorbar_ticks(const HeatmapOptions& options) {
@@ -527,6 +564,100 @@ PngLayout png_layout(const Grid& grid, const HeatmapOptions& options) {
 
 }  // namespace detail
 
+bool has_inference(const Grid& grid) {
+  return grid.inference.resamples > 0 || grid.inference.permutations > 0;
+}
+
+namespace {
+
+// A [rows, cols] tensor as nested arrays, null for non-finite cells; checked against the grid.
+nlohmann::json cell_matrix(const char* fn, const char* name, const Grid& grid,
+                           const at::Tensor& t) {
+  const auto r = static_cast<int64_t>(grid.rows.size()), c = static_cast<int64_t>(grid.cols.size());
+  TORCH_CHECK_VALUE(t.defined() && t.dim() == 2 && t.size(0) == r && t.size(1) == c, fn,
+                    ": grid.inference.", name, " must be [", r, ", ", c, "], but got ",
+                    t.defined() ? detail::shape_str(t) : std::string("an undefined tensor"));
+  const at::Tensor v = t.to(at::kDouble).cpu().contiguous();
+  const double* p = v.data_ptr<double>();
+  nlohmann::json out = nlohmann::json::array();
+  for (int64_t i = 0; i < r; ++i) {
+    nlohmann::json row = nlohmann::json::array();
+    for (int64_t j = 0; j < c; ++j) {
+      if (std::isfinite(p[i * c + j])) {
+        row.push_back(p[i * c + j]);
+      } else {
+        row.push_back(nullptr);
+      }
+    }
+    out.push_back(std::move(row));
+  }
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json inference_to_json(const Grid& grid) {
+  constexpr const char* fn = "grid_to_json";
+  const GridInference& inf = grid.inference;
+  nlohmann::json j;
+  j["seed"] = inf.seed;
+  j["level"] = inf.level;
+  j["resamples"] = inf.resamples;
+  j["permutations"] = inf.permutations;
+  if (inf.resamples > 0) {
+    j["method"] = inf.method;
+    j["low"] = cell_matrix(fn, "low", grid, inf.low);
+    j["high"] = cell_matrix(fn, "high", grid, inf.high);
+    j["standard_error"] = cell_matrix(fn, "standard_error", grid, inf.standard_error);
+  }
+  if (inf.permutations > 0) {
+    j["p_value"] = cell_matrix(fn, "p_value", grid, inf.p_value);
+    j["null_mean"] = cell_matrix(fn, "null_mean", grid, inf.null_mean);
+  }
+  nlohmann::json undefined = nlohmann::json::array();
+  for (const UndefinedCells& u : inf.undefined) {
+    nlohmann::json cells = nlohmann::json::array();
+    for (const auto& [row, col] : u.cells) cells.push_back({row, col});
+    undefined.push_back({{"reason", u.reason}, {"cells", std::move(cells)}});
+  }
+  j["undefined"] = std::move(undefined);
+  return j;
+}
+
+std::string grid_cells_csv(const Grid& grid) {
+  constexpr const char* fn = "grid_cells_csv";
+  at::Tensor v = checked_values(fn, grid);
+  const GridInference& inf = grid.inference;
+  const int64_t r = v.size(0), c = v.size(1);
+  std::vector<std::pair<const char*, at::Tensor>> cols = {{"value", v}};
+  if (inf.resamples > 0) {
+    cols.insert(cols.end(),
+                {{"low", inf.low}, {"high", inf.high}, {"standard_error", inf.standard_error}});
+  }
+  if (inf.permutations > 0)
+    cols.insert(cols.end(), {{"p_value", inf.p_value}, {"null_mean", inf.null_mean}});
+  for (auto& [name, t] : cols) {
+    TORCH_CHECK_VALUE(t.defined() && t.dim() == 2 && t.size(0) == r && t.size(1) == c, fn,
+                      ": grid.inference.", name, " must be [", r, ", ", c, "]");
+    t = t.to(at::kDouble).cpu().contiguous();
+  }
+  std::ostringstream out;
+  out << csv_field(grid.row_label) << ',' << csv_field(grid.col_label);
+  for (const auto& [name, t] : cols) out << ',' << name;
+  out << "\r\n";
+  for (int64_t i = 0; i < r; ++i) {
+    for (int64_t j = 0; j < c; ++j) {
+      out << csv_field(grid.rows[i]) << ',' << csv_field(grid.cols[j]);
+      for (const auto& [name, t] : cols) {
+        const double x = t.data_ptr<double>()[i * c + j];
+        out << ',' << (std::isnan(x) ? std::string() : number17(x));
+      }
+      out << "\r\n";
+    }
+  }
+  return out.str();
+}
+
 nlohmann::json grid_to_json(const Grid& grid) {
   at::Tensor v = checked_values("grid_to_json", grid);
   const int64_t r = v.size(0), c = v.size(1);
@@ -560,6 +691,7 @@ nlohmann::json grid_to_json(const Grid& grid) {
     undefined.push_back({{"reason", u.reason}, {"cells", std::move(cells)}});
   }
   j["undefined"] = std::move(undefined);
+  if (has_inference(grid)) j["inference"] = inference_to_json(grid);
   j["versions"] = {{"svcca", SVCCA_VERSION}, {"torch", TORCH_VERSION}};
   return j;
 }
@@ -787,6 +919,20 @@ std::string heatmap_svg(const Grid& grid, const HeatmapOptions& options) {
     marks.setf(std::ios::fixed);
     marks.precision(1);
     const double inset = 0.2 * std::min(cw, ch);
+    const std::vector<bool> uncertain = detail::uncertain_cells(grid, options);
+    const GridInference& inf = grid.inference;
+    auto cells_of = [&](const at::Tensor& t) {
+      return t.defined() && t.numel() == nr * nc ? t.to(at::kDouble).cpu().contiguous()
+                                                 : at::Tensor();
+    };
+    const at::Tensor lo_t = cells_of(inf.low), hi_t = cells_of(inf.high),
+                     p_t = cells_of(inf.p_value);
+    auto cell_of = [&](const at::Tensor& t, int64_t i, int64_t j) {
+      return t.defined() ? t.data_ptr<double>()[i * nc + j] : std::nan("");
+    };
+    std::ostringstream rings;
+    rings.setf(std::ios::fixed);
+    rings.precision(1);
     s << "<g id=\"cells\">\n";
     for (int64_t i = 0; i < nr; ++i) {
       for (int64_t j = 0; j < nc; ++j) {
@@ -806,6 +952,16 @@ std::string heatmap_svg(const Grid& grid, const HeatmapOptions& options) {
                 << cx + inset << ' ' << cy + ch - inset << "\"/>\n";
         } else {
           s << fixed(x, 4);
+          if (has_inference(grid)) {
+            const double lo = cell_of(lo_t, i, j), hi = cell_of(hi_t, i, j);
+            const double pv = cell_of(p_t, i, j);
+            if (std::isfinite(lo)) s << " [" << fixed(lo, 4) << ", " << fixed(hi, 4) << "]";
+            if (std::isfinite(pv)) s << ", p = " << fixed(pv, 4);
+          }
+          if (uncertain[static_cast<size_t>(i * nc + j)]) {
+            rings << "<circle cx=\"" << cx + 0.8 * cw << "\" cy=\"" << cy + 0.2 * ch << "\" r=\""
+                  << 0.12 * std::min(cw, ch) << "\"/>\n";
+          }
         }
         s << "</title></rect>";
         if (values_fit && r < 0) {
@@ -818,6 +974,11 @@ std::string heatmap_svg(const Grid& grid, const HeatmapOptions& options) {
       }
     }
     s << "</g>\n";
+    if (!rings.str().empty()) {
+      s << "<g id=\"uncertain-marks\" fill=\"none\" stroke=\"" << mark << "\" stroke-width=\""
+        << std::max(0.6, std::min(cw, ch) / 24.0) << "\" pointer-events=\"none\">\n"
+        << rings.str() << "</g>\n";
+    }
     if (legend.total > 0) {
       // The crosses let the pointer through to the cell's tooltip.
       s << "<g id=\"undefined-marks\" fill=\"none\" stroke=\"" << mark << "\" stroke-width=\""
@@ -1002,6 +1163,7 @@ std::vector<uint8_t> heatmap_png(const Grid& grid, const HeatmapOptions& options
   const double* p = v.data_ptr<double>();
   const detail::UndefinedLegend legend = detail::undefined_legend(fn, grid, p);
   const detail::PngLayout l = detail::png_layout(grid, options);
+  const std::vector<bool> uncertain = detail::uncertain_cells(grid, options);
   std::vector<uint8_t> px(static_cast<size_t>(l.width * l.height * 3), 255);
   auto put = [&](int64_t x, int64_t y, detail::Rgb c) {
     uint8_t* q = &px[static_cast<size_t>((y * l.width + x) * 3)];
@@ -1020,6 +1182,17 @@ std::vector<uint8_t> heatmap_png(const Grid& grid, const HeatmapOptions& options
           detail::colormap(detail::scaled(p[i * nc + j], options.vmin, options.vmax));
       for (int64_t y = 0; y < l.cell_h; ++y) {
         for (int64_t x = 0; x < l.cell_w; ++x) put(x0 + x, y0 + y, c);
+      }
+      if (uncertain[static_cast<size_t>(i * nc + j)] && l.cell_w >= 6 && l.cell_h >= 6) {
+        // A hollow square in the top-right corner.
+        const int64_t side = std::max<int64_t>(3, std::min(l.cell_w, l.cell_h) / 4);
+        const int64_t sx = x0 + l.cell_w - side - 1, sy = y0 + 1;
+        for (int64_t k = 0; k < side; ++k) {
+          put(sx + k, sy, detail::kMarkColor);
+          put(sx + k, sy + side - 1, detail::kMarkColor);
+          put(sx, sy + k, detail::kMarkColor);
+          put(sx + side - 1, sy + k, detail::kMarkColor);
+        }
       }
     }
   }
@@ -1239,10 +1412,12 @@ std::vector<std::string> write_grid_files(const Grid& grid, const std::string& d
   // Render everything first, so that a rendering error writes no file at all.
   const std::string json = grid_to_json(grid).dump(2) + "\n";
   const std::string csv = grid_to_csv(grid);
+  const std::string cells = has_inference(grid) ? grid_cells_csv(grid) : std::string();
   const std::string svg = heatmap_svg(grid, options);
   const auto png = heatmap_png(grid, options, nullptr, nullptr);
-  const std::pair<const char*, std::string> files[] = {
+  std::vector<std::pair<const char*, std::string>> files = {
       {".json", json}, {".csv", csv}, {".svg", svg}, {".png", std::string(png.begin(), png.end())}};
+  if (has_inference(grid)) files.emplace_back("_cells.csv", cells);
   const fs::path base = fs::path(dir) / stem;
   for (const auto& [ext, bytes] : files) {
     const std::string path = base.string() + ext;
@@ -1275,14 +1450,14 @@ std::vector<std::string> write_grid_files(const Grid& grid, const std::string& d
   }
   // The old files are kept (hard links in the temporary folder) until every rename is done, so
   // that a failing rename can put them back.
-  bool kept[4] = {false, false, false, false};
-  for (size_t i = 0; i < 4; ++i) {
+  std::vector<bool> kept(files.size(), false);
+  for (size_t i = 0; i < files.size(); ++i) {
     const std::string target = base.string() + files[i].first;
     const std::string old = (tmp / ("old" + std::string(files[i].first))).string();
     kept[i] = ::link(target.c_str(), old.c_str()) == 0;
   }
   std::vector<std::string> paths;
-  for (size_t i = 0; i < 4; ++i) {
+  for (size_t i = 0; i < files.size(); ++i) {
     const std::string target = base.string() + files[i].first;
     if (std::rename((tmp / (stem + files[i].first)).c_str(), target.c_str()) != 0) {
       const std::string error = std::strerror(errno);
@@ -1300,6 +1475,8 @@ std::vector<std::string> write_grid_files(const Grid& grid, const std::string& d
     }
     paths.push_back(target);
   }
+  // A set without inference has no cells file: one left by an earlier run would not belong to it.
+  if (!has_inference(grid)) ::unlink((base.string() + "_cells.csv").c_str());
   if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
     ::fsync(dfd);  // the renames themselves survive a crash
     ::close(dfd);

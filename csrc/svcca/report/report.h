@@ -29,10 +29,29 @@ Grid grid_from_json(const nlohmann::json& json);
 // "inf" / "-inf", which strtod and Python's float() read). The reasons are in the JSON only.
 std::string grid_to_csv(const Grid& grid);
 
+// Whether grid.inference holds intervals or p-values (resamples or permutations > 0).
+bool has_inference(const Grid& grid);
+// grid.inference as JSON (grid_to_json's "inference" field, present only when has_inference):
+// {"seed", "level", "resamples", "permutations", "method", "low", "high", "standard_error",
+//  "p_value", "null_mean", "undefined"}; the interval fields only with resamples > 0, the
+// p-value fields only with permutations > 0; cells without a value are null. grid_from_json does
+// not read it back. Throws when a tensor is not [rows, cols].
+nlohmann::json inference_to_json(const Grid& grid);
+// One record per cell (long format, RFC 4180 as grid_to_csv): "<row_label>,<col_label>,value"
+// then low,high,standard_error (with resamples) and p_value,null_mean (with permutations); empty
+// fields for NaN. write_grid_files writes it as <stem>_cells.csv when has_inference.
+std::string grid_cells_csv(const Grid& grid);
+
 struct HeatmapOptions {
   std::string title;  // empty: "<measure> (<examples> examples)"
   double vmin = 0.0;  // colour scale range; values are clamped into it
   double vmax = 1.0;
+  // With grid.inference (svcca/inference/grid_inference.h), a cell is marked uncertain (a ring in
+  // the SVG and a hollow square in the PNG, top right; the tooltip gives the interval and the
+  // p-value; the title says what the mark means) when its interval is wider than this or its
+  // p-value is above 1 - level (0.05 without intervals). Compact SVGs (above kSvgMaxTooltipCells
+  // cells) and the terminal heatmap draw no marks.
+  double wide_interval = 0.1;
 };
 // Undefined cells (NaN or inf in grid.values; grid.undefined gives their reasons, see
 // detail::undefined_legend) are drawn alike by all three heatmaps: blank (light grey) with a mark
@@ -80,8 +99,9 @@ std::string undefined_summary(const Grid& grid);
 // (leaving nothing behind) when the folder does not exist or cannot be written.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
-// Writes <dir>/<stem>.json, .csv, .svg and .png as one set, all or nothing; creates `dir` if
-// missing. The four files are written into a fresh temporary folder in `dir`
+// Writes <dir>/<stem>.json, .csv, .svg and .png (and <stem>_cells.csv with intervals or p-values
+// when the grid carries inference) as one set, all or nothing; creates `dir` if missing. The files
+// are written into a fresh temporary folder in `dir`
 // (".<stem>.tmp.<pid>.XXXXXX", mkdtemp) and renamed in only after all of them are written; on
 // any error (a full disk, a failed rename) the temporary folder is removed and the files of a
 // previous set are left as they were (renames already done are undone). Temporary folders left

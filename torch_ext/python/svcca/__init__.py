@@ -48,6 +48,10 @@ __all__ = [
     "layer_names",
     "list_layers",
     "TrainingMonitor",
+    "bootstrap",
+    "bootstrap_difference",
+    "permutation_test",
+    "grid_inference",
 ]
 
 _LIB_NAME = "libsvcca_ops.so"
@@ -74,6 +78,8 @@ from svcca.capture import capture, layer_names, list_layers, tap_model  # noqa: 
 from svcca.monitor import TrainingMonitor  # noqa: E402,F401
 from svcca.grid import (Grid, default_memory_budget, module_grid,  # noqa: E402,F401
                         similarity_grid)
+from svcca.inference import (bootstrap, bootstrap_difference,  # noqa: E402,F401
+                             grid_inference, permutation_test)
 
 
 def cca(x, y, epsilon=0.0, variance_cutoff=0.0, rank_rtol=None, precision="float64",
