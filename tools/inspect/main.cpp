@@ -46,23 +46,6 @@ int write_stdout(const std::string& text) {
   return kExitOk;
 }
 
-// --bootstrap, --ci, --ci-method, --permutations (grid, compare).
-void add_inference_options(CLI::App* sub, InferenceSpec& spec) {
-  sub->add_option("--bootstrap", spec.bootstrap,
-                  "bootstrap resamples of the examples per cell: an interval for every cell "
-                  "(0: off)")
-      ->capture_default_str();
-  sub->add_option("--ci", spec.ci, "confidence level of the --bootstrap intervals, in (0, 1)")
-      ->capture_default_str();
-  sub->add_option("--ci-method", spec.ci_method, "percentile or bca (bias-corrected, accelerated)")
-      ->check(CLI::IsMember({"percentile", "bca"}))
-      ->capture_default_str();
-  sub->add_option("--permutations", spec.permutations,
-                  "permutations of the examples per cell: a p-value of 'no relation' for every "
-                  "cell (0: off)")
-      ->capture_default_str();
-}
-
 // One line per distinct reason, for stderr.
 std::string undefined_lines(const svcca::Grid& grid) {
   size_t cells = 0;

@@ -121,7 +121,7 @@ class KernelResampler : public Resampler {
     const at::ScalarType dtype = compute_dtype(mat, mat, precision_);
     if (!rbf_ && !debiased_ && p <= kNarrowMaxFeatures && p * p <= n) {
       check_not_constant(fn, name.c_str(), non_constant_columns(mat));
-      at::Tensor xc = center(mat, dtype).data;
+      at::Tensor xc = center(mat, dtype, /*rescale=*/true).data;
       const double scale = xc.abs().amax().item<double>();
       if (scale > 0.0 && std::isfinite(scale)) xc = xc / scale;
       l->narrow = true;
@@ -309,7 +309,8 @@ class MomentResampler : public Resampler {
     // partner's raw rows are needed too.
     if (kind_ == MomentKind::kSvcca) l->raw = mat;
     if (l->wide) return l;
-    Centered c = center(mat, compute_dtype(mat, mat, precision_));
+    // Rescaled by a power of two (every measure here is scale invariant): no overflow.
+    Centered c = center(mat, compute_dtype(mat, mat, precision_), /*rescale=*/true);
     l->xc = c.data;
     l->mean = c.mean;
     if (kind_ == MomentKind::kProcrustes) l->xn = c.data / c.data.square().sum().sqrt();
@@ -349,8 +350,9 @@ class MomentResampler : public Resampler {
         continue;
       }
       try {
-        o.factors = factor_layer("bootstrap", l.name.c_str(), cov, nc,
-                                 with_input_floor(fopt_, l.input_dtype, l.mean + o.m, cov));
+        o.factors = factor_layer(
+            "bootstrap", l.name.c_str(), cov, nc,
+            with_input_floor(fopt_, l.input_dtype, l.mean + o.m, cov, static_cast<int64_t>(o.n)));
         o.ok = true;
       } catch (const c10::Error&) {
         o.ok = false;  // no direction left on this resample: the measure is undefined there
