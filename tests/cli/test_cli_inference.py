@@ -7,7 +7,6 @@ CTest sets SVCCA_INSPECT and PYTHONPATH (the staged svcca package).
 import csv
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -19,22 +18,6 @@ DIGITS = os.path.join(ROOT, "models", "digits")
 PROBE = os.path.join(DIGITS, "probe.pt")
 FINAL = os.path.join(DIGITS, "cnn_epoch8.pt")
 EXIT_USAGE = 2
-
-
-@pytest.fixture(scope="session")
-def exe():
-    path = os.environ.get("SVCCA_INSPECT")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail("SVCCA_INSPECT must name the built svcca-inspect executable, got %r" % path)
-    return path
-
-
-@pytest.fixture
-def run(exe):
-    def run_(*args):
-        return subprocess.run([exe] + [str(a) for a in args], capture_output=True, text=True,
-                              timeout=300)
-    return run_
 
 
 def ok_json(run, *args):

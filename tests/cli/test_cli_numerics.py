@@ -2,21 +2,12 @@
 independent noise), the CCA family's rank options on the command line, extreme scales.
 """
 import json
-import os
 import subprocess
 
 import numpy as np
 import pytest
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
-
-
-@pytest.fixture(scope="module")
-def exe():
-    path = os.environ.get("SVCCA_INSPECT")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail("SVCCA_INSPECT must name the built svcca-inspect executable, got %r" % path)
-    return path
 
 
 def run(exe, *args):

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_inspect import (DIGITS, EXIT_INPUT, EXIT_OUTPUT, EXIT_RUNTIME, EXIT_USAGE,  # noqa: E402,F401
-                          FINAL, PROBE, _npy_header, exe, fails, ok, ok_json, run)
+                          FINAL, PROBE, _npy_header)
 
 OUT_SET = ["grid.csv", "grid.json", "grid.png", "grid.svg"]
 

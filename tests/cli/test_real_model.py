@@ -9,7 +9,6 @@ Like test_inspect.py, CTest sets SVCCA_INSPECT; a missing executable is a failur
 So is a missing torchvision (Debian: python3-torchvision).
 """
 import json
-import os
 import subprocess
 
 import numpy as np
@@ -22,14 +21,6 @@ except ImportError:  # a failure, not a skip: CI must have it
     torchvision = None
 
 N, SIZE = 4, 64
-
-
-@pytest.fixture(scope="session")
-def exe():
-    path = os.environ.get("SVCCA_INSPECT")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail("SVCCA_INSPECT must name the built svcca-inspect executable, got %r" % path)
-    return path
 
 
 @pytest.fixture(scope="module")
