@@ -27,9 +27,9 @@ inline constexpr Tol kDecomp64{1e-8, 1e-10};       // float64 after eigh/SVD/QR
 // spanning 1e12: weights up to 1e6 times the data's scale), formed by the test itself: their
 // rounding is about eps |x| |w| sqrt(n), 1e-10 on some BLAS kernels (OpenBLAS picks them by CPU).
 inline constexpr Tol kIllConditioned64{1e-8, 1e-9};
-inline constexpr Tol kFloat32{1e-4, 1e-5};         // float32 anywhere
-inline constexpr Tol kGoldenVectors{0.0, 1e-6};    // golden singular vectors, after sign alignment
-inline constexpr Tol kGoldenDefault{1e-6, 1e-8};   // golden outputs whose file states no tolerance
+inline constexpr Tol kFloat32{1e-4, 1e-5};        // float32 anywhere
+inline constexpr Tol kGoldenVectors{0.0, 1e-6};   // golden singular vectors, after sign alignment
+inline constexpr Tol kGoldenDefault{1e-6, 1e-8};  // golden outputs whose file states no tolerance
 // float64, streamed (accumulated moments) against one-shot: the same code path on moments that
 // differ only by rounding (Chan et al.'s update is backward stable), so closed-form tight.
 inline constexpr Tol kStreamed64{1e-10, 1e-12};

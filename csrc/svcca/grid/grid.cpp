@@ -166,8 +166,8 @@ class WhitenedMeasure : public CellMeasure {
     const auto& fx = held<detail::WhitenedFactor>(x);
     const auto& fy = held<detail::WhitenedFactor>(y);
     // A layer against itself (the diagonal of a one-model grid) is 1 by definition, not by force.
-    detail::check_forced_correlations(fn, fx.rank, fy.rank, fx.z.size(0),
-                                      allow_forced_ || &x == &y, std::string(name_) == "svcca");
+    detail::check_forced_correlations(fn, fx.rank, fy.rank, fx.z.size(0), allow_forced_ || &x == &y,
+                                      std::string(name_) == "svcca");
     return detail::canonical_correlations(fx, fy).mean();
   }
 
