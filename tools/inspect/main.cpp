@@ -2,6 +2,7 @@
 // choice and exit codes only; the work is in inspector.cpp, the rendering in reporters.cpp).
 #include <c10/util/Exception.h>
 #include <unistd.h>
+#include <algorithm>
 
 #include <cerrno>
 #include <csignal>
@@ -52,8 +53,22 @@ std::string undefined_lines(const svcca::Grid& grid) {
   for (const auto& u : grid.undefined) cells += u.cells.size();
   std::string s = std::to_string(cells) + " of " + std::to_string(grid.values.numel()) +
                   " cells are undefined (null):\n";
-  for (const auto& u : grid.undefined)
-    s += "  " + std::to_string(u.cells.size()) + " cells: " + u.reason + "\n";
+  // The largest groups first; at most kShown lines (a big grid can have thousands of reasons,
+  // e.g. one per pair of layers refused for forced correlations): the JSON has them all.
+  constexpr size_t kShown = 10;
+  std::vector<const svcca::UndefinedCells*> order;
+  for (const auto& u : grid.undefined) order.push_back(&u);
+  std::stable_sort(order.begin(), order.end(),
+                   [](const auto* a, const auto* b) { return a->cells.size() > b->cells.size(); });
+  for (size_t i = 0; i < order.size() && i < kShown; ++i)
+    s += "  " + std::to_string(order[i]->cells.size()) + " cells: " + order[i]->reason + "\n";
+  if (order.size() > kShown) {
+    size_t rest = 0;
+    for (size_t i = kShown; i < order.size(); ++i) rest += order[i]->cells.size();
+    s += "  ... " + std::to_string(rest) + " more cells, for " +
+         std::to_string(order.size() - kShown) +
+         " more reasons (every reason is in the JSON's \"undefined\")\n";
+  }
   return s;
 }
 

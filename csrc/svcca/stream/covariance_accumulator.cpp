@@ -179,18 +179,7 @@ CovarianceAccumulator::CovarianceAccumulator(const CovarianceAccumulator& other)
 
 CovarianceAccumulator::CovarianceAccumulator(CovarianceAccumulator&& other) noexcept {
   std::lock_guard<std::mutex> lock(other.mutex_);
-  options_ = std::move(other.options_);
-  pairs_ = std::move(other.pairs_);
-  n_ = other.n_;
-  p_ = std::move(other.p_);
-  input_dtypes_ = std::move(other.input_dtypes_);
-  mean_ = std::move(other.mean_);
-  comoment_ = std::move(other.comoment_);
-  min_ = std::move(other.min_);
-  max_ = std::move(other.max_);
-  cross_ = std::move(other.cross_);
-  scale_exp_ = std::move(other.scale_exp_);
-  other.n_ = 0;
+  move_from(other);
 }
 
 CovarianceAccumulator& CovarianceAccumulator::operator=(const CovarianceAccumulator& other) {
@@ -203,6 +192,11 @@ CovarianceAccumulator& CovarianceAccumulator::operator=(const CovarianceAccumula
 CovarianceAccumulator& CovarianceAccumulator::operator=(CovarianceAccumulator&& other) noexcept {
   if (this == &other) return *this;
   std::scoped_lock lock(mutex_, other.mutex_);
+  move_from(other);
+  return *this;
+}
+
+void CovarianceAccumulator::move_from(CovarianceAccumulator& other) noexcept {
   options_ = std::move(other.options_);
   pairs_ = std::move(other.pairs_);
   n_ = other.n_;
@@ -215,7 +209,6 @@ CovarianceAccumulator& CovarianceAccumulator::operator=(CovarianceAccumulator&& 
   cross_ = std::move(other.cross_);
   scale_exp_ = std::move(other.scale_exp_);
   other.n_ = 0;
-  return *this;
 }
 
 // Deep: a copy's tensors are its own (update() writes the state in place).

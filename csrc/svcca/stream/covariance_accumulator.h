@@ -167,6 +167,7 @@ class CovarianceAccumulator {
                       const std::string& where);
   void merge_locked(const char* fn, const CovarianceAccumulator& other);
   void copy_from(const CovarianceAccumulator& other);
+  void move_from(CovarianceAccumulator& other) noexcept;  // caller holds both locks
   void reset();
   void check_compatible(const char* fn, const char* name, const CovarianceAccumulator& other) const;
 
