@@ -38,6 +38,15 @@ def test_svcca_of_independent_wide_noise_is_a_null_cell_with_the_counts(exe, noi
     assert "keeps" in err
 
 
+def test_fewer_svcca_directions_make_the_cell_defined(exe, noise):
+    grid, _ = compare_json(exe, *noise, "--measure", "svcca", "--dims", "20")
+    assert grid["options"]["dims"] == "20"
+    assert grid["values"][0][0] < 0.8  # independent noise, 20 + 20 <= 99 directions
+    for bad in ("0", "-3", "x", "1e3"):
+        r = run(exe, "compare", *noise, "--measure", "svcca", "--dims", bad)
+        assert r.returncode == EXIT_USAGE and "--dims" in r.stderr, (bad, r.stderr)
+
+
 def test_allow_forced_correlations_computes_it_and_says_so(exe, noise):
     grid, _ = compare_json(exe, *noise, "--measure", "svcca", "--allow-forced-correlations")
     assert grid["values"][0][0] > 0.9  # what the refusal protects from

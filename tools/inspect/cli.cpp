@@ -119,7 +119,9 @@ void add_run_options(CLI::App* sub, RunSpec& run, RawRun& raw, bool& strict) {
 }
 
 // --rank-rtol, --allow-forced-correlations (grid, compare, dynamics): the CCA family's rank rules.
-void add_cca_options(CLI::App* sub, CcaSpec& spec, std::string& rtol_text) {
+void add_cca_options(CLI::App* sub, CcaSpec& spec, std::string& rtol_text, std::string& dims_text) {
+  sub->add_option("--dims", dims_text,
+                  "svcca: keep the top D >= 1 directions per layer (default: 99% of the variance)");
   sub->add_option(
       "--rank-rtol", rtol_text,
       "cca/svcca/pwcca: eigen-directions <= RTOL x the largest count as zero, in [0, 1] "
@@ -130,7 +132,17 @@ void add_cca_options(CLI::App* sub, CcaSpec& spec, std::string& rtol_text) {
                 "spans must intersect, forcing rx + ry - (n - 1) correlations to 1)");
 }
 
-void finish_cca_options(CcaSpec& spec, const std::string& rtol_text) {
+void finish_cca_options(CcaSpec& spec, const std::string& rtol_text, const std::string& dims_text) {
+  if (!dims_text.empty()) {
+    const bool digits =
+        dims_text.size() <= 9 && dims_text.find_first_not_of("0123456789") == std::string::npos;
+    const int64_t d = digits ? std::stoll(dims_text) : 0;
+    if (d < 1) {
+      throw UsageError("--dims must be a whole number >= 1 (directions per layer), but got '" +
+                       dims_text + "'");
+    }
+    spec.svcca_dims = d;
+  }
   if (rtol_text.empty()) return;
   double v = 0.0;
   size_t used = 0;
@@ -296,8 +308,8 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
   bool grid_strict = false;
   add_run_options(grid, line.grid.run, grid_run, grid_strict);
   add_inference_options(grid, line.grid.inference);  // seeded by --seed
-  std::string grid_rtol, compare_rtol, dyn_rtol;
-  add_cca_options(grid, line.grid.run.cca, grid_rtol);
+  std::string grid_rtol, compare_rtol, dyn_rtol, grid_dims, compare_dims, dyn_dims;
+  add_cca_options(grid, line.grid.run.cca, grid_rtol, grid_dims);
   std::string grid_out;
   // --out and -o are required, checked after the values CLI11 may have taken from other options.
   grid_run.out_opt = grid->add_option("--out", grid_out,
@@ -328,7 +340,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
   compare_raw.out_opt =
       compare->add_option("--out", compare_out, "also write compare.json/.csv/.svg/.png here");
   add_inference_options(compare, line.compare.inference);
-  add_cca_options(compare, line.compare.cca, compare_rtol);
+  add_cca_options(compare, line.compare.cca, compare_rtol, compare_dims);
   std::string compare_seed = "0";
   compare->add_option("--seed", compare_seed, "seed of --bootstrap / --permutations, 0 to 2^64 - 1")
       ->capture_default_str();
@@ -354,7 +366,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
   dyn_run.batch_opt = dynamics->add_option("--batch-size", dyn_run.batch_text,
                                            "examples per batch, B >= 1 (default: all)");
   add_run_options(dynamics, line.dynamics.run, dyn_run, dyn_strict);
-  add_cca_options(dynamics, line.dynamics.run.cca, dyn_rtol);
+  add_cca_options(dynamics, line.dynamics.run.cca, dyn_rtol, dyn_dims);
   dyn_run.out_opt =
       dynamics->add_option("--out", dyn_out, "folder for the files (created if missing; required)");
 
@@ -412,7 +424,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       if (!grid_run.memory.empty()) r.run.memory_bytes = parse_memory("--memory", grid_run.memory);
       check_required(grid_run.out_opt, "--out");
       check_name("--out", grid_out, "a folder");
-      finish_cca_options(r.run.cca, grid_rtol);
+      finish_cca_options(r.run.cca, grid_rtol, grid_dims);
       check_request_options("grid", r.measure, r.conv, r.batch_size);
       line.out_dir = grid_out;
       line.strict = grid_strict;
@@ -424,7 +436,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       r.neurons_first = layout == "neurons-first";
       if (compare_raw.out_opt->count() > 0) check_name("--out", compare_out, "a folder");
       r.inference.seed = parse_seed("--seed", compare_seed);
-      finish_cca_options(r.cca, compare_rtol);
+      finish_cca_options(r.cca, compare_rtol, compare_dims);
       check_request_options("compare", r.measure, r.conv, 0);
       line.out_dir = compare_out;
     } else if (line.command == "dynamics") {
@@ -437,7 +449,7 @@ int parse_command_line(int argc, const char* const* argv, CommandLine& line, std
       if (!dyn_run.memory.empty()) r.run.memory_bytes = parse_memory("--memory", dyn_run.memory);
       check_required(dyn_run.out_opt, "--out");
       check_name("--out", dyn_out, "a folder");
-      finish_cca_options(r.run.cca, dyn_rtol);
+      finish_cca_options(r.run.cca, dyn_rtol, dyn_dims);
       check_request_options("dynamics", r.measure, r.conv, r.batch_size);
       line.out_dir = dyn_out;
       line.strict = dyn_strict;

@@ -103,6 +103,7 @@ void apply_cca_spec(GridOptions& o, const CcaSpec& spec) {
     c->rank_rtol = spec.rank_rtol;
     c->allow_forced_correlations = spec.allow_forced_correlations;
   }
+  if (spec.svcca_dims) o.svcca.dims = *spec.svcca_dims;
 }
 
 GridOptions grid_options(const char* fn, const std::string& measure, const std::string& conv) {

@@ -57,6 +57,7 @@ struct LayersRequest {
 struct CcaSpec {
   std::optional<double> rank_rtol;         // unset: the default rule (with the input's floor)
   bool allow_forced_correlations = false;  // compute pairs with rx + ry > n - 1 anyway
+  std::optional<int64_t> svcca_dims;       // svcca: the top D directions per layer (--dims)
 };
 
 // How the models are run: which layers, in which mode, within which memory budget.
