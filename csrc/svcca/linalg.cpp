@@ -33,9 +33,9 @@ double unit_scale(const at::Tensor& x) {
   return std::ldexp(1.0, -e);
 }
 
-at::Tensor mul_pow2(const at::Tensor& t, int exponent) {
+at::Tensor mul_pow2(const at::Tensor& t, int exponent, bool in_place) {
   at::Tensor r = t;
-  bool copied = false;
+  bool copied = in_place;
   // Steps of at most 2^100: each factor is a normal float32 number.
   while (exponent != 0) {
     const int step = std::max(-100, std::min(100, exponent));
@@ -54,17 +54,8 @@ Centered center(const at::Tensor& x, at::ScalarType dtype, bool rescale) {
     std::frexp(unit_scale(x), &e);
     e -= 1;  // unit_scale = 2^e
     scale = std::ldexp(1.0, -e);
-    if (e != 0) {
-      if (xd.is_same(x)) {
-        xd = mul_pow2(xd, e);
-      } else {
-        while (e != 0) {
-          const int step = std::max(-100, std::min(100, e));
-          xd.mul_(std::ldexp(1.0, step));
-          e -= step;
-        }
-      }
-    }
+    // The cast's copy (when it made one) is scaled in place.
+    if (e != 0) xd = mul_pow2(xd, e, /*in_place=*/!xd.is_same(x));
   }
   at::Tensor mean = xd.mean(0);
   // When the cast (or the rescale) made a copy, center it in place: one [n, p] buffer instead of

@@ -30,8 +30,9 @@ at::Tensor mh(const at::Tensor& t);
 // [1/2, 1), so that no product or sum of squares of a finite layer overflows or underflows.
 // Scale-invariant measures (CCA family, CKA, Procrustes) compute on rescaled layers.
 double unit_scale(const at::Tensor& x);
-// t * 2^exponent, exact (applied in steps that stay inside float32's range).
-at::Tensor mul_pow2(const at::Tensor& t, int exponent);
+// t * 2^exponent, exact (applied in steps that stay inside float32's range); in_place scales t
+// itself (a buffer the caller owns).
+at::Tensor mul_pow2(const at::Tensor& t, int exponent, bool in_place = false);
 
 // x (cast to `dtype`) minus its column means. x: [n, p]. With `rescale`, x is first multiplied by
 // unit_scale(x): data and mean are then in units of `scale` (x = (data + mean) * scale).

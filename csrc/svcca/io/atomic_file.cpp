@@ -87,6 +87,12 @@ void TempFile::close() {
 }
 
 void TempFile::commit() {
+  // On disk before the rename, so that a crash leaves the old file or the whole new one.
+  if (fd_ >= 0 && ::fsync(fd_) != 0) {
+    const int err = errno;
+    TORCH_CHECK(false, fn_, ": path must be writable, but syncing \"", temp_, "\" (for \"", path_,
+                "\") failed: ", errno_text(err));
+  }
   close();
   // mkstemp creates 0600; give the file what open(O_CREAT, 0666) would have.
   ::chmod(temp_.c_str(), 0666 & ~current_umask());

@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "svcca/checks.h"
+#include "svcca/io/atomic_file.h"
 #include "svcca/report/font.h"
 #include "svcca/report/heatmap.h"
 
@@ -1322,35 +1323,8 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
               ": path must be in an existing folder, but the folder "
               "\"",
               dir.string(), "\" of \"", path, "\" does not exist");
-  std::string tmpl = (dir / ("." + target.filename().string() + ".tmp.XXXXXX")).string();
-  const int fd = mkstemp(tmpl.data());
-  TORCH_CHECK(fd >= 0, fn,
-              ": path must be in a writable folder, but creating a temporary file in \"",
-              dir.string(), "\" failed: ", std::strerror(errno));
-  // mkstemp creates the file 0600; give it the permissions a plain open() would (0666 & ~umask).
-  const mode_t mask = umask(0);
-  umask(mask);
-  std::string error;
-  if (fchmod(fd, 0666 & ~mask) != 0) error = std::string("chmod: ") + std::strerror(errno);
-  size_t done = 0;
-  while (error.empty() && done < bytes.size()) {
-    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      error = std::string("write: ") + std::strerror(errno);
-    } else {
-      done += static_cast<size_t>(w);
-    }
-  }
-  if (error.empty() && ::fsync(fd) != 0) error = std::string("fsync: ") + std::strerror(errno);
-  if (::close(fd) != 0 && error.empty()) error = std::string("close: ") + std::strerror(errno);
-  if (error.empty() && std::rename(tmpl.c_str(), path.c_str()) != 0) {
-    error = std::string("rename: ") + std::strerror(errno);
-  }
-  if (!error.empty()) {
-    ::unlink(tmpl.c_str());
-    TORCH_CHECK(false, fn, ": path \"", path, "\" could not be written (", error, ")");
-  }
+  // A unique temporary beside the target (mkstemp), synced, then renamed: the one atomic writer.
+  detail::write_file_atomically(fn, path, bytes.data(), bytes.size());
 }
 
 namespace {
