@@ -10,6 +10,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "svcca/linalg.h"
+
 namespace svcca {
 namespace detail {
 
@@ -31,19 +33,7 @@ inline int scale_exponent(double m, int K) {
   return e - 1;
 }
 
-// t * 2^k, exact (barring underflow), in chunks that stay inside t's dtype's range (2^1074 and
-// 2^-1074 are not finite doubles, 2^128 not a finite float).
-inline at::Tensor mul_pow2(const at::Tensor& t, int k) {
-  if (k == 0) return t;
-  const int step = t.scalar_type() == at::kFloat ? 100 : 1000;
-  at::Tensor out = t;
-  while (k != 0) {
-    const int c = std::max(-step, std::min(step, k));
-    out = out * std::ldexp(1.0, c);
-    k -= c;
-  }
-  return out;
-}
+// t * 2^k: detail::mul_pow2 (svcca/linalg.h).
 
 // 2^k as a double, clamped to the finite range (for messages and the state's "scale" entries;
 // |k| <= 1074 in practice).
