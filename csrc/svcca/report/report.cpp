@@ -1324,7 +1324,14 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
               "\"",
               dir.string(), "\" of \"", path, "\" does not exist");
   // A unique temporary beside the target (mkstemp), synced, then renamed: the one atomic writer.
-  detail::write_file_atomically(fn, path, bytes.data(), bytes.size());
+  try {
+    detail::write_file_atomically(fn, path, bytes.data(), bytes.size());
+  } catch (const c10::Error& e) {
+    std::string why = e.what_without_backtrace();
+    const std::string prefix = std::string(fn) + ": path must be writable, but ";
+    if (why.rfind(prefix, 0) == 0) why = why.substr(prefix.size());
+    TORCH_CHECK(false, fn, ": path \"", path, "\" could not be written (", why, ")");
+  }
 }
 
 namespace {
