@@ -2,7 +2,7 @@
 set -euo pipefail
 
 SVCCA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SVCCA_PACKAGES=(cmake g++ make libtorch-dev python3-torch libfmt-dev nlohmann-json3-dev
+SVCCA_PACKAGES=(cmake g++ make libtorch-dev python3-torch libblas-dev libfmt-dev nlohmann-json3-dev
   libgtest-dev libbenchmark-dev libgloo-dev libopenblas0-pthread python3-numpy python3-pytest
   libcli11-dev libspng-dev python3-torchvision python3-hypothesis)
 

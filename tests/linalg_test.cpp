@@ -1,6 +1,8 @@
 // Tests of the shared numerics: centering, covariance and per-layer factors.
 #include "svcca/linalg.h"
 
+#include "svcca/blas.h"
+
 #include "support/support.h"
 
 namespace svcca {
@@ -26,6 +28,70 @@ TEST_F(LinalgTest, BlockedCovarianceEqualsTheFullProduct) {
     at::Tensor cov = covariance(c.data);
     EXPECT_ALLCLOSE(cov, cross_covariance(c.data, c.data), testing::tol::kClosedForm64) << p;
   }
+}
+
+// The symmetric products (BLAS syrk/herk where the build has it) equal the general product, for
+// every dtype BLAS covers, both sides, both memory orders, lazy conjugates and accumulation.
+TEST_F(LinalgTest, SymmetricProductsEqualTheGeneralProduct) {
+  for (auto dtype : {at::kFloat, at::kDouble, at::kComplexFloat, at::kComplexDouble}) {
+    const bool single = dtype == at::kFloat || dtype == at::kComplexFloat;
+    const auto tol = single ? testing::tol::kFloat32 : testing::tol::kClosedForm64;
+    for (int64_t p : {1, 7, 130}) {
+      at::Tensor a = at::randn({53, p}, at::TensorOptions().dtype(dtype));
+      at::Tensor ref_inner = at::mm(mh(a), a);
+      at::Tensor ref_outer = at::mm(a, mh(a));
+      SCOPED_TRACE(::testing::Message() << dtype << " p=" << p);
+      EXPECT_ALLCLOSE(covariance(a), ref_inner / 52.0, tol);
+      EXPECT_ALLCLOSE(gram(a), ref_outer, tol);
+      // A transposed view (column-major memory) and a lazy conjugate.
+      at::Tensor at_view = a.t().contiguous().t();
+      if (p > 1) {
+        ASSERT_FALSE(at_view.is_contiguous());
+      }
+      EXPECT_ALLCLOSE(covariance(at_view), ref_inner / 52.0, tol);
+      EXPECT_ALLCLOSE(gram(at_view), ref_outer, tol);
+      if (a.is_complex()) {
+        EXPECT_ALLCLOSE(gram(a.conj()), at::mm(a.conj(), a.t()), tol);
+        EXPECT_ALLCLOSE(covariance(at_view.conj()), at::mm(a.t(), a.conj()) / 52.0, tol);
+      }
+      // c = beta c + alpha a^H a, with c already Hermitian.
+      at::Tensor c = ref_inner.clone();
+      add_product_(c, a, /*outer=*/false, 0.5, 2.0);
+      EXPECT_ALLCLOSE(c, ref_inner * 2.5, tol);
+      at::Tensor d = ref_outer.clone();
+      add_product_(d, at_view, /*outer=*/true, 1.0, 1.0);
+      EXPECT_ALLCLOSE(d, ref_outer * 2.0, tol);
+    }
+  }
+}
+
+TEST_F(LinalgTest, SymmetricQuadraticFormsEqualTheFullProduct) {
+  for (auto dtype : {at::kFloat, at::kDouble}) {
+    at::Tensor a = at::randn({70, 9}, at::TensorOptions().dtype(dtype));
+    at::Tensor m = at::mm(a, a.t()) - 3.0;  // symmetric, indefinite
+    at::Tensor w = at::rand({70, 13}, at::TensorOptions().dtype(dtype)) * 2.0;
+    at::Tensor out;
+    if (!symmetric_quadratic_forms(m, w, out)) GTEST_SKIP() << "built without BLAS";
+    EXPECT_ALLCLOSE(out, (w * at::mm(m, w)).sum(0), testing::tol_for(dtype, /*closed_form=*/true))
+        << dtype;
+  }
+}
+
+TEST_F(LinalgTest, SymmetricProductsOfEmptyAndNarrowInputs) {
+  at::Tensor none = at::zeros({0, 4}, at::kDouble);
+  at::Tensor c = at::ones({4, 4}, at::kDouble);
+  add_product_(c, none, /*outer=*/false, 1.0, 3.0);  // no terms: beta c
+  EXPECT_ALLCLOSE(c, at::full({4, 4}, 3.0, at::kDouble), testing::tol::kClosedForm64);
+  // A column slice is neither contiguous nor a transpose: copied, same numbers.
+  at::Tensor wide = at::randn({30, 12}, at::kDouble);
+  at::Tensor part = wide.narrow(1, 3, 5);
+  EXPECT_ALLCLOSE(covariance(part), at::mm(part.t(), part) / 29.0, testing::tol::kClosedForm64);
+  // Autograd still flows (the BLAS path steps aside for inputs that need gradients).
+  at::Tensor g = at::randn({20, 3}, at::kDouble).requires_grad_();
+  covariance(g).sum().backward();
+  ASSERT_TRUE(g.grad().defined());
+  EXPECT_ALLCLOSE(g.grad(), (2.0 / 19.0) * g.sum(1, true).expand({20, 3}).detach(),
+                  testing::tol::kClosedForm64);
 }
 
 TEST_F(LinalgTest, FactorsWhitenTheCovariance) {

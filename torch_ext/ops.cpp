@@ -123,6 +123,7 @@ TORCH_LIBRARY_IMPL(svcca, CompositeImplicitAutograd, m) {
   m.impl("pwcca", &svcca::ops::pwcca_op);
   m.impl("get_cca_similarity", &svcca::compat::get_cca_similarity);
   m.impl("compute_pwcca", &svcca::compat::compute_pwcca);
+  m.impl("get_svcca_similarity", &svcca::compat::get_svcca_similarity);
   m.impl("sum_threshold", &svcca::compat::sum_threshold);
   m.impl("get_pls_similarity", &svcca::compat::get_pls_similarity);
   m.impl("get_pca", &svcca::compat::get_pca);

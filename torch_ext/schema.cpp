@@ -33,6 +33,9 @@ TORCH_LIBRARY(svcca, m) {
       "get_cca_similarity(Tensor acts1, Tensor acts2, float epsilon=0., float threshold=0.98, "
       "bool compute_coefs=True, bool compute_dirns=False) -> Dict(str, Tensor)");
   m.def("compute_pwcca(Tensor acts1, Tensor acts2, float epsilon=0.) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "get_svcca_similarity(Tensor acts1, Tensor acts2, int dims1=20, int dims2=-1, "
+      "float epsilon=1e-10, float threshold=0.98) -> Dict(str, Tensor)");
   m.def("sum_threshold(Tensor array, float threshold) -> int");
   m.def("get_pls_similarity(Tensor acts1, Tensor acts2) -> Dict(str, Tensor)");
   m.def("get_pca(Tensor acts, bool compute_dirns=False) -> Dict(str, Tensor)");

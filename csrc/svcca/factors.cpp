@@ -47,7 +47,7 @@ GramStats centered_gram(const at::Tensor& x, at::ScalarType dtype, double varian
     vars.push_back(xb.square().sum(0).div_(static_cast<double>(std::max<int64_t>(n - 1, 1))));
     if (one_pass) {
       xb.mul_(nc.to(dtype));
-      g.gram.addmm_(xb, mh(xb));
+      add_product_(g.gram, xb, /*outer=*/true);
     }
   }
   g.mean = at::cat(means);
@@ -66,7 +66,7 @@ GramStats centered_gram(const at::Tensor& x, at::ScalarType dtype, double varian
     at::Tensor mask = kept_f.narrow(0, s, w);
     xb = xb.is_same(raw) ? xb / g.scale : xb.div_(g.scale);
     xb.sub_(mb).mul_(mask);
-    g.gram.addmm_(xb, mh(xb));
+    add_product_(g.gram, xb, /*outer=*/true);
   }
   return g;
 }
@@ -112,7 +112,7 @@ KernelFactor linear_kernel_factor(const char* fn, const char* name, const at::Te
     if (scale > 0.0 && std::isfinite(scale)) xc = xc.requires_grad() ? xc / scale : xc.div_(scale);
     f.data = xc;
     f.row_sq = xc.square().sum(1);
-    f.self = at::mm(mh(xc), xc).square().sum();
+    f.self = column_gram(xc).square().sum();
   }
   if (debiased) {
     at::Tensor sq = f.row_sq.sum();

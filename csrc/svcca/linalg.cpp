@@ -1,6 +1,8 @@
 // Shared numerics: centering, covariance, and per-layer factors.
 #include "svcca/linalg.h"
 
+#include "svcca/blas.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -72,10 +74,13 @@ at::Tensor cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_ce
 at::Tensor covariance(const at::Tensor& a_centered) {
   const int64_t n = a_centered.size(0);
   const int64_t p = a_centered.size(1);
-  // Two column blocks: three products instead of four quarters. Measured on [10000, 256] and
-  // [50000, 1024] float64 (2 threads), two blocks save 19% and 24% with OpenBLAS's generic
-  // kernels and 2% and 13% with its Skylake-X kernels; more blocks save up to 34% with the
-  // generic kernels but cost up to 60% more with the fast ones (thin products run slower).
+  at::Tensor c = at::empty({p, p}, a_centered.options());
+  if (hermitian_rank_k(c, a_centered, /*outer=*/false, 1.0 / static_cast<double>(n - 1), 0.0)) {
+    return c;
+  }
+  // Without BLAS (CUDA, other dtypes): two column blocks, three products instead of four
+  // quarters. Measured on [10000, 256] and [50000, 1024] float64 (2 threads), two blocks save 19%
+  // and 24% with OpenBLAS's generic kernels and 2% and 13% with its Skylake-X kernels.
   if (p < 128) return cross_covariance(a_centered, a_centered);
   const int64_t block = (p + 1) / 2;
   const int64_t nb = (p + block - 1) / block;
@@ -92,6 +97,29 @@ at::Tensor covariance(const at::Tensor& a_centered) {
   std::vector<at::Tensor> rows;
   for (const auto& row : blocks) rows.push_back(at::cat(row, 1));
   return at::cat(rows, 0).div_(static_cast<double>(n - 1));
+}
+
+at::Tensor gram(const at::Tensor& a) {
+  const int64_t n = a.size(0);
+  at::Tensor g = at::empty({n, n}, a.options());
+  if (hermitian_rank_k(g, a, /*outer=*/true, 1.0, 0.0)) return g;
+  return at::mm(a, mh(a));
+}
+
+at::Tensor column_gram(const at::Tensor& a) {
+  const int64_t p = a.size(1);
+  at::Tensor g = at::empty({p, p}, a.options());
+  if (hermitian_rank_k(g, a, /*outer=*/false, 1.0, 0.0)) return g;
+  return at::mm(mh(a), a);
+}
+
+void add_product_(at::Tensor& c, const at::Tensor& a, bool outer, double alpha, double beta) {
+  if (hermitian_rank_k(c, a, outer, alpha, beta)) return;
+  if (outer) {
+    c.addmm_(a, mh(a), beta, alpha);
+  } else {
+    c.addmm_(mh(a), a, beta, alpha);
+  }
 }
 
 PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision precision) {
@@ -252,6 +280,21 @@ at::Tensor scatter_rows(const at::Tensor& a, const LayerFactors& f) {
 at::Tensor batched_cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered) {
   const int64_t n = a_centered.size(-2);
   return at::matmul(mh(a_centered), b_centered).div_(static_cast<double>(n - 1));
+}
+
+at::Tensor batched_covariance(const at::Tensor& a_centered) {
+  const int64_t batches = a_centered.size(0);
+  const int64_t n = a_centered.size(1);
+  const int64_t p = a_centered.size(2);
+  at::Tensor c = at::empty({batches, p, p}, a_centered.options());
+  const double alpha = 1.0 / static_cast<double>(n - 1);
+  for (int64_t b = 0; b < batches; ++b) {
+    at::Tensor cb = c.select(0, b);
+    if (!hermitian_rank_k(cb, a_centered.select(0, b), /*outer=*/false, alpha, 0.0)) {
+      return batched_cross_covariance(a_centered, a_centered);
+    }
+  }
+  return c;
 }
 
 BatchedWhitening batched_whitening(const at::Tensor& cov, const at::Tensor& feature_mask,

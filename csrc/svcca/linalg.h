@@ -46,10 +46,20 @@ Centered center(const at::Tensor& x, at::ScalarType dtype, bool rescale = false)
 // Unbiased (n - 1) cross-covariance a^H b / (n - 1) of centered a: [n, p], b: [n, q].
 at::Tensor cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered);
 
-// Unbiased covariance a^H a / (n - 1) of centered a: [n, p]. Exploits symmetry: only the blocks
-// on and above the diagonal are multiplied (3/4 of the flops of one matrix product for p >= 128,
-// with two column blocks).
+// Unbiased covariance a^H a / (n - 1) of centered a: [n, p]. Symmetric: BLAS syrk/herk on CPU
+// (half the multiply-adds of a matrix product, see blas.h); elsewhere only the blocks on and
+// above the diagonal are multiplied (3/4 of a product for p >= 128).
 at::Tensor covariance(const at::Tensor& a_centered);
+
+// The Gram matrix a a^H ([n, n]) of a: [n, p], and the Gram of its columns a^H a ([p, p]),
+// symmetric products as in covariance().
+at::Tensor gram(const at::Tensor& a);
+at::Tensor column_gram(const at::Tensor& a);
+
+// c = beta c + alpha a^H a (outer = false) or alpha a a^H (outer = true), c Hermitian and
+// contiguous; the symmetric product where BLAS has it, addmm otherwise.
+void add_product_(at::Tensor& c, const at::Tensor& a, bool outer, double alpha = 1.0,
+                  double beta = 1.0);
 
 // The second-order statistics of a pair of layers that every CCA-family measure is a function
 // of. Built from data by pair_moments(), or from streamed sufficient statistics.
@@ -175,6 +185,8 @@ at::Tensor scatter_rows(const at::Tensor& a, const LayerFactors& f);
 // Unbiased cross-covariances a^H b / (n - 1) of centered a: [B, n, p], b: [B, n, q] -> [B, p, q]
 // (Hermitian for complex inputs).
 at::Tensor batched_cross_covariance(const at::Tensor& a_centered, const at::Tensor& b_centered);
+// batched_cross_covariance(a, a) ([B, n, p] -> [B, p, p]) as B symmetric products.
+at::Tensor batched_covariance(const at::Tensor& a_centered);
 
 // Whitening of B covariances at once, with the same rules as factor_layer, applied per batch
 // entry by masking instead of cropping (so every entry keeps the shape [p, p]).

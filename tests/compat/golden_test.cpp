@@ -215,6 +215,26 @@ TEST(GoldenTest, SvccaTop20) {
   EXPECT_ALLCLOSE(r.at("mean"), golden_array(g, "mean"), t);
   const Tol st = golden_tol(g, "svcca_score", t);
   EXPECT_ALLCLOSE(r.at("cca_coef1").mean().reshape({1}), golden_array(g, "svcca_score"), st);
+  // The recipe in one call (covariance eigenvectors instead of the wide SVD).
+  auto rec = compat::get_svcca_similarity(acts1, acts2, 20, -1, 1e-10);
+  EXPECT_ALLCLOSE(rec.at("cca_coef1"), golden_array(g, "cca_coef1"), t);
+  EXPECT_ALLCLOSE(rec.at("mean"), golden_array(g, "mean"), t);
+  EXPECT_ALLCLOSE(rec.at("svcca_score").reshape({1}), golden_array(g, "svcca_score"), st);
+  const Tol svt = golden_tol(g, "sv1", tol::kGoldenDefault);
+  EXPECT_ALLCLOSE(rec.at("sv1"), golden_array(g, "sv1").narrow(0, 0, 20), svt);
+  EXPECT_ALLCLOSE(rec.at("sv2"), golden_array(g, "sv2").narrow(0, 0, 20), svt);
+  // Unequal dims: the same as reducing by hand.
+  auto reduce_k = [](const at::Tensor& acts, const compat::TensorDict& pca, int64_t k) {
+    return at::mm(pca.at("neuron_coefs").narrow(0, 0, k), acts - acts.mean(1, true));
+  };
+  auto r2 = compat::get_cca_similarity(reduce_k(acts1, p1, 25), reduce_k(acts2, p2, 15), 1e-10);
+  auto rec2 = compat::get_svcca_similarity(acts1, acts2, 25, 15, 1e-10);
+  EXPECT_ALLCLOSE(rec2.at("cca_coef1"), r2.at("cca_coef1"), t);
+  EXPECT_EQ(rec2.at("sv2").numel(), 15);
+  EXPECT_THROWS_WITH_TYPE(compat::get_svcca_similarity(acts1, acts2, 101), c10::ValueError,
+                   "dims1 must be in [1, 100]");
+  EXPECT_THROWS_WITH_TYPE(compat::get_svcca_similarity(acts1, acts2, 20, 0), c10::ValueError,
+                   "dims2 must be in [1, 80]");
   // Modern svcca with the tutorial's fixed 20 directions.
   SvccaOptions o;
   o.dims = 20;

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <vector>
 
 #include "svcca/checks.h"
 #include "svcca/compat/reference_cca.h"
@@ -34,6 +35,11 @@ NeuronCentered center_neurons(const at::Tensor& acts) {
 // np.cov's block a b^H / (m - 1) for centered a: [na, m], b: [nb, m].
 at::Tensor neuron_cov(const at::Tensor& a, const at::Tensor& b) {
   return detail::cross_covariance(detail::mh(a), detail::mh(b));
+}
+
+// neuron_cov(a, a) as a symmetric product (syrk/herk, half the multiply-adds).
+at::Tensor neuron_self_cov(const at::Tensor& a) {
+  return detail::covariance(detail::mh(a));
 }
 
 // (pinv(a))^(1/2) of a Hermitian PSD a, as google/svcca's positivedef_matrix_sqrt(pinv(a)), in one
@@ -77,14 +83,24 @@ int64_t sum_threshold(const at::Tensor& array, double threshold) {
   return detail::prefix_reaching(array, threshold);
 }
 
-TensorDict get_cca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, double epsilon,
-                              double threshold, bool compute_coefs, bool compute_dirns) {
-  constexpr const char* fn = "get_cca_similarity";
+namespace {
+
+// What get_cca_similarity computes before it builds its dictionary, kept for compute_pwcca.
+struct CcaCore {
+  NeuronCentered c1, c2;
+  at::Tensor x_idxs, y_idxs, ix, iy;
+  at::Tensor sxx_kept;  // unrescaled covariance of acts1's kept neurons [kx, kx]
+  at::Tensor syy_kept;
+  at::Tensor invsqrt_xx, invsqrt_yy;
+  at::Tensor u, s, vh;  // SVD of the whitened cross-covariance (full matrices)
+};
+
+CcaCore cca_core(const char* fn, const at::Tensor& acts1, const at::Tensor& acts2, double epsilon,
+                 bool full_svd) {
   detail::check_pair(fn, acts1, acts2, /*examples_dim=*/1);
   detail::check_more_examples_than_features(fn, "acts1", acts1, 1);
   detail::check_more_examples_than_features(fn, "acts2", acts2, 1);
   detail::check_non_negative(fn, "epsilon", epsilon);
-  check_threshold(fn, threshold);
 
   const int64_t nx = acts1.size(0);
   const int64_t ny = acts2.size(0);
@@ -96,11 +112,13 @@ TensorDict get_cca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, 
   TORCH_CHECK_VALUE(detail::non_constant_columns(acts2.t()).any().item<bool>(), fn,
                     ": acts2 must have at least one non-constant neuron, but all ", ny,
                     " neurons are constant over the datapoints");
-  auto c1 = center_neurons(acts1);
-  auto c2 = center_neurons(acts2);
-  at::Tensor sxx = neuron_cov(c1.data, c1.data);
-  at::Tensor syy = neuron_cov(c2.data, c2.data);
-  at::Tensor sxy = neuron_cov(c1.data, c2.data);
+  CcaCore core;
+  core.c1 = center_neurons(acts1);
+  core.c2 = center_neurons(acts2);
+  // np.cov's blocks: the two symmetric ones by syrk/herk, the cross one by a product.
+  at::Tensor sxx = neuron_self_cov(core.c1.data);
+  at::Tensor syy = neuron_self_cov(core.c2.data);
+  at::Tensor sxy = neuron_cov(core.c1.data, core.c2.data);
 
   // Rescale by the largest |entry| (the largest variance): makes epsilon relative.
   const double xmax = sxx.abs().max().item<double>();
@@ -109,16 +127,13 @@ TensorDict get_cca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, 
                     nx, " neurons are constant");
   TORCH_CHECK_VALUE(ymax > 0, fn, ": acts2 must have at least one non-constant neuron, but all ",
                     ny, " neurons are constant");
-  sxx = sxx / xmax;
-  syy = syy / ymax;
-  sxy = sxy / std::sqrt(xmax * ymax);
-
-  at::Tensor x_idxs = sxx.diagonal().abs() >= epsilon;
-  at::Tensor y_idxs = syy.diagonal().abs() >= epsilon;
-  at::Tensor ix = x_idxs.nonzero().view({-1});
-  at::Tensor iy = y_idxs.nonzero().view({-1});
-  const int64_t kx = ix.numel();
-  const int64_t ky = iy.numel();
+  // The reference's test on the rescaled diagonal: |s_ii / max| >= epsilon.
+  core.x_idxs = (sxx.diagonal() / xmax).abs() >= epsilon;
+  core.y_idxs = (syy.diagonal() / ymax).abs() >= epsilon;
+  core.ix = core.x_idxs.nonzero().view({-1});
+  core.iy = core.y_idxs.nonzero().view({-1});
+  const int64_t kx = core.ix.numel();
+  const int64_t ky = core.iy.numel();
   TORCH_CHECK_VALUE(kx > 0, fn,
                     ": epsilon must keep at least one neuron of acts1, but epsilon=", epsilon,
                     " removes all of them (rescaled variances are at most 1; google/svcca "
@@ -128,46 +143,69 @@ TensorDict get_cca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, 
                     " removes all of them (rescaled variances are at most 1; google/svcca "
                     "crashes here with 'too many values to unpack')");
 
-  sxx = sxx.index_select(0, ix).index_select(1, ix);
-  syy = syy.index_select(0, iy).index_select(1, iy);
-  sxy = sxy.index_select(0, ix).index_select(1, iy);
-  sxx = sxx + epsilon * at::eye(kx, sxx.options());
-  syy = syy + epsilon * at::eye(ky, syy.options());
+  const bool all_x = kx == nx;
+  const bool all_y = ky == ny;
+  core.sxx_kept = all_x ? sxx : sxx.index_select(0, core.ix).index_select(1, core.ix);
+  core.syy_kept = all_y ? syy : syy.index_select(0, core.iy).index_select(1, core.iy);
+  if (!all_x) sxy = sxy.index_select(0, core.ix);
+  if (!all_y) sxy = sxy.index_select(1, core.iy);
+  at::Tensor a = core.sxx_kept / xmax + epsilon * at::eye(kx, sxx.options());
+  at::Tensor b = core.syy_kept / ymax + epsilon * at::eye(ky, syy.options());
 
-  at::Tensor invsqrt_xx = pinv_sqrt(sxx);
-  at::Tensor invsqrt_yy = pinv_sqrt(syy);
-  at::Tensor arr = at::mm(invsqrt_xx, at::mm(sxy, invsqrt_yy));
-  auto svd = at::linalg_svd(arr, /*full_matrices=*/true);
-  const at::Tensor& u = std::get<0>(svd);
-  at::Tensor s = std::get<1>(svd).abs();
-  const at::Tensor& vh = std::get<2>(svd);
+  core.invsqrt_xx = pinv_sqrt(a);
+  core.invsqrt_yy = pinv_sqrt(b);
+  at::Tensor arr =
+      at::mm(core.invsqrt_xx, at::mm(sxy / std::sqrt(xmax * ymax), core.invsqrt_yy));
+  if (full_svd) {
+    auto svd = at::linalg_svd(arr, /*full_matrices=*/true);
+    core.u = std::get<0>(svd);
+    core.s = std::get<1>(svd).abs();
+    core.vh = std::get<2>(svd);
+  } else {
+    core.s = at::linalg_svdvals(arr).abs();
+  }
+  return core;
+}
+
+}  // namespace
+
+TensorDict get_cca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, double epsilon,
+                              double threshold, bool compute_coefs, bool compute_dirns) {
+  constexpr const char* fn = "get_cca_similarity";
+  check_threshold(fn, threshold);
+  const bool need_coefs = compute_coefs || compute_dirns;
+  CcaCore core = cca_core(fn, acts1, acts2, epsilon, /*full_svd=*/need_coefs);
+  const int64_t nx = acts1.size(0);
+  const int64_t ny = acts2.size(0);
+  const at::Tensor& s = core.s;
 
   TensorDict out;
-  const bool need_coefs = compute_coefs || compute_dirns;
   at::Tensor full_coef_x, full_coef_y, full_invsqrt_xx, full_invsqrt_yy;
   if (need_coefs) {
-    at::Tensor coef_x = u.transpose(0, 1);  // numpy's u.T: no conjugation
-    full_coef_x = embed(coef_x, ix, nx);
-    full_coef_y = embed(vh, iy, ny);
-    full_invsqrt_xx = embed(invsqrt_xx, ix, nx);
-    full_invsqrt_yy = embed(invsqrt_yy, iy, ny);
+    at::Tensor coef_x = core.u.transpose(0, 1);  // numpy's u.T: no conjugation
+    full_coef_x = embed(coef_x, core.ix, nx);
+    full_coef_y = embed(core.vh, core.iy, ny);
+    full_invsqrt_xx = embed(core.invsqrt_xx, core.ix, nx);
+    full_invsqrt_yy = embed(core.invsqrt_yy, core.iy, ny);
     if (compute_coefs) {
       out.insert("coef_x", coef_x);
-      out.insert("invsqrt_xx", invsqrt_xx);
+      out.insert("invsqrt_xx", core.invsqrt_xx);
       out.insert("full_coef_x", full_coef_x);
       out.insert("full_invsqrt_xx", full_invsqrt_xx);
-      out.insert("coef_y", vh);
-      out.insert("invsqrt_yy", invsqrt_yy);
+      out.insert("coef_y", core.vh);
+      out.insert("invsqrt_yy", core.invsqrt_yy);
       out.insert("full_coef_y", full_coef_y);
       out.insert("full_invsqrt_yy", full_invsqrt_yy);
-      out.insert("neuron_means1", c1.means);
-      out.insert("neuron_means2", c2.means);
+      out.insert("neuron_means1", core.c1.means);
+      out.insert("neuron_means2", core.c2.means);
     }
   }
   if (compute_dirns) {
     // Variate p lands on row kept[p], and each row gets its neuron's mean back (reference).
-    out.insert("cca_dirns1", at::mm(at::mm(full_coef_x, full_invsqrt_xx), c1.data) + c1.means);
-    out.insert("cca_dirns2", at::mm(at::mm(full_coef_y, full_invsqrt_yy), c2.data) + c2.means);
+    out.insert("cca_dirns1",
+               at::mm(at::mm(full_coef_x, full_invsqrt_xx), core.c1.data) + core.c1.means);
+    out.insert("cca_dirns2",
+               at::mm(at::mm(full_coef_y, full_invsqrt_yy), core.c2.data) + core.c2.means);
   }
 
   int64_t idx = sum_threshold(s, threshold);
@@ -176,8 +214,8 @@ TensorDict get_cca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, 
   at::Tensor sum = s.sum();
   out.insert("cca_coef1", s);
   out.insert("cca_coef2", s);
-  out.insert("x_idxs", x_idxs);
-  out.insert("y_idxs", y_idxs);
+  out.insert("x_idxs", core.x_idxs);
+  out.insert("y_idxs", core.y_idxs);
   out.insert("mean", at::stack({mean, mean}));
   out.insert("sum", at::stack({sum, sum}));
   return out;
@@ -186,20 +224,47 @@ TensorDict get_cca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compute_pwcca(const at::Tensor& acts1,
                                                              const at::Tensor& acts2,
                                                              double epsilon) {
-  TensorDict r = get_cca_similarity(acts1, acts2, epsilon, 0.98, /*compute_coefs=*/true, false);
-  at::Tensor x_idxs = r.at("x_idxs");
-  at::Tensor y_idxs = r.at("y_idxs");
-  const bool use_x = x_idxs.sum().item<int64_t>() <= y_idxs.sum().item<int64_t>();
+  constexpr const char* fn = "compute_pwcca";
+  CcaCore core = cca_core(fn, acts1, acts2, epsilon, /*full_svd=*/true);
+  const bool use_x = core.ix.numel() <= core.iy.numel();
   // The reference's else-branch indexes acts1 with acts2's mask; use acts2, as intended.
   const at::Tensor& acts = use_x ? acts1 : acts2;
-  at::Tensor idx = (use_x ? x_idxs : y_idxs).nonzero().view({-1});
-  at::Tensor kept = acts.to(reference_dtype(acts)).index_select(0, idx);
-  at::Tensor mu = r.at(use_x ? "neuron_means1" : "neuron_means2").index_select(0, idx);
-  at::Tensor coef = r.at(use_x ? "coef_x" : "coef_y");
-  at::Tensor coefs = r.at("cca_coef1");
-  at::Tensor dirns = at::mm(coef, kept - mu) + mu;                  // [k, m]
-  at::Tensor p = std::get<0>(at::linalg_qr(dirns.t(), "reduced"));  // [m, k]
-  at::Tensor weights = at::mm(p.t(), kept.t()).abs().sum(1);
+  const NeuronCentered& c = use_x ? core.c1 : core.c2;
+  const at::Tensor& idx = use_x ? core.ix : core.iy;
+  const int64_t m = acts.size(1);
+  at::Tensor mu = c.means.index_select(0, idx);                     // [k, 1]
+  at::Tensor coef = use_x ? core.u.transpose(0, 1) : core.vh;       // [k, k]
+  const at::Tensor& coefs = core.s;
+  // The reference orthonormalizes the directions D = coef (K - mu) + mu 1^T ([k, m], K the kept
+  // raw rows) by a QR of D^T and sums |Q^T K^T| over datapoints. With K_c = K - mu, K_c 1 = 0
+  // and S = K_c K_c^T / (m - 1) the kept covariance:
+  //   G = D D^T = (m-1) coef S coef^T + m mu mu^T,   D K^T = (m-1) coef S + m mu mu^T,
+  // and Q^T K^T = L^{-1} D K^T for G = L L^T (R = L^T up to the signs of its rows, which the
+  // absolute value drops). k x k work instead of the QR over m datapoints (as the native pwcca).
+  at::Tensor weights;
+  if (!acts.is_complex()) {
+    const at::Tensor& sk = use_x ? core.sxx_kept : core.syy_kept;
+    const double md = static_cast<double>(m);
+    at::Tensor cs = at::mm(coef, sk).mul_(md - 1.0);  // [k, k]
+    at::Tensor mm_t = at::mm(mu, mu.t()).mul_(md);
+    at::Tensor gram = at::mm(cs, coef.t()) + mm_t;
+    auto chol = at::linalg_cholesky_ex(gram);
+    if (std::get<1>(chol).item<int64_t>() == 0) {
+      const at::Tensor& l = std::get<0>(chol);
+      weights = at::linalg_solve_triangular(l, cs + mm_t, /*upper=*/false).abs().sum(1);
+      // D K^T is a difference of its two terms: where they cancel (raw activations orthogonal
+      // to the directions) the result is their rounding, not the reference's exact 0 / 0 or its
+      // small value. Take the data's QR there.
+      const double terms = (cs.abs() + mm_t.abs()).sum(1).div(l.diagonal()).sum().item<double>();
+      if (!(weights.sum().item<double>() > 1e-8 * terms)) weights = at::Tensor();
+    }
+  }
+  if (!weights.defined()) {  // complex, or linearly dependent directions: the reference's QR
+    at::Tensor kept = acts.to(reference_dtype(acts)).index_select(0, idx);
+    at::Tensor dirns = at::mm(coef, kept - mu) + mu;                  // [k, m]
+    at::Tensor p = std::get<0>(at::linalg_qr(dirns.t(), "reduced"));  // [m, k]
+    weights = at::mm(p.t(), kept.t()).abs().sum(1);
+  }
   const double total = weights.sum().item<double>();
   // google/svcca projects the raw (uncentered) activations on the orthonormalized directions;
   // when they are orthogonal to all of them the weights are 0 / 0 (the reference returns NaN).
@@ -210,6 +275,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compute_pwcca(const at::Tensor& a
                     "weighting='canonical_variates' weights by the canonical variates instead");
   weights = weights / weights.sum();
   return {(weights * coefs).sum(), weights, coefs};
+}
+
+TensorDict get_svcca_similarity(const at::Tensor& acts1, const at::Tensor& acts2, int64_t dims1,
+                                int64_t dims2, double epsilon, double threshold) {
+  constexpr const char* fn = "get_svcca_similarity";
+  detail::check_pair(fn, acts1, acts2, /*examples_dim=*/1);
+  detail::check_more_examples_than_features(fn, "acts1", acts1, 1);
+  detail::check_more_examples_than_features(fn, "acts2", acts2, 1);
+  check_threshold(fn, threshold);
+  if (dims2 < 0) dims2 = dims1;
+  struct Side {
+    const char* name;
+    const char* dims_name;
+    const at::Tensor& acts;
+    int64_t dims;
+  };
+  std::vector<at::Tensor> svacts, sv;
+  for (const Side& side : {Side{"acts1", "dims1", acts1, dims1}, Side{"acts2", "dims2", acts2, dims2}}) {
+    const int64_t neurons = side.acts.size(0);
+    TORCH_CHECK_VALUE(side.dims >= 1 && side.dims <= neurons, fn, ": ", side.dims_name,
+                      " must be in [1, ", neurons, "] (the neurons of ", side.name, "), but got ",
+                      side.dims);
+    TORCH_CHECK_VALUE(detail::non_constant_columns(side.acts.t()).any().item<bool>(), fn, ": ",
+                      side.name, " must have at least one non-constant neuron, but all ", neurons,
+                      " neurons are constant over the datapoints");
+    auto c = center_neurons(side.acts);
+    auto eig = at::linalg_eigh(neuron_self_cov(c.data));  // one syrk/herk
+    at::Tensor top = std::get<1>(eig).flip(1).narrow(1, 0, side.dims);  // [neurons, k] = U_k
+    at::Tensor rows = at::mm(detail::mh(top), c.data);                   // [k, m] = U_k^H c
+    // Singular values as the norms of the rows: accurate to rounding of s_i itself, where
+    // sqrt((m - 1) lambda_i) would carry the eigenvalue's error eps * lambda_max.
+    sv.push_back(at::linalg_vector_norm(rows, 2, {1}, false, c10::nullopt));
+    svacts.push_back(rows.contiguous());
+  }
+  TensorDict out = get_cca_similarity(svacts[0], svacts[1], epsilon, threshold,
+                                      /*compute_coefs=*/false, /*compute_dirns=*/false);
+  out.insert("svcca_score", out.at("cca_coef1").mean());
+  out.insert("sv1", sv[0]);
+  out.insert("sv2", sv[1]);
+  return out;
 }
 
 TensorDict get_pls_similarity(const at::Tensor& acts1, const at::Tensor& acts2) {

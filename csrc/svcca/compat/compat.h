@@ -46,6 +46,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compute_pwcca(const at::Tensor& a
                                                              const at::Tensor& acts2,
                                                              double epsilon = 0.0);
 
+// SVCCA as google/svcca's tutorial (001_Introduction) runs it: center each layer over the
+// datapoints, keep its top dims1 (dims2) singular directions, svacts = s[:k] Vh[:k], then
+// get_cca_similarity(svacts1, svacts2, epsilon, threshold). Keys: cca_coef1, cca_coef2, x_idxs,
+// y_idxs, mean, sum (as get_cca_similarity), svcca_score (0-d: the plain mean of cca_coef1,
+// what the tutorial reports), sv1 [dims1], sv2 [dims2] (the kept singular values of the centered
+// layers). Instead of the wide SVD of each [neurons, datapoints] layer it takes the top
+// eigenvectors U_k of the neuron covariance (one symmetric product) and svacts = U_k^T (acts -
+// means), the same rows up to signs (to which CCA is blind). dims2 < 0 means dims1. Throws
+// c10::ValueError where get_cca_similarity does, and for dims outside [1, neurons].
+TensorDict get_svcca_similarity(const at::Tensor& acts1, const at::Tensor& acts2,
+                                int64_t dims1 = 20, int64_t dims2 = -1, double epsilon = 1e-10,
+                                double threshold = 0.98);
+
 // google/svcca's cca_core.sum_threshold: the first i in [0, len) with
 // sum(array[:i]) / sum(array) >= threshold, or -1 where the reference returns None.
 // array: 1-D; threshold in [0, 1].

@@ -53,8 +53,8 @@ TensorDict fourier_ccas(const at::Tensor& conv_acts1, const at::Tensor& conv_act
   at::Tensor ys = spectra(conv_acts2, grid.y_rows, grid.y_cols);
   // Our blocks are the complex conjugates of np.cov's (x^H y rather than x^T conj(y)): the same
   // diagonals and singular values.
-  at::Tensor sxx = detail::batched_cross_covariance(xs, xs);
-  at::Tensor syy = detail::batched_cross_covariance(ys, ys);
+  at::Tensor sxx = detail::batched_covariance(xs);
+  at::Tensor syy = detail::batched_covariance(ys);
   at::Tensor sxy = detail::batched_cross_covariance(xs, ys);
   auto where = [&](int64_t b) {
     const int64_t l = grid.solved[b];

@@ -177,8 +177,8 @@ FourierCcaResult fourier_cca(const at::Tensor& x, const at::Tensor& y,
   at::Tensor ys = detail::spectra_at(b, grid.y_rows, grid.y_cols, grid.solved, grid.w, cplx, cplx);
   xs = xs - xs.mean(1, /*keepdim=*/true);
   ys = ys - ys.mean(1, /*keepdim=*/true);
-  at::Tensor sxx = detail::batched_cross_covariance(xs, xs);  // [F, C1, C1]
-  at::Tensor syy = detail::batched_cross_covariance(ys, ys);
+  at::Tensor sxx = detail::batched_covariance(xs);  // [F, C1, C1]
+  at::Tensor syy = detail::batched_covariance(ys);
   at::Tensor sxy = detail::batched_cross_covariance(xs, ys);  // [F, C1, C2]
 
   detail::FactorOptions f;

@@ -835,7 +835,7 @@ CellValues fourier_cells(const char* fn, const std::vector<LayerRef>& refs,
       at::Tensor xs =
           detail::spectra_at(a, grid.x_rows, grid.x_cols, grid.solved, grid.w, cplx, cplx);
       xs = xs - xs.mean(1, /*keepdim=*/true);
-      at::Tensor cov = detail::batched_cross_covariance(xs, xs);  // [F, C, C]
+      at::Tensor cov = detail::batched_covariance(xs);  // [F, C, C]
       auto wh = detail::batched_whitening(
           cov, non_constant, fopt, detail::spectral_noise_floor(a, cov, o.cca.rank_rtol, real));
       z[l] = at::matmul(xs, wh.whitening);  // [F, N, C]

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "svcca/blas.h"
 #include "svcca/checks.h"
 #include "svcca/factors.h"
 #include "svcca/measures/cca.h"
@@ -32,6 +33,14 @@ void check_rows(const char* fn, const std::string& name, int64_t rows, int64_t p
   TORCH_CHECK_VALUE(rows >= p + 2, fn, ": ", name, " must have at least p + 2 = ", p + 2,
                     " examples for ", measure, " (centered data has rank <= n - 1), but got ", rows,
                     " examples of ", p, " features; use measure svcca or more examples");
+}
+
+// w_b^T m w_b for every column of w ([n, B]) and symmetric m ([n, n]): half the multiply-adds of
+// m w where BLAS has trmm.
+at::Tensor quadratic_forms(const at::Tensor& m, const at::Tensor& w) {
+  at::Tensor out;
+  if (symmetric_quadratic_forms(m, w, out)) return out;
+  return (w * at::mm(m, w)).sum(0);
 }
 
 // The examples a weight column draws, each repeated by its multiplicity. w: [n] (any device).
@@ -67,7 +76,7 @@ struct KernelLayer : ResampleLayer {
   }
   void ensure_gram() const {
     if (g.defined()) return;
-    g = at::mm(xc, xc.t());
+    g = detail::gram(xc);
     c = g;
     c_self = g.square().sum();
     diag = g.diagonal().clone();
@@ -163,7 +172,7 @@ class KernelResampler : public Resampler {
     } else {
       const at::Tensor w = weights.to(l.g.scalar_type());
       d->kw = at::mm(l.g, w);
-      quad = (w * at::mm(l.g.square(), w)).sum(0);
+      quad = quadratic_forms(l.g.square(), w);
       self = hsic(quad, d->kw, d->kw, l.diag, l.diag, w);
     }
     // A resample on which the layer is constant: its centered Gram is zero up to rounding.
@@ -186,7 +195,7 @@ class KernelResampler : public Resampler {
     } else {
       a.ensure_gram();  // no-ops for wide layers
       b.ensure_gram();
-      at::Tensor quad = (w * at::mm(a.g * b.g, w)).sum(0);
+      at::Tensor quad = quadratic_forms(a.g * b.g, w);
       hxy = hsic(quad, da.kw, db.kw, a.diag, b.diag, w);
     }
     return (hxy / (da.self * db.self).sqrt()).to(at::kDouble).cpu();

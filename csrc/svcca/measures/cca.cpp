@@ -72,7 +72,7 @@ at::Tensor whitened_data(LayerFactors& f, const at::Tensor& centered, bool refin
   at::Tensor z = at::mm(xk, f.whitening);
   if (!refine) return z;
   const double n1 = static_cast<double>(centered.size(0) - 1);
-  auto chol = at::linalg_cholesky_ex(at::mm(mh(z), z).div_(n1));
+  auto chol = at::linalg_cholesky_ex(column_gram(z).div_(n1));
   if (std::get<1>(chol).item<int64_t>() != 0) return z;  // not positive definite: keep as is
   const at::Tensor& l = std::get<0>(chol);
   // W L^-T = (L^-1 W^T)^T, and likewise for Z.

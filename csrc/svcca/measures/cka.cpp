@@ -80,7 +80,7 @@ at::Tensor gram_cka(const char* fn, const at::Tensor& k, const at::Tensor& l, bo
 at::Tensor squared_distances(const at::Tensor& xc) {
   const int64_t n = xc.size(0);
   at::Tensor sq = xc.square().sum(1);
-  at::Tensor d = sq.unsqueeze(1) + sq.unsqueeze(0) - at::mm(xc, mh(xc)) * 2.0;
+  at::Tensor d = sq.unsqueeze(1) + sq.unsqueeze(0) - gram(xc) * 2.0;
   // ||a||^2 + ||b||^2 - 2 a.b rounds to tiny negatives for near-equal rows, and to non-zero
   // values on the diagonal, which the median rule counts.
   return d.clamp_min(0.0) * (at::ones({n, n}, d.options()) - at::eye(n, d.options()));
@@ -198,7 +198,7 @@ at::Tensor linear_cka(const at::Tensor& x, const at::Tensor& y, const LinearCkaO
   const auto dtype = detail::compute_dtype(x, y, options.precision);
   at::Tensor xc = detail::center(x, dtype, /*rescale=*/true).data;
   at::Tensor yc = detail::center(y, dtype, /*rescale=*/true).data;
-  return detail::gram_cka(fn, at::mm(xc, detail::mh(xc)), at::mm(yc, detail::mh(yc)),
+  return detail::gram_cka(fn, detail::gram(xc), detail::gram(yc),
                           options.debiased)
       .to(detail::result_dtype(x, y));
 }

@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "svcca/checks.h"
+#include "svcca/linalg.h"
 #include "svcca/measures/cka.h"
 #include "svcca/stream/scaling.h"
 #include "svcca/stream/state_file.h"
@@ -423,7 +424,7 @@ void CovarianceAccumulator::update(const std::vector<at::Tensor>& batches) {
     delta[l] = mb - mean_[l];
   }
   for (size_t l = 0; l < n_layers; ++l) {
-    comoment_[l].addmm_(centered[l].t(), centered[l]);
+    detail::add_product_(comoment_[l], centered[l], /*outer=*/false);
     if (n_ > 0) comoment_[l].addr_(delta[l], delta[l], /*beta=*/1.0, /*alpha=*/weight);
     mean_[l].add_(delta[l], nb / n);
     if (!first) {

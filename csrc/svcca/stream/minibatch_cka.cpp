@@ -34,7 +34,7 @@ at::Tensor scaled_center(const at::Tensor& x, int* k, bool* spread) {
 // depend on the scale: an absolute sigma is divided by 2^k too.
 at::Tensor kernel(const char* fn, const char* name, const at::Tensor& xc, int k,
                   const MinibatchCkaOptions& o) {
-  if (o.kernel == CkaKernel::kLinear) return at::mm(xc, xc.t());
+  if (o.kernel == CkaKernel::kLinear) return detail::gram(xc);
   std::optional<double> sigma = o.sigma;
   if (sigma && k != 0) {
     const double scaled = std::ldexp(*sigma, -k);

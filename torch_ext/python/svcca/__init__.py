@@ -29,6 +29,7 @@ __all__ = [
     "procrustes_distance",
     "get_cca_similarity",
     "compute_pwcca",
+    "get_svcca_similarity",
     "sum_threshold",
     "get_pls_similarity",
     "get_pca",
@@ -186,6 +187,20 @@ def get_cca_similarity(acts1, acts2, epsilon=0.0, threshold=0.98, compute_coefs=
 def compute_pwcca(acts1, acts2, epsilon=0.0):
     """google/svcca's pwcca.compute_pwcca: returns ``(pwcca_value, weights, coefs)``."""
     return _ops.compute_pwcca(acts1, acts2, epsilon)
+
+
+def get_svcca_similarity(acts1, acts2, dims1=20, dims2=None, epsilon=1e-10, threshold=0.98):
+    """SVCCA as google/svcca's tutorial runs it, on ``[neurons, datapoints]`` tensors.
+
+    Keeps each layer's top ``dims1`` / ``dims2`` (default: ``dims1``) singular directions of the
+    centered activations, then runs ``get_cca_similarity(svacts1, svacts2, epsilon, threshold)``.
+    Returns its keys plus ``svcca_score`` (the plain mean of ``cca_coef1``, what the tutorial
+    reports) and ``sv1`` / ``sv2`` (the kept singular values). The directions come from one
+    symmetric product per layer and an eigendecomposition of the neuron covariance, not the wide
+    SVD: the same numbers, an order of magnitude faster at ``[1024, 50000]``.
+    """
+    return _ops.get_svcca_similarity(acts1, acts2, dims1, -1 if dims2 is None else dims2, epsilon,
+                                     threshold)
 
 
 def sum_threshold(array, threshold):

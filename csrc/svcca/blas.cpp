@@ -1,0 +1,198 @@
+// syrk/herk through the BLAS that libtorch already loads (CMake's FindBLAS; Debian: libblas.so.3,
+// OpenBLAS). ATen has no symmetric product: at::mm(a^H, a) does all n p^2 multiply-adds.
+#include "svcca/blas.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/complex.h>
+
+#include <algorithm>
+#include <climits>
+#include <complex>
+
+#ifdef SVCCA_HAVE_BLAS
+// The Fortran interface: every BLAS has it (cblas.h is not installed by Debian's libblas-dev).
+// Character arguments are single letters, so the hidden length arguments are not needed.
+extern "C" {
+void ssyrk_(const char* uplo, const char* trans, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* beta, float* c, const int* ldc);
+void dsyrk_(const char* uplo, const char* trans, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* beta, double* c, const int* ldc);
+void cherk_(const char* uplo, const char* trans, const int* n, const int* k, const float* alpha,
+            const void* a, const int* lda, const float* beta, void* c, const int* ldc);
+void zherk_(const char* uplo, const char* trans, const int* n, const int* k, const double* alpha,
+            const void* a, const int* lda, const double* beta, void* c, const int* ldc);
+void strmm_(const char* side, const char* uplo, const char* transa, const char* diag, const int* m,
+            const int* n, const float* alpha, const float* a, const int* lda, float* b,
+            const int* ldb);
+void dtrmm_(const char* side, const char* uplo, const char* transa, const char* diag, const int* m,
+            const int* n, const double* alpha, const double* a, const int* lda, double* b,
+            const int* ldb);
+}
+#endif
+
+namespace svcca {
+namespace detail {
+namespace {
+
+template <typename T>
+T conj_of(T v) {
+  return v;
+}
+template <typename T>
+c10::complex<T> conj_of(c10::complex<T> v) {
+  return std::conj(v);
+}
+
+// Fills the upper triangle of the row-major [m, m] matrix c from its lower one (conjugated).
+template <typename T>
+void mirror_lower(T* c, int64_t m) {
+  constexpr int64_t kBlock = 64;
+  const int64_t nb = (m + kBlock - 1) / kBlock;
+  // Block rows of the upper triangle: block (bi, bj), bj >= bi, reads the lower block (bj, bi).
+  at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bi = begin; bi < end; ++bi) {
+      const int64_t i0 = bi * kBlock;
+      const int64_t i1 = std::min(m, i0 + kBlock);
+      for (int64_t j0 = i0; j0 < m; j0 += kBlock) {
+        const int64_t j1 = std::min(m, j0 + kBlock);
+        for (int64_t i = i0; i < i1; ++i) {
+          for (int64_t j = std::max(j0, i + 1); j < j1; ++j) c[i * m + j] = conj_of(c[j * m + i]);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+bool have_blas() {
+#ifdef SVCCA_HAVE_BLAS
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alpha, double beta) {
+#ifndef SVCCA_HAVE_BLAS
+  (void)c, (void)a, (void)outer, (void)alpha, (void)beta;
+  return false;
+#else
+  if (a.dim() != 2 || !a.device().is_cpu() || !c.device().is_cpu()) return false;
+  if (c.scalar_type() != a.scalar_type() || !c.is_contiguous() || c.is_conj()) return false;
+  const auto st = a.scalar_type();
+  if (st != at::kFloat && st != at::kDouble && st != at::kComplexFloat &&
+      st != at::kComplexDouble) {
+    return false;
+  }
+  if (at::GradMode::is_enabled() && (a.requires_grad() || c.requires_grad())) return false;
+  const int64_t n = a.size(0);
+  const int64_t p = a.size(1);
+  const int64_t m = outer ? n : p;
+  if (c.dim() != 2 || c.size(0) != m || c.size(1) != m) return false;
+  if (n > INT_MAX || p > INT_MAX) return false;
+  if (m == 0) return true;
+  if (a.numel() == 0) {  // no terms: c = beta c
+    beta == 0.0 ? c.zero_() : c.mul_(beta);
+    return true;
+  }
+
+  // A row-major [n, p] `a` is the column-major p x n matrix A = a^T (lda = p). With "U", BLAS
+  // writes the column-major upper triangle, which is the row-major lower one.
+  //   a^H a: herk("N") gives A A^H, read row-major (A A^H)^T = a^H a.
+  //   a a^H: herk("C") gives A^H A, read row-major (A^H A)^T = a a^H.
+  // A column-major `a` (a transposed view) is the row-major b = a^T: a^H a = conj(b b^H), so the
+  // product with b and the other side gives the conjugate (the same matrix when real).
+  at::Tensor src = a.is_conj() ? a.resolve_conj() : a;  // a lazy conjugate is not in memory
+  bool flip = false;
+  if (!src.is_contiguous()) {
+    if (src.t().is_contiguous()) {
+      src = src.t();
+      flip = true;
+    } else {
+      src = src.contiguous();
+    }
+  }
+  const bool complex = a.is_complex();
+  const bool side_outer = flip ? !outer : outer;
+  const int rows = static_cast<int>(src.size(0));
+  const int cols = static_cast<int>(src.size(1));
+  const int nn = static_cast<int>(m);
+  const int kk = side_outer ? cols : rows;
+  const int lda = std::max(1, cols);
+  const int ldc = nn;
+  const char uplo = 'U';
+  const char trans = side_outer ? (complex ? 'C' : 'T') : 'N';
+  if (flip && complex) c.conj_physical_();  // conj(beta c + alpha conj(P)) = beta conj(c) + ...
+  switch (st) {
+    case at::kFloat: {
+      const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
+      ssyrk_(&uplo, &trans, &nn, &kk, &al, src.data_ptr<float>(), &lda, &be, c.data_ptr<float>(),
+             &ldc);
+      mirror_lower(c.data_ptr<float>(), m);
+      break;
+    }
+    case at::kDouble:
+      dsyrk_(&uplo, &trans, &nn, &kk, &alpha, src.data_ptr<double>(), &lda, &beta,
+             c.data_ptr<double>(), &ldc);
+      mirror_lower(c.data_ptr<double>(), m);
+      break;
+    case at::kComplexFloat: {
+      const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
+      cherk_(&uplo, &trans, &nn, &kk, &al, src.data_ptr<c10::complex<float>>(), &lda, &be,
+             c.data_ptr<c10::complex<float>>(), &ldc);
+      mirror_lower(c.data_ptr<c10::complex<float>>(), m);
+      break;
+    }
+    default:
+      zherk_(&uplo, &trans, &nn, &kk, &alpha, src.data_ptr<c10::complex<double>>(), &lda, &beta,
+             c.data_ptr<c10::complex<double>>(), &ldc);
+      mirror_lower(c.data_ptr<c10::complex<double>>(), m);
+      break;
+  }
+  if (flip && complex) c.conj_physical_();
+  return true;
+#endif
+}
+
+bool symmetric_quadratic_forms(const at::Tensor& m, const at::Tensor& w, at::Tensor& out) {
+#ifndef SVCCA_HAVE_BLAS
+  (void)m, (void)w, (void)out;
+  return false;
+#else
+  if (m.dim() != 2 || w.dim() != 2 || !m.device().is_cpu() || !w.device().is_cpu()) return false;
+  const auto st = m.scalar_type();
+  if ((st != at::kFloat && st != at::kDouble) || w.scalar_type() != st) return false;
+  if (!m.is_contiguous() || m.size(0) != m.size(1) || w.size(0) != m.size(0)) return false;
+  if (at::GradMode::is_enabled() && (m.requires_grad() || w.requires_grad())) return false;
+  const int64_t n = m.size(0);
+  const int64_t b = w.size(1);
+  if (n > INT_MAX || b > INT_MAX) return false;
+  if (n == 0 || b == 0) {
+    out = at::zeros({b}, w.options());
+    return true;
+  }
+  // t = L w in place of a copy of w. Row-major t [n, B] is the column-major B x n matrix t^T =
+  // w^T L^T; row-major m read column-major is m^T = m, whose column-major upper triangle is
+  // L^T: side "R", uplo "U", no transpose.
+  at::Tensor t = w.contiguous().clone();
+  const int rows = static_cast<int>(b);
+  const int cols = static_cast<int>(n);
+  const char side = 'R', uplo = 'U', trans = 'N', diag = 'N';
+  if (st == at::kDouble) {
+    const double one = 1.0;
+    dtrmm_(&side, &uplo, &trans, &diag, &rows, &cols, &one, m.data_ptr<double>(), &cols,
+           t.data_ptr<double>(), &rows);
+  } else {
+    const float one = 1.0f;
+    strmm_(&side, &uplo, &trans, &diag, &rows, &cols, &one, m.data_ptr<float>(), &cols,
+           t.data_ptr<float>(), &rows);
+  }
+  out = (w * t).sum(0).mul_(2.0) - (w.square() * m.diagonal().unsqueeze(1)).sum(0);
+  return true;
+#endif
+}
+
+}  // namespace detail
+}  // namespace svcca

@@ -1,0 +1,29 @@
+// Symmetric (Hermitian) rank-k products through BLAS syrk/herk: half the multiply-adds of a general
+// matrix product, the floor for covariances and Gram matrices (internal).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace svcca {
+namespace detail {
+
+// c = beta * c + alpha * a^H a (outer = false; c is [p, p] for a: [n, p]) or alpha * a a^H
+// (outer = true; c is [n, n]), the whole Hermitian matrix filled in. Returns false, touching
+// nothing, where BLAS can't do it: a CUDA tensor, a dtype other than float32/64 and complex64/128,
+// a dimension over INT_MAX, inputs that need autograd, or a build without BLAS
+// (SVCCA_HAVE_BLAS unset); the caller then uses at::mm. With beta != 0, c must already hold a
+// Hermitian matrix (only its lower triangle is read). `c` must be contiguous, of a's dtype and
+// device.
+bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alpha, double beta);
+
+// out[b] = w_b^T m w_b for every column w_b of w: [n, B], m: [n, n] real symmetric, through a
+// triangular product (trmm): w^T m w = 2 w^T L w - w^T D w with L the lower triangle of m and D
+// its diagonal, n^2 B / 2 multiply-adds instead of the n^2 B of m w. Returns false where BLAS
+// can't do it (as hermitian_rank_k; complex too); the caller then uses at::mm.
+bool symmetric_quadratic_forms(const at::Tensor& m, const at::Tensor& w, at::Tensor& out);
+
+// Whether this build calls BLAS directly (for the benchmarks' headers).
+bool have_blas();
+
+}  // namespace detail
+}  // namespace svcca
