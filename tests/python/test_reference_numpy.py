@@ -90,6 +90,27 @@ def test_golden_check_rejects_wrong_epsilon(ref, load_golden, name, wrong_epsilo
         _check_golden_cca(case, a, out)
 
 
+@pytest.mark.parametrize("epsilon", [1e-3, 0.3])
+def test_large_epsilon_matches_port(ref, load_golden, epsilon):
+    """At the golden files' epsilons (0, 1e-10) the ridge moves the numbers by ~1e-11, below the
+    files' tolerances; at large epsilons (cut-off and ridge both visible: 0.3 drops 10 of acts2's
+    24 neurons) the reference must agree with svcca's compat port, itself held to the golden data
+    by test_ops."""
+    _, a = load_golden("cca_dead_neurons")
+    x, y = t(a["acts1"]), t(a["acts2"])
+    out = ref.get_cca_similarity(a["acts1"], a["acts2"], epsilon=epsilon)
+    want = svcca.get_cca_similarity(x, y, epsilon=epsilon)
+    assert np.array_equal(out["x_idxs"], want["x_idxs"].numpy())
+    assert np.array_equal(out["y_idxs"], want["y_idxs"].numpy())
+    for key in ("cca_coef1", "mean", "sum", "invsqrt_xx", "invsqrt_yy"):
+        assert_close(np.asarray(out[key]), want[key], tol(torch.float64), what=key)
+    value, weights, coefs = ref.compute_pwcca(a["acts1"], a["acts2"], epsilon=epsilon)
+    want_value, want_weights, want_coefs = svcca.compute_pwcca(x, y, epsilon)
+    assert_close(np.asarray(value), want_value, tol(torch.float64), what="pwcca")
+    assert_close(weights, want_weights, tol(torch.float64), what="weights")
+    assert_close(coefs, want_coefs, tol(torch.float64), what="coefs")
+
+
 def test_golden_threshold_edges(ref, load_golden):
     case, a = load_golden("cca_threshold_edges")
     rho = ref.get_cca_similarity(a["acts1"], a["acts2"])["cca_coef1"]
