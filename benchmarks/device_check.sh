@@ -19,8 +19,8 @@
 #   SVCCA_DEVICE_BUDGET     seconds for the whole run (default 560: the device tool stops a
 #                           command at 600); each stage gets min(its timeout, what is left)
 #   SVCCA_DEVICE_STAGES     comma-separated subset, in this order: env, gtest, configure, build,
-#                           cpp_tests, gpu_bench, python_tests, distributed, build_rest; cli_tests
-#                           (tests/cli, CPU only, long) runs only when named
+#                           cpp_tests, gpu_bench, python_tests, distributed; cli_tests (tests/cli,
+#                           CPU only, long) runs only when named
 #   SVCCA_CXX_STANDARD      CMAKE_CXX_STANDARD (default: 20 for torch >= 2.12, whose headers need
 #                           it, else the project's C++17)
 #   SVCCA_PYTEST_ARGS       extra pytest arguments (e.g. "-k cuda", "-n 8")
@@ -119,7 +119,6 @@ print(20 if v >= (2, 12) else "")')}
     args+=(-DCMAKE_PREFIX_PATH="$torch_prefix")
   fi
   echo "cmake ${gen[*]} ${args[*]}"
-  rm -rf "$BUILD"
   cmake -S "$ROOT" -B "$BUILD" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DSVCCA_BUILD_TESTS=ON \
     -DSVCCA_BUILD_BENCHMARKS=OFF -DSVCCA_PYTHON="$(command -v "$PY")" "${args[@]}" \
     >>"$OUT/build.log" 2>&1
@@ -128,34 +127,17 @@ print(20 if v >= (2, 12) else "")')}
   return $rc
 }
 
-has_target() {
-  if [ -f "$BUILD/build.ninja" ]; then
-    ninja -C "$BUILD" -t targets all 2>/dev/null | grep -q "^$1:"
-  else
-    make -C "$BUILD" help 2>/dev/null | grep -q "\.\.\. $1\$"
-  fi
-}
-
-# Keep going past a failed object, so that one build lists every error at once.
-build_targets() {
+# Everything (the tools and examples too: that they compile against this torch is part of the
+# check), in one parallel build that keeps going past a failed object, so that one run lists
+# every error and a failure stops only the targets that need that object.
+stage_build() {
   local keep=(-k)
   [ -f "$BUILD/build.ninja" ] && keep=(-k 0)
-  echo "building: ${*:-all}"
-  local targets=()
-  for t in "$@"; do targets+=(--target "$t"); done
-  cmake --build "$BUILD" -j"$JOBS" "${targets[@]}" -- "${keep[@]}" >>"$OUT/build.log" 2>&1
+  cmake --build "$BUILD" -j"$JOBS" -- "${keep[@]}" >>"$OUT/build.log" 2>&1
   local rc=$?
   grep -E 'error:|Error [0-9]|FAILED:|undefined reference' "$OUT/build.log" | head -60
   return $rc
 }
-
-stage_build() {
-  local targets=(svcca_ops svcca_tests svcca_run_script)
-  has_target svcca_stream_distributed && targets+=(svcca_stream_distributed)
-  build_targets "${targets[@]}"
-}
-
-stage_build_rest() { build_targets; }
 
 stage_cpp_tests() {
   [ -x "$BUILD/tests/svcca_tests" ] || { echo "no $BUILD/tests/svcca_tests (build failed)"; return 2; }
@@ -209,7 +191,7 @@ stage_python_tests() {
 }
 
 stage_cli_tests() {
-  [ -x "$BUILD/tools/svcca-inspect" ] || { echo "no svcca-inspect (build_rest failed?)"; return 2; }
+  [ -x "$BUILD/tools/svcca-inspect" ] || { echo "no $BUILD/tools/svcca-inspect (build failed)"; return 2; }
   cd "$ROOT" && SVCCA_INSPECT="$BUILD/tools/svcca-inspect" \
     SVCCA_WRITE_TENSORS="$BUILD/tests/svcca_cli_write_tensors" pytest_cmd tests/cli
 }
@@ -234,10 +216,11 @@ tee_pid=$!
 budget=${SVCCA_DEVICE_BUDGET:-560}
 start=$(date +%s)
 deadline=$((start + budget))
-stages=${SVCCA_DEVICE_STAGES:-env,gtest,configure,build,cpp_tests,gpu_bench,python_tests,distributed,build_rest}
-# name:timeout, in run order.
+stages=${SVCCA_DEVICE_STAGES:-env,gtest,configure,build,cpp_tests,gpu_bench,python_tests,distributed}
+# name:timeout, in run order: the GPU benchmarks before the long CPU-bound Python suite, which
+# gets what is left.
 plan="env:60 gtest:120 configure:150 build:360 cpp_tests:150 gpu_bench:240 python_tests:300
-      distributed:90 build_rest:240 cli_tests:400"
+      distributed:60 cli_tests:400"
 records=()
 all_ok=1
 
@@ -280,6 +263,7 @@ for entry in $plan; do
   timeout --kill-after=10 "$t" "$SELF" __stage "$name"
   rc=$?
   secs=$(($(date +%s) - t0))
+  echo
   if [ $rc = 0 ]; then
     status=passed
   elif [ $rc = 124 ] || [ $rc = 137 ]; then
