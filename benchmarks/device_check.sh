@@ -31,10 +31,12 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SELF="$ROOT/benchmarks/device_check.sh"
 export ROOT
-export OUT=${OUT:-$ROOT/out}
+# Absolute paths: stages change directory.
+OUT=$(realpath -m "${OUT:-$ROOT/out}")
+DEPS=$(realpath -m "${SVCCA_DEPS:-$ROOT/build-device-deps}")
+BUILD=$(realpath -m "${SVCCA_DEVICE_BUILD:-$ROOT/build-device}")
+export OUT DEPS BUILD
 export PY=${PYTHON:-python3}
-export DEPS=${SVCCA_DEPS:-$ROOT/build-device-deps}
-export BUILD=${SVCCA_DEVICE_BUILD:-$ROOT/build-device}
 export GTEST_PREFIX=$BUILD-gtest/install
 export JOBS=${JOBS:-$(nproc)}
 mkdir -p "$OUT"
