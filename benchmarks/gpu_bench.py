@@ -212,6 +212,14 @@ def run_resnet(args, device, results):
     log("== resnet18: module_grid at n = %d, %d x %d, model on %s" %
         (args.resnet_n, args.image_size, args.image_size, device))
     r["cases"] = []
+    # The captured activations live on the device: budget them against its free memory (the
+    # default, svcca.default_memory_budget(), reads the host's /proc/meminfo).
+    if args.grid_memory:
+        r["memory_budget"] = args.grid_memory
+    elif device.type == "cuda":
+        r["memory_budget"] = int(torch.cuda.mem_get_info(device)[0] // 4)
+    else:
+        r["memory_budget"] = None
     try:
         model = resnet18().to(device)
         g = torch.Generator().manual_seed(0)
@@ -229,12 +237,13 @@ def run_resnet(args, device, results):
                 torch.cuda.reset_peak_memory_stats(device)
             sync(device)
             t0 = time.perf_counter()
-            grid = svcca.module_grid(model, x, measure=measure, batch_size=args.resnet_batch)
+            grid = svcca.module_grid(model, x, measure=measure, batch_size=args.resnet_batch,
+                                     memory=r["memory_budget"])
             sync(device)
             case["wall_s"] = time.perf_counter() - t0
             v = grid.values
             case.update(layers=len(grid.rows), undefined_cells=sum(len(c) for _, c in grid.undefined),
-                        passes=grid.options.get("passes"), finite=bool(torch.isfinite(v).any()))
+                        passes=grid.options.get("passes"), finite_cells=int(torch.isfinite(v).sum()))
             if device.type == "cuda":
                 case["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
             # The check: first k images, this model on the device (float32, TF32 off) against a
@@ -308,6 +317,9 @@ def main(argv=None):
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--grid-measures", default="cka")
     ap.add_argument("--grid-check-n", type=int, default=16)
+    ap.add_argument("--grid-memory", type=int, default=0,
+                    help="module_grid's memory budget in bytes (default: a quarter of the GPU's "
+                         "free memory; on the CPU svcca.default_memory_budget())")
     ap.add_argument("--skip-matrix", action="store_true")
     ap.add_argument("--skip-resnet", action="store_true")
     args = ap.parse_args(argv)
