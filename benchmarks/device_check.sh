@@ -57,7 +57,8 @@ stage_env() {
 import os, sys
 import torch
 print("python", sys.version.split()[0], sys.executable)
-print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      "available", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("gpu", torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0))
 print("cmake_prefix_path", torch.utils.cmake_prefix_path)
@@ -80,7 +81,11 @@ if not torch.cuda.is_available():
     sys.exit("torch.cuda.is_available() is False")
 EOF
   local rc=$?
-  if [ -d "$DEPS" ]; then echo "deps: $DEPS ($(du -sh "$DEPS" | cut -f1))"; else echo "deps: $DEPS absent (using installed packages)"; fi
+  if [ -d "$DEPS" ]; then
+    echo "deps: $DEPS ($(du -sh "$DEPS" | cut -f1))"
+  else
+    echo "deps: $DEPS absent (using installed packages)"
+  fi
   return $rc
 }
 
@@ -142,7 +147,8 @@ stage_build() {
 }
 
 stage_cpp_tests() {
-  [ -x "$BUILD/tests/svcca_tests" ] || { echo "no $BUILD/tests/svcca_tests (build failed)"; return 2; }
+  [ -x "$BUILD/tests/svcca_tests" ] || {
+    echo "no $BUILD/tests/svcca_tests (build failed)"; return 2; }
   local rc=0
   (cd "$BUILD/tests" && ./svcca_tests --gtest_brief=1 --gtest_output=xml:"$OUT/gtest.xml") || rc=$?
   [ -s "$OUT/gtest.xml" ] || { echo "no gtest.xml (svcca_tests exit $rc)"; return 1; }
@@ -193,7 +199,8 @@ stage_python_tests() {
 }
 
 stage_cli_tests() {
-  [ -x "$BUILD/tools/svcca-inspect" ] || { echo "no $BUILD/tools/svcca-inspect (build failed)"; return 2; }
+  [ -x "$BUILD/tools/svcca-inspect" ] || {
+    echo "no $BUILD/tools/svcca-inspect (build failed)"; return 2; }
   cd "$ROOT" && SVCCA_INSPECT="$BUILD/tools/svcca-inspect" \
     SVCCA_WRITE_TENSORS="$BUILD/tests/svcca_cli_write_tensors" pytest_cmd tests/cli
 }
@@ -213,12 +220,15 @@ fi
 
 # ---- Driver ---------------------------------------------------------------------------------
 
-exec > >(tee -a "$OUT/device_check.log") 2>&1
+# One run, one set of files: the logs start empty.
+: >"$OUT/build.log"
+exec > >(tee "$OUT/device_check.log") 2>&1
 tee_pid=$!
 budget=${SVCCA_DEVICE_BUDGET:-560}
 start=$(date +%s)
 deadline=$((start + budget))
-stages=${SVCCA_DEVICE_STAGES:-env,gtest,configure,build,cpp_tests,gpu_bench,python_tests,distributed}
+all_stages=env,gtest,configure,build,cpp_tests,gpu_bench,python_tests,distributed
+stages=${SVCCA_DEVICE_STAGES:-$all_stages}
 # name:timeout, in run order: the GPU benchmarks before the long CPU-bound Python suite, which
 # gets what is left.
 plan="env:60 gtest:120 configure:150 build:360 cpp_tests:150 gpu_bench:240 python_tests:300
@@ -275,12 +285,15 @@ for entry in $plan; do
   fi
   [ $rc = 0 ] || all_ok=0
   echo "---- $name: $status (exit $rc, ${secs}s)"
-  records+=("{\"stage\": \"$name\", \"status\": \"$status\", \"rc\": $rc, \"seconds\": $secs, \"timeout_s\": $t}")
+  records+=("$(printf '{"stage": "%s", "status": "%s", "rc": %d, "seconds": %d, "timeout_s": %d}' \
+    "$name" "$status" "$rc" "$secs" "$t")")
   write_results
 done
 write_results
 echo
-echo "device_check.sh: $([ $all_ok = 1 ] && echo 'all stages passed' || echo 'some stages failed'); $(($(date +%s) - start))s; results in $OUT/results.json"
+summary="some stages failed"
+[ $all_ok = 1 ] && summary="all stages passed"
+echo "device_check.sh: $summary; $(($(date +%s) - start))s; results in $OUT/results.json"
 exec >&- 2>&-
 wait "$tee_pid" 2>/dev/null
 [ $all_ok = 1 ]

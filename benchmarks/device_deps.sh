@@ -44,7 +44,7 @@ cp -r /usr/src/googletest "$dir/src/googletest"
 v=$(sed -n 's/^#define FMT_VERSION \([0-9]*\).*/\1/p' /usr/include/fmt/core.h)
 fmt_version="$((v / 10000)).$((v / 100 % 100)).$((v % 100))"
 cat >"$dir/lib/cmake/fmt/fmt-config.cmake" <<EOF
-# fmt $fmt_version (Debian's headers) as a header-only library: written by benchmarks/device_deps.sh.
+# fmt $fmt_version (Debian's headers), header-only: written by benchmarks/device_deps.sh.
 get_filename_component(_fmt_prefix "\${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
 if(NOT TARGET fmt::fmt)
   add_library(fmt::fmt INTERFACE IMPORTED)

@@ -242,8 +242,10 @@ def run_resnet(args, device, results):
             sync(device)
             case["wall_s"] = time.perf_counter() - t0
             v = grid.values
-            case.update(layers=len(grid.rows), undefined_cells=sum(len(c) for _, c in grid.undefined),
-                        passes=grid.options.get("passes"), finite_cells=int(torch.isfinite(v).sum()))
+            case.update(layers=len(grid.rows),
+                        undefined_cells=sum(len(c) for _, c in grid.undefined),
+                        passes=grid.options.get("passes"),
+                        finite_cells=int(torch.isfinite(v).sum()))
             if device.type == "cuda":
                 case["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
             # The check: first k images, this model on the device (float32, TF32 off) against a
