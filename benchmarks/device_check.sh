@@ -235,12 +235,13 @@ plan="env:60 gtest:120 configure:150 build:360 cpp_tests:150 gpu_bench:240 pytho
       distributed:60 cli_tests:400"
 records=()
 all_ok=1
+bench_ran=0
 
 json_str() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g' | tr '\n\t' '  ')"; }
 
 write_results() {
   local f="$OUT/results.json" bench=null
-  [ -s "$OUT/gpu_bench.json" ] && bench=$(cat "$OUT/gpu_bench.json")
+  [ "$bench_ran" = 1 ] && [ -s "$OUT/gpu_bench.json" ] && bench=$(cat "$OUT/gpu_bench.json")
   {
     printf '{\n "script": "benchmarks/device_check.sh",\n "commit": %s,\n' \
       "$(json_str "$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)")"
@@ -271,6 +272,11 @@ for entry in $plan; do
     write_results
     continue
   fi
+  case $name in  # no stale results from an earlier run in the same folder
+    cpp_tests) rm -f "$OUT/gtest.xml" ;;
+    python_tests) rm -f "$OUT/pytest.xml" ;;
+    gpu_bench) rm -f "$OUT/gpu_bench.json" && bench_ran=1 ;;
+  esac
   t0=$(date +%s)
   timeout --kill-after=10 "$t" "$SELF" __stage "$name"
   rc=$?
