@@ -261,7 +261,7 @@ for entry in $plan; do
   name=${entry%%:*}
   limit=${entry##*:}
   case ",$stages," in *",$name,"*) ;; *) continue ;; esac
-  left=$((deadline - $(date +%s) - 10))
+  left=$((deadline - $(date +%s) - 25))
   t=$((limit < left ? limit : left))
   echo
   echo "==== $name (timeout ${t}s) ===="
@@ -278,7 +278,9 @@ for entry in $plan; do
     gpu_bench) rm -f "$OUT/gpu_bench.json" && bench_ran=1 ;;
   esac
   t0=$(date +%s)
-  timeout --kill-after=10 "$t" "$SELF" __stage "$name"
+  # SIGINT first (to the stage's whole process group): pytest then still writes its summary and
+  # pytest.xml, gpu_bench.py its JSON; whatever is left gets SIGKILL 20 s later.
+  timeout --signal=INT --kill-after=20 "$t" "$SELF" __stage "$name"
   rc=$?
   secs=$(($(date +%s) - t0))
   echo

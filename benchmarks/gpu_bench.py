@@ -360,6 +360,11 @@ def main(argv=None):
         except Exception as e:  # noqa: BLE001
             results["errors"].append("%s: %s: %s" % (part, type(e).__name__, e))
             log("ERROR in %s: %s" % (part, traceback.format_exc()))
+        except KeyboardInterrupt:  # device_check.sh's stage timeout: keep what was measured
+            results["errors"].append("%s: interrupted (time limit)" % part)
+            results["ok"] = False
+            save()
+            raise
         save()
     oks = [c.get("ok", False) for c in results["matrix"]]
     r = results.get("resnet18")
