@@ -10,6 +10,7 @@
 # Writes under $OUT (default ./out): device_check.log (this output), results.json (every stage:
 # status, exit code, seconds, timeout; gpu_bench's results inlined), build.log (CMake's output),
 # gtest.xml, pytest.xml, gpu_bench.json. Exit status 0 when every stage passed.
+# benchmarks/device_check.sh --digest prints the sources' digest that results.json records.
 #
 # Environment:
 #   PYTHON                  the Python with torch (default python3)
@@ -213,9 +214,22 @@ stage_gpu_bench() {
     "$PY" "$ROOT/benchmarks/gpu_bench.py" --out "$OUT" ${SVCCA_GPU_BENCH_ARGS:-}
 }
 
+# Which sources ran (the copy on the device machine has no .git; what .gitignore ignores is left
+# out, as the device tool leaves it behind): benchmarks/device_check.sh --digest prints the same
+# value for a checkout here.
+sources_digest() {
+  (cd "$ROOT" && find CMakeLists.txt cmake csrc torch_ext tools tests examples benchmarks models \
+    -type f ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path '*/.pytest_cache/*' \
+    ! -path '*/out/*' ! -path '*/build*/*' -print0 | LC_ALL=C sort -z |
+    xargs -0 sha256sum | sha256sum | cut -c1-16)
+}
+
 if [ "${1:-}" = "__stage" ]; then
   "stage_$2"
   exit $?
+elif [ "${1:-}" = "--digest" ]; then
+  sources_digest
+  exit 0
 fi
 
 # ---- Driver ---------------------------------------------------------------------------------
@@ -225,6 +239,7 @@ fi
 exec > >(tee "$OUT/device_check.log") 2>&1
 tee_pid=$!
 budget=${SVCCA_DEVICE_BUDGET:-560}
+digest=$(sources_digest)
 start=$(date +%s)
 deadline=$((start + budget))
 all_stages=env,gtest,configure,build,cpp_tests,gpu_bench,python_tests,distributed
@@ -243,8 +258,9 @@ write_results() {
   local f="$OUT/results.json" bench=null
   [ "$bench_ran" = 1 ] && [ -s "$OUT/gpu_bench.json" ] && bench=$(cat "$OUT/gpu_bench.json")
   {
-    printf '{\n "script": "benchmarks/device_check.sh",\n "commit": %s,\n' \
-      "$(json_str "$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)")"
+    printf '{\n "script": "benchmarks/device_check.sh",\n "commit": %s,\n "sources_digest": %s,\n' \
+      "$(json_str "$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)")" \
+      "$(json_str "$digest")"
     printf ' "started": %s,\n "budget_s": %d,\n "elapsed_s": %d,\n "ok": %s,\n "stages": [\n' \
       "$(json_str "$(date -u -d "@$start" +%FT%TZ)")" "$budget" $(($(date +%s) - start)) \
       "$([ $all_ok = 1 ] && echo true || echo false)"
@@ -256,7 +272,8 @@ write_results() {
   } >"$f.tmp" && mv "$f.tmp" "$f"
 }
 
-echo "device_check.sh: $(date -u +%FT%TZ), budget ${budget}s, stages $stages, out $OUT"
+echo "device_check.sh: $(date -u +%FT%TZ), sources $digest, budget ${budget}s, stages $stages"
+echo "out: $OUT"
 for entry in $plan; do
   name=${entry%%:*}
   limit=${entry##*:}
