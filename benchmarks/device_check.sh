@@ -281,14 +281,14 @@ for entry in $plan; do
   left=$((deadline - $(date +%s) - 25))
   t=$((limit < left ? limit : left))
   echo
-  echo "==== $name (timeout ${t}s) ===="
   if [ "$t" -lt 5 ]; then
-    echo "skipped: out of time (${left}s left of the ${budget}s budget)"
+    echo "==== $name: skipped, out of time (${left}s left of the ${budget}s budget) ===="
     records+=("{\"stage\": \"$name\", \"status\": \"skipped\", \"why\": \"out of time\"}")
     all_ok=0
     write_results
     continue
   fi
+  echo "==== $name (timeout ${t}s) ===="
   case $name in  # no stale results from an earlier run in the same folder
     cpp_tests) rm -f "$OUT/gtest.xml" ;;
     python_tests) rm -f "$OUT/pytest.xml" ;;
