@@ -3,6 +3,9 @@
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#ifdef SVCCA_C10D_HAS_BACKEND
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#endif
 
 #include <vector>
 
@@ -13,8 +16,10 @@ namespace {
 
 constexpr const char* kFn = "all_reduce";
 
-// All-reduces one float64 tensor in place with `op` and waits for it.
-void reduce(c10d::ProcessGroup& pg, at::Tensor& t, c10d::ReduceOp::RedOpType op) {
+// All-reduces one float64 tensor in place with `op` and waits for it. Group, here and below:
+// c10d::ProcessGroup or (LibTorch 2.x) c10d::Backend, which share allreduce, getRank, getSize.
+template <typename Group>
+void reduce(Group& pg, at::Tensor& t, c10d::ReduceOp::RedOpType op) {
   std::vector<at::Tensor> tensors{t};
   c10d::AllreduceOptions opts;
   opts.reduceOp = c10d::ReduceOp(op);
@@ -25,8 +30,8 @@ void reduce(c10d::ProcessGroup& pg, at::Tensor& t, c10d::ReduceOp::RedOpType op)
 // Every rank contributes `signature` (of one length on every rank; entry 1 is 1 for an empty
 // accumulator). Throws on every rank when any two ranks differ or any is empty, so that no rank
 // goes on to a collective the others never join.
-void agree(c10d::ProcessGroup& pg, const std::vector<double>& signature, at::Device device,
-           const char* what) {
+template <typename Group>
+void agree(Group& pg, const std::vector<double>& signature, at::Device device, const char* what) {
   const int64_t k = static_cast<int64_t>(signature.size());
   at::Tensor s = at::tensor(signature, at::kDouble);
   at::Tensor both = at::cat({s, -s}).to(device);
@@ -53,8 +58,8 @@ constexpr double kNoUnit = -1e9;
 
 // The exponents of the common units: the MAX over ranks of each rank's (kNoUnit where it has
 // none); 0 where no rank has one.
-std::vector<int> common_units(c10d::ProcessGroup& pg, const std::vector<double>& local,
-                              at::Device device) {
+template <typename Group>
+std::vector<int> common_units(Group& pg, const std::vector<double>& local, at::Device device) {
   at::Tensor t = at::tensor(local, at::kDouble).to(device);
   reduce(pg, t, c10d::ReduceOp::MAX);
   t = t.cpu();
@@ -66,9 +71,8 @@ std::vector<int> common_units(c10d::ProcessGroup& pg, const std::vector<double>&
   return out;
 }
 
-}  // namespace
-
-void all_reduce(CovarianceAccumulator& accumulator, c10d::ProcessGroup& process_group) {
+template <typename Group>
+void all_reduce_covariance(CovarianceAccumulator& accumulator, Group& process_group) {
   auto& pg = process_group;
   auto state = accumulator.state();
   const auto& pairs = accumulator.pair_indices();
@@ -198,7 +202,8 @@ void all_reduce(CovarianceAccumulator& accumulator, c10d::ProcessGroup& process_
   accumulator.set_state(out);
 }
 
-void all_reduce(MinibatchCkaAccumulator& accumulator, c10d::ProcessGroup& process_group) {
+template <typename Group>
+void all_reduce_minibatch(MinibatchCkaAccumulator& accumulator, Group& process_group) {
   auto state = accumulator.state();
   const bool empty = accumulator.n_batches() == 0;
   at::Device device = empty ? at::Device(at::kCPU) : state.at("n").device();
@@ -230,5 +235,25 @@ void all_reduce(MinibatchCkaAccumulator& accumulator, c10d::ProcessGroup& proces
   out["scale_y"] = at::scalar_tensor(detail::pow2(k[1]), state.at("n").options());
   accumulator.set_state(out);
 }
+
+}  // namespace
+
+void all_reduce(CovarianceAccumulator& accumulator, c10d::ProcessGroup& process_group) {
+  all_reduce_covariance(accumulator, process_group);
+}
+
+void all_reduce(MinibatchCkaAccumulator& accumulator, c10d::ProcessGroup& process_group) {
+  all_reduce_minibatch(accumulator, process_group);
+}
+
+#ifdef SVCCA_C10D_HAS_BACKEND
+void all_reduce(CovarianceAccumulator& accumulator, c10d::Backend& process_group) {
+  all_reduce_covariance(accumulator, process_group);
+}
+
+void all_reduce(MinibatchCkaAccumulator& accumulator, c10d::Backend& process_group) {
+  all_reduce_minibatch(accumulator, process_group);
+}
+#endif
 
 }  // namespace svcca

@@ -1,11 +1,23 @@
 // torch.distributed for the streaming accumulators: all_reduce over a c10d ProcessGroup.
 #pragma once
 
+#include <torch/version.h>  // TORCH_VERSION_MAJOR (macros only)
+
 #include "svcca/stream/covariance_accumulator.h"
 #include "svcca/stream/minibatch_cka.h"
 
+// LibTorch 2.x split c10d: a backend (ProcessGroupGloo, ProcessGroupNCCL, ...) derives from
+// c10d::Backend, and c10d::ProcessGroup is the dispatching wrapper over backends. 1.13 has only
+// ProcessGroup, which the backends derive from. all_reduce takes either where both exist.
+#if TORCH_VERSION_MAJOR >= 2
+#define SVCCA_C10D_HAS_BACKEND 1
+#endif
+
 namespace c10d {
 class ProcessGroup;
+#ifdef SVCCA_C10D_HAS_BACKEND
+class Backend;
+#endif
 }  // namespace c10d
 
 namespace svcca {
@@ -28,5 +40,12 @@ void all_reduce(CovarianceAccumulator& accumulator, c10d::ProcessGroup& process_
 // The minibatch CKA state is a set of sums: one SUM all-reduce (after the same agreement step and
 // a MAX of the linear kernel's units, to which every rank rescales its sums).
 void all_reduce(MinibatchCkaAccumulator& accumulator, c10d::ProcessGroup& process_group);
+
+#ifdef SVCCA_C10D_HAS_BACKEND
+// The same over one c10d backend used directly (LibTorch 2.x, where c10d::ProcessGroupGloo and
+// the other backends are a c10d::Backend, not a ProcessGroup).
+void all_reduce(CovarianceAccumulator& accumulator, c10d::Backend& process_group);
+void all_reduce(MinibatchCkaAccumulator& accumulator, c10d::Backend& process_group);
+#endif
 
 }  // namespace svcca
