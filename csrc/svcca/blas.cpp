@@ -22,12 +22,6 @@ void cherk_(const char* uplo, const char* trans, const int* n, const int* k, con
             const void* a, const int* lda, const float* beta, void* c, const int* ldc);
 void zherk_(const char* uplo, const char* trans, const int* n, const int* k, const double* alpha,
             const void* a, const int* lda, const double* beta, void* c, const int* ldc);
-void strmm_(const char* side, const char* uplo, const char* transa, const char* diag, const int* m,
-            const int* n, const float* alpha, const float* a, const int* lda, float* b,
-            const int* ldb);
-void dtrmm_(const char* side, const char* uplo, const char* transa, const char* diag, const int* m,
-            const int* n, const double* alpha, const double* a, const int* lda, double* b,
-            const int* ldb);
 }
 #endif
 
@@ -152,44 +146,6 @@ bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alp
       break;
   }
   if (flip && complex) c.conj_physical_();
-  return true;
-#endif
-}
-
-bool symmetric_quadratic_forms(const at::Tensor& m, const at::Tensor& w, at::Tensor& out) {
-#ifndef SVCCA_HAVE_BLAS
-  (void)m, (void)w, (void)out;
-  return false;
-#else
-  if (m.dim() != 2 || w.dim() != 2 || !m.device().is_cpu() || !w.device().is_cpu()) return false;
-  const auto st = m.scalar_type();
-  if ((st != at::kFloat && st != at::kDouble) || w.scalar_type() != st) return false;
-  if (!m.is_contiguous() || m.size(0) != m.size(1) || w.size(0) != m.size(0)) return false;
-  if (at::GradMode::is_enabled() && (m.requires_grad() || w.requires_grad())) return false;
-  const int64_t n = m.size(0);
-  const int64_t b = w.size(1);
-  if (n > INT_MAX || b > INT_MAX) return false;
-  if (n == 0 || b == 0) {
-    out = at::zeros({b}, w.options());
-    return true;
-  }
-  // t = L w in place of a copy of w. Row-major t [n, B] is the column-major B x n matrix t^T =
-  // w^T L^T; row-major m read column-major is m^T = m, whose column-major upper triangle is
-  // L^T: side "R", uplo "U", no transpose.
-  at::Tensor t = w.contiguous().clone();
-  const int rows = static_cast<int>(b);
-  const int cols = static_cast<int>(n);
-  const char side = 'R', uplo = 'U', trans = 'N', diag = 'N';
-  if (st == at::kDouble) {
-    const double one = 1.0;
-    dtrmm_(&side, &uplo, &trans, &diag, &rows, &cols, &one, m.data_ptr<double>(), &cols,
-           t.data_ptr<double>(), &rows);
-  } else {
-    const float one = 1.0f;
-    strmm_(&side, &uplo, &trans, &diag, &rows, &cols, &one, m.data_ptr<float>(), &cols,
-           t.data_ptr<float>(), &rows);
-  }
-  out = (w * t).sum(0).mul_(2.0) - (w.square() * m.diagonal().unsqueeze(1)).sum(0);
   return true;
 #endif
 }

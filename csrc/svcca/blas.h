@@ -16,12 +16,6 @@ namespace detail {
 // device.
 bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alpha, double beta);
 
-// out[b] = w_b^T m w_b for every column w_b of w: [n, B], m: [n, n] real symmetric, through a
-// triangular product (trmm): w^T m w = 2 w^T L w - w^T D w with L the lower triangle of m and D
-// its diagonal, n^2 B / 2 multiply-adds instead of the n^2 B of m w. Returns false where BLAS
-// can't do it (as hermitian_rank_k; complex too); the caller then uses at::mm.
-bool symmetric_quadratic_forms(const at::Tensor& m, const at::Tensor& w, at::Tensor& out);
-
 // Whether this build calls BLAS directly (for the benchmarks' headers).
 bool have_blas();
 

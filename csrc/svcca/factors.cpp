@@ -28,7 +28,10 @@ GramStats centered_gram(const at::Tensor& x, at::ScalarType dtype, double varian
   // input dtype, no cast).
   const double amax = x.abs().amax().item<double>();
   g.scale = amax > 0.0 && std::isfinite(amax) ? 2.0 * amax : 1.0;
-  g.gram = at::zeros({n, n}, x.options().dtype(dtype));
+  // Filled by the first block's product (beta = 0): no zeroing pass over n x n.
+  g.gram = at::empty({n, n}, x.options().dtype(dtype));
+  bool first_block = true;
+  if (p == 0) g.gram.zero_();
   // One pass: each block cast, centered (a column's mean is its own), scaled and multiplied.
   // With variance_cutoff > 0 the kept columns depend on the largest variance of all blocks, so
   // the Gram matrix waits for a second pass.
@@ -47,7 +50,8 @@ GramStats centered_gram(const at::Tensor& x, at::ScalarType dtype, double varian
     vars.push_back(xb.square().sum(0).div_(static_cast<double>(std::max<int64_t>(n - 1, 1))));
     if (one_pass) {
       xb.mul_(nc.to(dtype));
-      add_product_(g.gram, xb, /*outer=*/true);
+      add_product_(g.gram, xb, /*outer=*/true, 1.0, first_block ? 0.0 : 1.0);
+      first_block = false;
     }
   }
   g.mean = at::cat(means);
@@ -66,7 +70,8 @@ GramStats centered_gram(const at::Tensor& x, at::ScalarType dtype, double varian
     at::Tensor mask = kept_f.narrow(0, s, w);
     xb = xb.is_same(raw) ? xb / g.scale : xb.div_(g.scale);
     xb.sub_(mb).mul_(mask);
-    add_product_(g.gram, xb, /*outer=*/true);
+    add_product_(g.gram, xb, /*outer=*/true, 1.0, first_block ? 0.0 : 1.0);
+    first_block = false;
   }
   return g;
 }
@@ -103,7 +108,7 @@ KernelFactor linear_kernel_factor(const char* fn, const char* name, const at::Te
     check_not_constant(fn, name, g.non_constant);
     f.gram = g.gram;
     f.row_sq = f.gram.diagonal().clone();
-    f.self = f.gram.square().sum();
+    f.self = sum_squares(f.gram);
   } else {
     at::Tensor nc = non_constant_columns(x);
     check_not_constant(fn, name, nc);
@@ -112,7 +117,7 @@ KernelFactor linear_kernel_factor(const char* fn, const char* name, const at::Te
     if (scale > 0.0 && std::isfinite(scale)) xc = xc.requires_grad() ? xc / scale : xc.div_(scale);
     f.data = xc;
     f.row_sq = xc.square().sum(1);
-    f.self = column_gram(xc).square().sum();
+    f.self = sum_squares(column_gram(xc));
   }
   if (debiased) {
     at::Tensor sq = f.row_sq.sum();
@@ -124,7 +129,7 @@ KernelFactor linear_kernel_factor(const char* fn, const char* name, const at::Te
 }
 
 at::Tensor cross_hsic(const KernelFactor& x, const KernelFactor& y) {
-  if (x.gram_side && y.gram_side) return (x.gram * y.gram).sum();
+  if (x.gram_side && y.gram_side) return sum_products(x.gram, y.gram);
   if (!x.gram_side && !y.gram_side) return at::mm(mh(x.data), y.data).square().sum();
   const KernelFactor& narrow = x.gram_side ? y : x;
   const KernelFactor& wide = x.gram_side ? x : y;

@@ -113,6 +113,20 @@ at::Tensor column_gram(const at::Tensor& a) {
   return at::mm(mh(a), a);
 }
 
+at::Tensor sum_squares(const at::Tensor& t) {
+  if (t.scalar_type() != at::kDouble || t.numel() == 0) return t.square().sum();
+  at::Tensor flat = t.reshape({-1});
+  return at::dot(flat, flat);
+}
+
+at::Tensor sum_products(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() != at::kDouble || b.scalar_type() != at::kDouble ||
+      a.sizes() != b.sizes() || a.numel() == 0) {
+    return (a * b).sum();
+  }
+  return at::dot(a.reshape({-1}), b.reshape({-1}));
+}
+
 void add_product_(at::Tensor& c, const at::Tensor& a, bool outer, double alpha, double beta) {
   if (hermitian_rank_k(c, a, outer, alpha, beta)) return;
   if (outer) {

@@ -56,6 +56,13 @@ at::Tensor covariance(const at::Tensor& a_centered);
 at::Tensor gram(const at::Tensor& a);
 at::Tensor column_gram(const at::Tensor& a);
 
+// sum(t^2) of a real t: a dot product for float64 (BLAS ddot, no n x n temporary, which
+// square() would allocate), square().sum() otherwise (its pairwise sum is the accurate one in
+// float32). Differentiable either way.
+at::Tensor sum_squares(const at::Tensor& t);
+// sum(a * b) of real a and b of one shape, the same way.
+at::Tensor sum_products(const at::Tensor& a, const at::Tensor& b);
+
 // c = beta c + alpha a^H a (outer = false) or alpha a a^H (outer = true), c Hermitian and
 // contiguous; the symmetric product where BLAS has it, addmm otherwise.
 void add_product_(at::Tensor& c, const at::Tensor& a, bool outer, double alpha = 1.0,

@@ -191,6 +191,26 @@ def test_golden_svcca_top20(ref, load_golden):
         assert_close(np.asarray(wrong), a["svcca_score"][0], _golden_tol(case, "svcca_score"))
 
 
+def test_get_svcca_similarity_is_the_recipe(ref, load_golden):
+    """svcca.get_svcca_similarity (covariance eigenvectors, no wide SVD) gives the recipe's
+    numbers: the golden case at its tolerances, unequal dims against the numpy recipe."""
+    case, a = load_golden("svcca_top20")
+    acts1, acts2 = _svcca_top20_inputs(case, a)
+    out = svcca.get_svcca_similarity(t(acts1), t(acts2), 20)
+    assert_close(out["cca_coef1"], a["cca_coef1"], _golden_tol(case, "cca_coef1"), what="coef1")
+    assert_close(out["svcca_score"].reshape(1), a["svcca_score"], _golden_tol(case, "svcca_score"),
+                 what="svcca_score")
+    assert_close(out["sv1"], a["sv1"][:20], _golden_tol(case, "sv1"), what="sv1")
+    assert_close(out["sv2"], a["sv2"][:20], _golden_tol(case, "sv2", "sv1"), what="sv2")
+    want = ref.svcca_recipe(acts1, acts2, dims1=30, dims2=12, epsilon=1e-10)
+    got = svcca.get_svcca_similarity(t(acts1), t(acts2), dims1=30, dims2=12)
+    assert got["cca_coef1"].shape == (12,)
+    assert_close(got["cca_coef1"], want["cca_coef1"], tol(torch.float64), what="dims 30/12")
+    assert_close(got["mean"], np.asarray(want["mean"]), tol(torch.float64), what="mean 30/12")
+    with pytest.raises(ValueError, match=r"dims2 must be in \[1, 80\]"):
+        svcca.get_svcca_similarity(t(acts1), t(acts2), dims1=20, dims2=81)
+
+
 # ---- qr_cca, the torch baseline -----------------------------------------------------------------
 def test_qr_cca_equals_svcca_cca(ref):
     x, y = correlated_pair(600, 14, 10, seed=21)

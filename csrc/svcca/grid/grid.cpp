@@ -131,8 +131,8 @@ class RbfCkaMeasure : public CellMeasure {
     at::Tensor k = detail::rbf_kernel(fn, label.c_str(), d, o_.threshold, sigma);
     RbfFactor f;
     f.centered = detail::center_gram(k, o_.debiased);
-    f.self = f.centered.square().sum();
-    detail::check_self_hsic(fn, label.c_str(), f.self, k.square().sum(), n, o_.debiased);
+    f.self = detail::sum_squares(f.centered);
+    detail::check_self_hsic(fn, label.c_str(), f.self, detail::sum_squares(k), n, o_.debiased);
     return std::make_shared<Held<RbfFactor>>(std::move(f));
   }
   at::Tensor cell(const char*, const LayerFactor& x, const LayerFactor& y) const override {

@@ -8,7 +8,6 @@
 #include <cmath>
 #include <limits>
 
-#include "svcca/blas.h"
 #include "svcca/checks.h"
 #include "svcca/factors.h"
 #include "svcca/measures/cca.h"
@@ -35,12 +34,28 @@ void check_rows(const char* fn, const std::string& name, int64_t rows, int64_t p
                     " examples of ", p, " features; use measure svcca or more examples");
 }
 
-// w_b^T m w_b for every column of w ([n, B]) and symmetric m ([n, n]): half the multiply-adds of
-// m w where BLAS has trmm.
-at::Tensor quadratic_forms(const at::Tensor& m, const at::Tensor& w) {
-  at::Tensor out;
-  if (symmetric_quadratic_forms(m, w, out)) return out;
-  return (w * at::mm(m, w)).sum(0);
+// w_b^T (a o b) w_b for every column w_b of w ([n, B]), a and b symmetric [n, n] (b undefined:
+// a o a), without forming the n x n product a o b: row blocks of its lower triangle, each one
+// elementwise product of [r, s] blocks and one GEMM with the weights. n^2 B / 2 multiply-adds
+// (symmetry), n^2 / 2 elementwise products and O(r n) memory per call.
+at::Tensor hadamard_quadratic_forms(const at::Tensor& a, const at::Tensor& b,
+                                    const at::Tensor& w) {
+  constexpr int64_t kRows = 256;
+  const int64_t n = a.size(0);
+  auto block = [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    at::Tensor ab = a.narrow(0, r0, rows).narrow(1, c0, cols);
+    return ab * (b.defined() ? b.narrow(0, r0, rows).narrow(1, c0, cols) : ab);  // mul: pow is slow
+  };
+  at::Tensor out = at::zeros({w.size(1)}, w.options());
+  for (int64_t s = 0; s < n; s += kRows) {
+    const int64_t r = std::min(kRows, n - s);
+    const at::Tensor wi = w.narrow(0, s, r);
+    at::Tensor t = at::mm(block(s, r, s, r), wi);  // the diagonal block, counted once
+    // The blocks left of it (columns < s), counted twice: the upper triangle mirrors them.
+    if (s > 0) t.addmm_(block(s, r, 0, s), w.narrow(0, 0, s), /*beta=*/1.0, /*alpha=*/2.0);
+    out.add_((wi * t).sum(0));
+  }
+  return out;
 }
 
 // The examples a weight column draws, each repeated by its multiplicity. w: [n] (any device).
@@ -78,7 +93,7 @@ struct KernelLayer : ResampleLayer {
     if (g.defined()) return;
     g = detail::gram(xc);
     c = g;
-    c_self = g.square().sum();
+    c_self = sum_squares(g);
     diag = g.diagonal().clone();
   }
 };
@@ -149,8 +164,8 @@ class KernelResampler : public Resampler {
       l->g = k;  // the Gram of the centered data is centered already
     }
     l->c = debiased_ ? center_gram(k, true) : l->g;
-    l->c_self = l->c.square().sum();
-    check_self_hsic(fn, name.c_str(), l->c_self, k.square().sum(), n, debiased_);
+    l->c_self = sum_squares(l->c);
+    check_self_hsic(fn, name.c_str(), l->c_self, sum_squares(k), n, debiased_);
     l->diag = l->g.diagonal().clone();
     return l;
   }
@@ -172,7 +187,7 @@ class KernelResampler : public Resampler {
     } else {
       const at::Tensor w = weights.to(l.g.scalar_type());
       d->kw = at::mm(l.g, w);
-      quad = quadratic_forms(l.g.square(), w);
+      quad = hadamard_quadratic_forms(l.g, at::Tensor(), w);
       self = hsic(quad, d->kw, d->kw, l.diag, l.diag, w);
     }
     // A resample on which the layer is constant: its centered Gram is zero up to rounding.
@@ -195,7 +210,7 @@ class KernelResampler : public Resampler {
     } else {
       a.ensure_gram();  // no-ops for wide layers
       b.ensure_gram();
-      at::Tensor quad = quadratic_forms(a.g * b.g, w);
+      at::Tensor quad = hadamard_quadratic_forms(a.g, b.g, w);
       hxy = hsic(quad, da.kw, db.kw, a.diag, b.diag, w);
     }
     return (hxy / (da.self * db.self).sqrt()).to(at::kDouble).cpu();

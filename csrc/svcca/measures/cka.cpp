@@ -70,11 +70,11 @@ at::Tensor gram_cka(const char* fn, const at::Tensor& k, const at::Tensor& l, bo
   const int64_t n = k.size(0);
   at::Tensor kc = center_gram(k, debiased);
   at::Tensor lc = center_gram(l, debiased);
-  at::Tensor hxx = kc.square().sum();
-  at::Tensor hyy = lc.square().sum();
-  check_self_hsic(fn, "x", hxx.detach(), k.detach().square().sum(), n, debiased);
-  check_self_hsic(fn, "y", hyy.detach(), l.detach().square().sum(), n, debiased);
-  return (kc * lc).sum() / (hxx * hyy).sqrt();
+  at::Tensor hxx = sum_squares(kc);
+  at::Tensor hyy = sum_squares(lc);
+  check_self_hsic(fn, "x", hxx.detach(), sum_squares(k.detach()), n, debiased);
+  check_self_hsic(fn, "y", hyy.detach(), sum_squares(l.detach()), n, debiased);
+  return sum_products(kc, lc) / (hxx * hyy).sqrt();
 }
 
 at::Tensor squared_distances(const at::Tensor& xc) {
