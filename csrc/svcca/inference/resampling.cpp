@@ -40,7 +40,7 @@ void check_rows(const char* fn, const std::string& name, int64_t rows, int64_t p
 // (symmetry), n^2 / 2 elementwise products and O(r n) memory per call.
 at::Tensor hadamard_quadratic_forms(const at::Tensor& a, const at::Tensor& b,
                                     const at::Tensor& w) {
-  constexpr int64_t kRows = 256;
+  constexpr int64_t kRows = 1024;
   const int64_t n = a.size(0);
   auto block = [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
     at::Tensor ab = a.narrow(0, r0, rows).narrow(1, c0, cols);
