@@ -134,15 +134,15 @@ bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alp
       break;
     case at::kComplexFloat: {
       const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
-      cherk_(&uplo, &trans, &nn, &kk, &al, src.data_ptr<c10::complex<float>>(), &lda, &be,
-             c.data_ptr<c10::complex<float>>(), &ldc);
-      mirror_lower(c.data_ptr<c10::complex<float>>(), m);
+      cherk_(&uplo, &trans, &nn, &kk, &al, src.data_ptr<c10::complex<float> >(), &lda, &be,
+             c.data_ptr<c10::complex<float> >(), &ldc);
+      mirror_lower(c.data_ptr<c10::complex<float> >(), m);
       break;
     }
     default:
-      zherk_(&uplo, &trans, &nn, &kk, &alpha, src.data_ptr<c10::complex<double>>(), &lda, &beta,
-             c.data_ptr<c10::complex<double>>(), &ldc);
-      mirror_lower(c.data_ptr<c10::complex<double>>(), m);
+      zherk_(&uplo, &trans, &nn, &kk, &alpha, src.data_ptr<c10::complex<double> >(), &lda, &beta,
+             c.data_ptr<c10::complex<double> >(), &ldc);
+      mirror_lower(c.data_ptr<c10::complex<double> >(), m);
       break;
   }
   if (flip && complex) c.conj_physical_();

@@ -120,8 +120,8 @@ at::Tensor sum_squares(const at::Tensor& t) {
 }
 
 at::Tensor sum_products(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != at::kDouble || b.scalar_type() != at::kDouble ||
-      a.sizes() != b.sizes() || a.numel() == 0) {
+  if (a.scalar_type() != at::kDouble || b.scalar_type() != at::kDouble || a.sizes() != b.sizes() ||
+      a.numel() == 0) {
     return (a * b).sum();
   }
   return at::dot(a.reshape({-1}), b.reshape({-1}));

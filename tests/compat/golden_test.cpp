@@ -232,9 +232,9 @@ TEST(GoldenTest, SvccaTop20) {
   EXPECT_ALLCLOSE(rec2.at("cca_coef1"), r2.at("cca_coef1"), t);
   EXPECT_EQ(rec2.at("sv2").numel(), 15);
   EXPECT_THROWS_WITH_TYPE(compat::get_svcca_similarity(acts1, acts2, 101), c10::ValueError,
-                   "dims1 must be in [1, 100]");
+                          "dims1 must be in [1, 100]");
   EXPECT_THROWS_WITH_TYPE(compat::get_svcca_similarity(acts1, acts2, 20, 0), c10::ValueError,
-                   "dims2 must be in [1, 80]");
+                          "dims2 must be in [1, 80]");
   // Modern svcca with the tutorial's fixed 20 directions.
   SvccaOptions o;
   o.dims = 20;

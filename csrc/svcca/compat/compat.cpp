@@ -157,8 +157,7 @@ CcaCore cca_core(const char* fn, const at::Tensor& acts1, const at::Tensor& acts
 
   core.invsqrt_xx = pinv_sqrt(a);
   core.invsqrt_yy = pinv_sqrt(b);
-  at::Tensor arr =
-      at::mm(core.invsqrt_xx, at::mm(sxy / std::sqrt(xmax * ymax), core.invsqrt_yy));
+  at::Tensor arr = at::mm(core.invsqrt_xx, at::mm(sxy / std::sqrt(xmax * ymax), core.invsqrt_yy));
   if (full_svd) {
     auto svd = at::linalg_svd(arr, /*full_matrices=*/true);
     core.u = std::get<0>(svd);
@@ -235,8 +234,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compute_pwcca(const at::Tensor& a
   const NeuronCentered& c = use_x ? core.c1 : core.c2;
   const at::Tensor& idx = use_x ? core.ix : core.iy;
   const int64_t m = acts.size(1);
-  at::Tensor mu = c.means.index_select(0, idx);                     // [k, 1]
-  at::Tensor coef = use_x ? core.u.transpose(0, 1) : core.vh;       // [k, k]
+  at::Tensor mu = c.means.index_select(0, idx);                // [k, 1]
+  at::Tensor coef = use_x ? core.u.transpose(0, 1) : core.vh;  // [k, k]
   const at::Tensor& coefs = core.s;
   // The reference orthonormalizes the directions D = coef (K - mu) + mu 1^T ([k, m], K the kept
   // raw rows) by a QR of D^T and sums |Q^T K^T| over datapoints. With K_c = K - mu, K_c 1 = 0
@@ -295,7 +294,8 @@ TensorDict get_svcca_similarity(const at::Tensor& acts1, const at::Tensor& acts2
     int64_t dims;
   };
   std::vector<at::Tensor> svacts, sv;
-  for (const Side& side : {Side{"acts1", "dims1", acts1, dims1}, Side{"acts2", "dims2", acts2, dims2}}) {
+  for (const Side& side :
+       {Side{"acts1", "dims1", acts1, dims1}, Side{"acts2", "dims2", acts2, dims2}}) {
     const int64_t neurons = side.acts.size(0);
     TORCH_CHECK_VALUE(side.dims >= 1 && side.dims <= neurons, fn, ": ", side.dims_name,
                       " must be in [1, ", neurons, "] (the neurons of ", side.name, "), but got ",
@@ -304,9 +304,9 @@ TensorDict get_svcca_similarity(const at::Tensor& acts1, const at::Tensor& acts2
                       side.name, " must have at least one non-constant neuron, but all ", neurons,
                       " neurons are constant over the datapoints");
     auto c = center_neurons(side.acts);
-    auto eig = at::linalg_eigh(neuron_self_cov(c.data));  // one syrk/herk
+    auto eig = at::linalg_eigh(neuron_self_cov(c.data));                // one syrk/herk
     at::Tensor top = std::get<1>(eig).flip(1).narrow(1, 0, side.dims);  // [neurons, k] = U_k
-    at::Tensor rows = at::mm(detail::mh(top), c.data);                   // [k, m] = U_k^H c
+    at::Tensor rows = at::mm(detail::mh(top), c.data);                  // [k, m] = U_k^H c
     // Singular values as the norms of the rows: accurate to rounding of s_i itself, where
     // sqrt((m - 1) lambda_i) would carry the eigenvalue's error eps * lambda_max.
     sv.push_back(at::linalg_vector_norm(rows, 2, {1}, false, c10::nullopt));

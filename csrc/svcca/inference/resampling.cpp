@@ -38,8 +38,7 @@ void check_rows(const char* fn, const std::string& name, int64_t rows, int64_t p
 // a o a), without forming the n x n product a o b: row blocks of its lower triangle, each one
 // elementwise product of [r, s] blocks and one GEMM with the weights. n^2 B / 2 multiply-adds
 // (symmetry), n^2 / 2 elementwise products and O(r n) memory per call.
-at::Tensor hadamard_quadratic_forms(const at::Tensor& a, const at::Tensor& b,
-                                    const at::Tensor& w) {
+at::Tensor hadamard_quadratic_forms(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w) {
   constexpr int64_t kRows = 1024;
   const int64_t n = a.size(0);
   auto block = [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {

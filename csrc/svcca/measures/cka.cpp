@@ -198,8 +198,7 @@ at::Tensor linear_cka(const at::Tensor& x, const at::Tensor& y, const LinearCkaO
   const auto dtype = detail::compute_dtype(x, y, options.precision);
   at::Tensor xc = detail::center(x, dtype, /*rescale=*/true).data;
   at::Tensor yc = detail::center(y, dtype, /*rescale=*/true).data;
-  return detail::gram_cka(fn, detail::gram(xc), detail::gram(yc),
-                          options.debiased)
+  return detail::gram_cka(fn, detail::gram(xc), detail::gram(yc), options.debiased)
       .to(detail::result_dtype(x, y));
 }
 
