@@ -26,7 +26,7 @@ GramStats centered_gram(const at::Tensor& x, at::ScalarType dtype, double varian
   GramStats g;
   // The scale that keeps the products finite: |x - mean| <= 2 max|x| (a cheap reduction in the
   // input dtype, no cast).
-  const double amax = x.abs().amax().item<double>();
+  const double amax = abs_max(x);
   g.scale = amax > 0.0 && std::isfinite(amax) ? 2.0 * amax : 1.0;
   // Filled by the first block's product (beta = 0): no zeroing pass over n x n.
   g.gram = at::empty({n, n}, x.options().dtype(dtype));
@@ -113,10 +113,10 @@ KernelFactor linear_kernel_factor(const char* fn, const char* name, const at::Te
     at::Tensor nc = non_constant_columns(x);
     check_not_constant(fn, name, nc);
     at::Tensor xc = center(x, dtype, /*rescale=*/true).data;
-    const double scale = xc.abs().amax().item<double>();
+    const double scale = abs_max(xc);
     if (scale > 0.0 && std::isfinite(scale)) xc = xc.requires_grad() ? xc / scale : xc.div_(scale);
     f.data = xc;
-    f.row_sq = xc.square().sum(1);
+    if (debiased) f.row_sq = xc.square().sum(1);  // only the unbiased estimator reads it
     f.self = sum_squares(column_gram(xc));
   }
   if (debiased) {

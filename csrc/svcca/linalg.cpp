@@ -26,9 +26,17 @@ at::Tensor mh(const at::Tensor& t) {
   return t.transpose(-2, -1).conj();
 }
 
+double abs_max(const at::Tensor& x) {
+  if (x.numel() == 0) return 0.0;
+  if (x.is_complex()) return x.abs().max().item<double>();
+  // Two reductions instead of abs(): no temporary of x's size (400 MB at [50000, 1024]).
+  const at::Tensor d = x.detach();
+  return std::max(d.amax().item<double>(), -d.amin().item<double>());
+}
+
 double unit_scale(const at::Tensor& x) {
   if (x.numel() == 0) return 1.0;
-  const double m = x.abs().max().item<double>();
+  const double m = abs_max(x);
   if (!(m > 0.0) || !std::isfinite(m)) return 1.0;
   int e = 0;
   std::frexp(m, &e);  // m = f 2^e, f in [1/2, 1)

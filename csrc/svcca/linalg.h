@@ -30,6 +30,9 @@ at::Tensor mh(const at::Tensor& t);
 // [1/2, 1), so that no product or sum of squares of a finite layer overflows or underflows.
 // Scale-invariant measures (CCA family, CKA, Procrustes) compute on rescaled layers.
 double unit_scale(const at::Tensor& x);
+
+// max |x| (0 for an empty x; NaN propagates), without a temporary for real x.
+double abs_max(const at::Tensor& x);
 // t * 2^exponent, exact (applied in steps that stay inside float32's range); in_place scales t
 // itself (a buffer the caller owns).
 at::Tensor mul_pow2(const at::Tensor& t, int exponent, bool in_place = false);

@@ -145,7 +145,7 @@ class KernelResampler : public Resampler {
     if (!rbf_ && !debiased_ && p <= kNarrowMaxFeatures && p * p <= n) {
       check_not_constant(fn, name.c_str(), non_constant_columns(mat));
       at::Tensor xc = center(mat, dtype, /*rescale=*/true).data;
-      const double scale = xc.abs().amax().item<double>();
+      const double scale = abs_max(xc);
       if (scale > 0.0 && std::isfinite(scale)) xc = xc / scale;
       l->narrow = true;
       l->xc = xc;
