@@ -65,6 +65,14 @@ at::Tensor embed(const at::Tensor& block, const at::Tensor& kept_index, int64_t 
   return at::zeros({n, n}, block.options()).index_copy(1, kept_index, rows);
 }
 
+// Exact test (column min != max): the centered values of a constant neuron are rounding, which a
+// rescale would blow up to unit variance.
+void check_some_neuron_varies(const char* fn, const char* name, const at::Tensor& acts) {
+  TORCH_CHECK_VALUE(detail::non_constant_columns(acts.t()).any().item<bool>(), fn, ": ", name,
+                    " must have at least one non-constant neuron, but all ", acts.size(0),
+                    " neurons are constant over the datapoints");
+}
+
 void check_threshold(const char* fn, double threshold) {
   detail::check_unit_interval(fn, "threshold", threshold);
   TORCH_CHECK_VALUE(threshold > 0.0, fn,
@@ -109,12 +117,8 @@ CcaCore cca_core(const char* fn, const at::Tensor& acts1, const at::Tensor& acts
   const int64_t ny = acts2.size(0);
   // Exact test first: the centered values of a constant neuron are rounding (mean(c) != c in
   // floating point), which the rescale below would blow up to unit variance.
-  TORCH_CHECK_VALUE(detail::non_constant_columns(acts1.t()).any().item<bool>(), fn,
-                    ": acts1 must have at least one non-constant neuron, but all ", nx,
-                    " neurons are constant over the datapoints");
-  TORCH_CHECK_VALUE(detail::non_constant_columns(acts2.t()).any().item<bool>(), fn,
-                    ": acts2 must have at least one non-constant neuron, but all ", ny,
-                    " neurons are constant over the datapoints");
+  check_some_neuron_varies(fn, "acts1", acts1);
+  check_some_neuron_varies(fn, "acts2", acts2);
   CcaCore core;
   core.c1 = center_neurons(acts1);
   core.c2 = center_neurons(acts2);
@@ -300,9 +304,7 @@ TensorDict get_svcca_similarity(const at::Tensor& acts1, const at::Tensor& acts2
     TORCH_CHECK_VALUE(side.dims >= 1 && side.dims <= neurons, fn, ": ", side.dims_name,
                       " must be in [1, ", neurons, "] (the neurons of ", side.name, "), but got ",
                       side.dims);
-    TORCH_CHECK_VALUE(detail::non_constant_columns(side.acts.t()).any().item<bool>(), fn, ": ",
-                      side.name, " must have at least one non-constant neuron, but all ", neurons,
-                      " neurons are constant over the datapoints");
+    check_some_neuron_varies(fn, side.name, side.acts);
     auto c = center_neurons(side.acts);
     auto eig = at::linalg_eigh(neuron_self_cov(c.data));                // one syrk/herk
     at::Tensor top = std::get<1>(eig).flip(1).narrow(1, 0, side.dims);  // [neurons, k] = U_k
