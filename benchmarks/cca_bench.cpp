@@ -11,7 +11,7 @@
 //   gemm/<in>/<shape>                 the same three products as general at::mm in float64;
 //   cca|svcca|pwcca|linear_cka/<in>/<shape>  the full measure with default options (svcca: 0.99);
 //   pieces/<in>/<shape>               cca() taken apart with the svcca::detail functions it calls
-//                                     (checks, constant-column scan, centering, products, eigh,
+//                                     (checks, pair_moments' two passes, eigh,
 //                                     whitened SVD, weights), to show where the time goes.
 // Each measure row carries counters x_prod_f64 (and x_prod_f32 for float32 inputs): its time
 // divided by the products' time; a summary table with the same ratios is printed at the end.
@@ -245,9 +245,7 @@ struct PieceTimes {
 const char* piece_description(const std::string& name) {
   static const std::map<std::string, const char*> d = {
       {"checks", "check_pair etc. (finiteness scans)"},
-      {"nonconst", "non_constant_columns (min, max)"},
-      {"center", "center: cast, mean, subtract"},
-      {"products", "covariance x2 (blocked), cross x1"},
+      {"moments", "pair_moments: statistics pass, blocked syrk x2 + cross"},
       {"eigh", "factor_layer x2 (eigh)"},
       {"core_svd", "cca_core (2 mm + svd)"},
       {"weights", "canonical weights (2 mm)"},
@@ -278,21 +276,13 @@ void bm_pieces(benchmark::State& state, Shape s, at::ScalarType in) {
     svcca::detail::check_more_examples_than_features("cca", "x", x);
     svcca::detail::check_more_examples_than_features("cca", "y", y);
     lap("checks");
-    at::Tensor ncx = svcca::detail::non_constant_columns(x);
-    at::Tensor ncy = svcca::detail::non_constant_columns(y);
-    lap("nonconst");
-    auto xc = svcca::detail::center(x, at::kDouble);
-    auto yc = svcca::detail::center(y, at::kDouble);
-    lap("center");
-    at::Tensor sxx = svcca::detail::covariance(xc.data);
-    at::Tensor syy = svcca::detail::covariance(yc.data);
-    at::Tensor sxy = svcca::detail::cross_covariance(xc.data, yc.data);
-    lap("products");
+    auto m = svcca::detail::pair_moments(x, y, svcca::Precision::kFloat64);
+    lap("moments");
     svcca::detail::FactorOptions fo;
-    auto fx = svcca::detail::factor_layer("cca", "x", sxx, ncx, fo);
-    auto fy = svcca::detail::factor_layer("cca", "y", syy, ncy, fo);
+    auto fx = svcca::detail::factor_layer("cca", "x", m.sxx, m.x_non_constant, fo);
+    auto fy = svcca::detail::factor_layer("cca", "y", m.syy, m.y_non_constant, fo);
     lap("eigh");
-    auto core = svcca::detail::cca_core(fx, fy, sxy);
+    auto core = svcca::detail::cca_core(fx, fy, m.sxy);
     lap("core_svd");
     at::Tensor wx =
         svcca::detail::scatter_rows(at::mm(fx.whitening, core.u), fx).to(x.scalar_type());

@@ -1,6 +1,8 @@
 // Tests of the shared numerics: centering, covariance and per-layer factors.
 #include "svcca/linalg.h"
 
+#include "svcca/blas.h"
+
 #include "support/support.h"
 
 namespace svcca {
@@ -26,6 +28,63 @@ TEST_F(LinalgTest, BlockedCovarianceEqualsTheFullProduct) {
     at::Tensor cov = covariance(c.data);
     EXPECT_ALLCLOSE(cov, cross_covariance(c.data, c.data), testing::tol::kClosedForm64) << p;
   }
+}
+
+// pair_moments' blocked CPU path (two passes, row blocks into a buffer, the mean's rounding
+// corrected) gives the moments of the explicitly centered data: several blocks with a ragged last
+// one, rows with a stride, an offset far above the spread, a constant column, float32 inputs in
+// either precision, and the centered data re-formed on demand.
+TEST_F(LinalgTest, BlockedPairMomentsEqualTheCenteredProducts) {
+  for (auto in : {at::kDouble, at::kFloat}) {
+    for (auto precision : {Precision::kFloat64, Precision::kInput}) {
+      const bool single = in == at::kFloat && precision == Precision::kInput;
+      const auto tol = single ? testing::tol::kFloat32 : testing::tol::kClosedForm64;
+      const auto cdt = single ? at::kFloat : at::kDouble;
+      SCOPED_TRACE(::testing::Message() << in << (single ? " float32" : " float64"));
+      // x: a column slice of a wider matrix (row stride 9), offset 1000, one constant column.
+      at::Tensor base = at::randn({101, 9}, at::kDouble) * 3.0 + 1000.0;
+      base.select(1, 4).fill_(7.5);
+      at::Tensor x = base.to(in).narrow(1, 2, 5);
+      at::Tensor y = (at::randn({101, 3}, at::kDouble) * 1e-3).to(in);
+      ASSERT_EQ(x.stride(0), 9);
+      // 7 rows a block: 15 blocks, the last of 3 rows.
+      const int64_t block_bytes = 7 * (5 + 3) * (single ? 4 : 8);
+      PairMoments m = pair_moments(x, y, precision, block_bytes);
+      auto xc = center(x.to(at::kDouble), at::kDouble, /*rescale=*/true);
+      auto yc = center(y.to(at::kDouble), at::kDouble, /*rescale=*/true);
+      EXPECT_EQ(m.x_scale, xc.scale);
+      EXPECT_EQ(m.y_scale, yc.scale);
+      EXPECT_ALLCLOSE(m.sxx.to(at::kDouble), cross_covariance(xc.data, xc.data), tol);
+      EXPECT_ALLCLOSE(m.syy.to(at::kDouble), cross_covariance(yc.data, yc.data), tol);
+      EXPECT_ALLCLOSE(m.sxy.to(at::kDouble), cross_covariance(xc.data, yc.data), tol);
+      EXPECT_ALLCLOSE(m.x_mean.to(at::kDouble), xc.mean, tol);
+      EXPECT_EQ(m.sxx.scalar_type(), cdt);
+      EXPECT_TRUE(at::equal(m.x_non_constant, non_constant_columns(x)));
+      EXPECT_FALSE(m.x_non_constant[2].item<bool>());
+      EXPECT_TRUE(at::equal(m.y_non_constant, non_constant_columns(y)));
+      EXPECT_ALLCLOSE(centered_data(m, false).to(at::kDouble), xc.data, tol);
+      EXPECT_ALLCLOSE(centered_data(m, true).to(at::kDouble), yc.data, tol);
+      // Where the build calls BLAS, no centered copy is kept (the data are re-formed on demand).
+      if (have_blas()) {
+        EXPECT_FALSE(m.x_centered.defined());
+        EXPECT_TRUE(m.x_source.defined());
+      }
+      // The default block (one block here) gives the same moments.
+      PairMoments one = pair_moments(x, y, precision);
+      EXPECT_ALLCLOSE(one.sxx, m.sxx, tol);
+      EXPECT_ALLCLOSE(one.sxy, m.sxy, tol);
+    }
+  }
+  // Inputs the blocked path leaves to center(): a column-major layer, autograd.
+  at::Tensor x = at::randn({50, 4}, at::kDouble);
+  at::Tensor xt = x.t().contiguous().t();
+  PairMoments m = pair_moments(xt, x, Precision::kFloat64);
+  EXPECT_TRUE(m.x_centered.defined());
+  EXPECT_ALLCLOSE(m.sxx, m.sxy, testing::tol::kClosedForm64);
+  at::Tensor g = x.clone().requires_grad_();
+  PairMoments mg = pair_moments(g, g, Precision::kFloat64);
+  mg.sxy.sum().backward();
+  EXPECT_TRUE(g.grad().defined());
 }
 
 // The symmetric products (BLAS syrk/herk where the build has it) equal the general product, for

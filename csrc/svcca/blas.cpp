@@ -68,9 +68,10 @@ bool have_blas() {
 #endif
 }
 
-bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alpha, double beta) {
+bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alpha, double beta,
+                      bool fill_upper) {
 #ifndef SVCCA_HAVE_BLAS
-  (void)c, (void)a, (void)outer, (void)alpha, (void)beta;
+  (void)c, (void)a, (void)outer, (void)alpha, (void)beta, (void)fill_upper;
   return false;
 #else
   if (a.dim() != 2 || !a.device().is_cpu() || !c.device().is_cpu()) return false;
@@ -124,25 +125,25 @@ bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alp
       const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
       ssyrk_(&uplo, &trans, &nn, &kk, &al, src.data_ptr<float>(), &lda, &be, c.data_ptr<float>(),
              &ldc);
-      mirror_lower(c.data_ptr<float>(), m);
+      if (fill_upper) mirror_lower(c.data_ptr<float>(), m);
       break;
     }
     case at::kDouble:
       dsyrk_(&uplo, &trans, &nn, &kk, &alpha, src.data_ptr<double>(), &lda, &beta,
              c.data_ptr<double>(), &ldc);
-      mirror_lower(c.data_ptr<double>(), m);
+      if (fill_upper) mirror_lower(c.data_ptr<double>(), m);
       break;
     case at::kComplexFloat: {
       const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
       cherk_(&uplo, &trans, &nn, &kk, &al, src.data_ptr<c10::complex<float> >(), &lda, &be,
              c.data_ptr<c10::complex<float> >(), &ldc);
-      mirror_lower(c.data_ptr<c10::complex<float> >(), m);
+      if (fill_upper) mirror_lower(c.data_ptr<c10::complex<float> >(), m);
       break;
     }
     default:
       zherk_(&uplo, &trans, &nn, &kk, &alpha, src.data_ptr<c10::complex<double> >(), &lda, &beta,
              c.data_ptr<c10::complex<double> >(), &ldc);
-      mirror_lower(c.data_ptr<c10::complex<double> >(), m);
+      if (fill_upper) mirror_lower(c.data_ptr<c10::complex<double> >(), m);
       break;
   }
   if (flip && complex) c.conj_physical_();

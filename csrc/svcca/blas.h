@@ -14,7 +14,10 @@ namespace detail {
 // (SVCCA_HAVE_BLAS unset); the caller then uses at::mm. With beta != 0, c must already hold a
 // Hermitian matrix (only its lower triangle is read). `c` must be contiguous, of a's dtype and
 // device.
-bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alpha, double beta);
+// fill_upper = false leaves c's row-major upper triangle as it was (a caller accumulating over
+// several calls with beta = 1 fills it once, on the last).
+bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alpha, double beta,
+                      bool fill_upper = true);
 
 // Whether this build calls BLAS directly (for the benchmarks' headers).
 bool have_blas();

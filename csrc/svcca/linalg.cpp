@@ -4,8 +4,10 @@
 #include "svcca/blas.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -144,27 +146,209 @@ void add_product_(at::Tensor& c, const at::Tensor& a, bool outer, double alpha, 
   }
 }
 
-PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision precision) {
-  const auto dtype = compute_dtype(x, y, precision);
-  auto xc = center(x, dtype, /*rescale=*/true);
-  auto yc = center(y, dtype, /*rescale=*/true);
+namespace {
+
+// ---- pair_moments' blocked CPU path --------------------------------------------------------
+
+constexpr int64_t kMomentBlockBytes = int64_t{32} << 20;
+constexpr int64_t kMomentMinRows = 256;
+
+bool blocked_moments_apply(const at::Tensor& t, at::ScalarType dtype) {
+  const auto st = t.scalar_type();
+  return have_blas() && t.defined() && t.device().is_cpu() && t.dim() == 2 &&
+         (st == at::kFloat || st == at::kDouble) && (dtype == at::kFloat || dtype == at::kDouble) &&
+         !(at::GradMode::is_enabled() && t.requires_grad()) && !t.is_neg() && t.size(0) >= 2 &&
+         t.size(1) >= 1 && t.size(0) <= INT_MAX && t.size(1) <= INT_MAX &&
+         (t.stride(1) == 1 || t.size(1) == 1) && t.stride(0) >= t.size(1);
+}
+
+// One layer streamed by rows: its column statistics, then its blocks centered into a buffer.
+struct RowStream {
+  const at::Tensor* t = nullptr;
+  int64_t n = 0, p = 0, ld = 0;
+  double factor = 1.0;           // unit_scale(x): the data are taken in units of 1 / factor
+  std::vector<double> mean_hat;  // column means of x * factor (the first pass's)
+  std::vector<double> residual;  // column sums of the centered values (the second pass's)
+  at::Tensor non_constant;       // [p] bool
+};
+
+// Column min, max and sum of a row-major [n, p] layer (leading dimension ld), one pass; the sums
+// are formed per block of rows and then added (an error of (kRows + n / kRows) eps, not n eps).
+template <typename S>
+void column_statistics(RowStream& r) {
+  const S* x = r.t->data_ptr<S>();
+  const int64_t n = r.n, p = r.p, ld = r.ld;
+  std::vector<S> lo(x, x + p), hi(x, x + p);
+  std::vector<double> sum(p, 0.0), part(p);
+  constexpr int64_t kRows = 256;
+  for (int64_t r0 = 0; r0 < n; r0 += kRows) {
+    std::fill(part.begin(), part.end(), 0.0);
+    const int64_t r1 = std::min(n, r0 + kRows);
+    for (int64_t i = r0; i < r1; ++i) {
+      const S* row = x + i * ld;
+      for (int64_t j = 0; j < p; ++j) {
+        const S v = row[j];
+        part[j] += static_cast<double>(v);
+        lo[j] = v < lo[j] ? v : lo[j];
+        hi[j] = v > hi[j] ? v : hi[j];
+      }
+    }
+    for (int64_t j = 0; j < p; ++j) sum[j] += part[j];
+  }
+  double amax = 0.0;
+  r.non_constant = at::empty({p}, at::kBool);
+  bool* nc = r.non_constant.data_ptr<bool>();
+  for (int64_t j = 0; j < p; ++j) {
+    nc[j] = hi[j] != lo[j];
+    amax = std::max(
+        {amax, std::abs(static_cast<double>(lo[j])), std::abs(static_cast<double>(hi[j]))});
+  }
+  // unit_scale(x), from the same maximum.
+  r.factor = 1.0;
+  if (amax > 0.0 && std::isfinite(amax)) {
+    int e = 0;
+    std::frexp(amax, &e);
+    r.factor = std::ldexp(1.0, -e);
+  }
+  r.mean_hat.resize(p);
+  for (int64_t j = 0; j < p; ++j) r.mean_hat[j] = sum[j] * r.factor / static_cast<double>(n);
+  r.residual.assign(p, 0.0);
+}
+
+// Rows [r0, r0 + rows) of x, rescaled and centered at mean_hat, into out ([rows, p], compute
+// dtype T) as center() would (the cast and the power of two are exact), their sums into residual.
+template <typename S, typename T>
+void center_rows(RowStream& r, int64_t r0, int64_t rows, const T* mean, T* out) {
+  const S* x = r.t->data_ptr<S>() + r0 * r.ld;
+  double* res = r.residual.data();
+  const int64_t p = r.p;
+  for (int64_t i = 0; i < rows; ++i) {
+    const S* row = x + i * r.ld;
+    T* o = out + i * p;
+    for (int64_t j = 0; j < p; ++j) {
+      const T v = static_cast<T>(static_cast<double>(row[j]) * r.factor) - mean[j];
+      o[j] = v;
+      res[j] += static_cast<double>(v);
+    }
+  }
+}
+
+template <typename T>
+void center_block(RowStream& r, int64_t r0, int64_t rows, const at::Tensor& mean, at::Tensor& out) {
+  if (r.t->scalar_type() == at::kFloat) {
+    center_rows<float, T>(r, r0, rows, mean.data_ptr<T>(), out.data_ptr<T>());
+  } else {
+    center_rows<double, T>(r, r0, rows, mean.data_ptr<T>(), out.data_ptr<T>());
+  }
+}
+
+void statistics(RowStream& r) {
+  r.t->scalar_type() == at::kFloat ? column_statistics<float>(r) : column_statistics<double>(r);
+}
+
+template <typename T>
+PairMoments blocked_pair_moments(const at::Tensor& x, const at::Tensor& y, at::ScalarType dtype,
+                                 int64_t block_bytes) {
+  RowStream sx, sy;
+  for (auto [s, t] : {std::pair<RowStream*, const at::Tensor*>{&sx, &x}, {&sy, &y}}) {
+    s->t = t;
+    s->n = t->size(0);
+    s->p = t->size(1);
+    s->ld = t->size(1) == 1 ? 1 : t->stride(0);
+    statistics(*s);
+  }
+  const int64_t n = sx.n, p1 = sx.p, p2 = sy.p;
+  const auto opts = at::TensorOptions().dtype(dtype);
+  const auto as_tensor = [&](const std::vector<double>& v) {
+    return at::tensor(v, at::TensorOptions().dtype(at::kDouble)).to(dtype);
+  };
+  const at::Tensor mx = as_tensor(sx.mean_hat), my = as_tensor(sy.mean_hat);
+  const int64_t row_bytes = (p1 + p2) * static_cast<int64_t>(sizeof(T));
+  if (block_bytes <= 0) block_bytes = std::max(kMomentBlockBytes, kMomentMinRows * row_bytes);
+  const int64_t block = std::max<int64_t>(1, std::min(n, block_bytes / row_bytes));
+  at::Tensor bx = at::empty({block, p1}, opts), by = at::empty({block, p2}, opts);
+  at::Tensor sxx = at::empty({p1, p1}, opts), syy = at::empty({p2, p2}, opts), sxy;
+  for (int64_t r0 = 0; r0 < n; r0 += block) {
+    const int64_t rows = std::min(block, n - r0);
+    center_block<T>(sx, r0, rows, mx, bx);
+    center_block<T>(sy, r0, rows, my, by);
+    at::Tensor vx = bx.narrow(0, 0, rows), vy = by.narrow(0, 0, rows);
+    const double beta = r0 == 0 ? 0.0 : 1.0;
+    const bool last = r0 + rows >= n;
+    const bool done = hermitian_rank_k(sxx, vx, false, 1.0, beta, last);
+    TORCH_INTERNAL_ASSERT(done && hermitian_rank_k(syy, vy, false, 1.0, beta, last),
+                          "pair_moments: syrk refused a block it was checked for");
+    if (r0 == 0) {
+      sxy = at::mm(vx.t(), vy);
+    } else {
+      sxy.addmm_(vx.t(), vy);
+    }
+  }
+  // The first pass's means are rounded: S = B^T B - n r r^T with r the mean of the centered rows.
+  const double dn = static_cast<double>(n);
+  std::vector<double> rxv(p1), ryv(p2);
+  for (int64_t j = 0; j < p1; ++j) rxv[j] = sx.residual[j] / dn;
+  for (int64_t j = 0; j < p2; ++j) ryv[j] = sy.residual[j] / dn;
+  const at::Tensor rx = as_tensor(rxv), ry = as_tensor(ryv);
   PairMoments m;
-  m.n = x.size(0);
-  m.x_scale = xc.scale;
-  m.y_scale = yc.scale;
-  m.x_mean = xc.mean;
-  m.y_mean = yc.mean;
-  m.sxx = covariance(xc.data);
-  m.syy = covariance(yc.data);
-  m.sxy = cross_covariance(xc.data, yc.data);
-  m.x_non_constant = non_constant_columns(x);
-  m.y_non_constant = non_constant_columns(y);
-  m.x_centered = xc.data;
-  m.y_centered = yc.data;
+  m.n = n;
+  m.sxx = sxx.sub_(at::outer(rx, rx), dn).div_(dn - 1.0);
+  m.syy = syy.sub_(at::outer(ry, ry), dn).div_(dn - 1.0);
+  m.sxy = sxy.sub_(at::outer(rx, ry), dn).div_(dn - 1.0);
+  m.x_mean = mx + rx;
+  m.y_mean = my + ry;
+  m.x_scale = 1.0 / sx.factor;
+  m.y_scale = 1.0 / sy.factor;
+  m.x_non_constant = sx.non_constant;
+  m.y_non_constant = sy.non_constant;
+  m.x_source = x;
+  m.y_source = y;
+  return m;
+}
+
+}  // namespace
+
+PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision precision,
+                         int64_t block_bytes) {
+  const auto dtype = compute_dtype(x, y, precision);
+  PairMoments m;
+  if (blocked_moments_apply(x, dtype) && blocked_moments_apply(y, dtype) &&
+      x.size(0) == y.size(0)) {
+    m = dtype == at::kFloat ? blocked_pair_moments<float>(x, y, dtype, block_bytes)
+                            : blocked_pair_moments<double>(x, y, dtype, block_bytes);
+  } else {
+    auto xc = center(x, dtype, /*rescale=*/true);
+    auto yc = center(y, dtype, /*rescale=*/true);
+    m.n = x.size(0);
+    m.x_scale = xc.scale;
+    m.y_scale = yc.scale;
+    m.x_mean = xc.mean;
+    m.y_mean = yc.mean;
+    m.sxx = covariance(xc.data);
+    m.syy = covariance(yc.data);
+    m.sxy = cross_covariance(xc.data, yc.data);
+    m.x_non_constant = non_constant_columns(x);
+    m.y_non_constant = non_constant_columns(y);
+    m.x_centered = xc.data;
+    m.y_centered = yc.data;
+  }
   m.result_dtype = result_dtype(x, y);
   m.x_input_dtype = x.scalar_type();
   m.y_input_dtype = y.scalar_type();
   return m;
+}
+
+at::Tensor centered_data(const PairMoments& m, bool y_side) {
+  const at::Tensor& c = y_side ? m.y_centered : m.x_centered;
+  if (c.defined()) return c;
+  const at::Tensor& src = y_side ? m.y_source : m.x_source;
+  if (!src.defined()) return {};
+  const at::Tensor& mean = y_side ? m.y_mean : m.x_mean;
+  // The scale is 2^-e for the factor 2^e that pair_moments applied.
+  const int e = -std::ilogb(y_side ? m.y_scale : m.x_scale);
+  at::Tensor xd = src.to(mean.scalar_type());
+  if (e != 0) xd = mul_pow2(xd, e, /*in_place=*/!xd.is_same(src));
+  return xd.is_same(src) ? xd - mean : xd.sub_(mean);
 }
 
 at::Tensor non_constant_columns(const at::Tensor& x) {

@@ -80,6 +80,9 @@ struct PairMoments {
   at::Tensor x_non_constant;          // [p1] bool, exact; undefined: variance > 0
   at::Tensor y_non_constant;          // [p2] bool
   at::Tensor x_centered, y_centered;  // optional [n, p] data (enables exact fallbacks)
+  // Or the layers the moments were taken of, re-centered on demand by centered_data() (what
+  // pair_moments keeps on its blocked CPU path, which forms no [n, p] copy).
+  at::Tensor x_source, y_source;
   at::ScalarType result_dtype = at::kDouble;  // dtype results are returned in
   // Units of each side's moments (pair_moments rescales each layer by detail::unit_scale): the
   // covariances of the original data are sxx * x_scale^2, sxy * x_scale * y_scale. Only weights
@@ -92,8 +95,19 @@ struct PairMoments {
 };
 
 // Moments of x: [n, p1] and y: [n, p2] in the compute dtype of `precision` (inputs not checked),
-// each layer rescaled by unit_scale (x_scale, y_scale).
-PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision precision);
+// each layer rescaled by unit_scale (x_scale, y_scale). On the CPU, for real float32 / float64
+// layers with contiguous rows and no autograd, in two passes over each layer and no [n, p] copy:
+// column min, max and sum (the constant columns, the unit scale, a mean), then blocks of
+// block_bytes (0: 32 MiB, at least 256 rows) cast, rescaled and centered into one buffer and
+// accumulated by syrk (Sxx, Syy) and a product (Sxy), corrected for the rounding of the mean
+// (S = B^T B - n r r^T, r the mean of the centered block rows B). Elsewhere through center() and
+// covariance(), keeping the centered data.
+PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision precision,
+                         int64_t block_bytes = 0);
+
+// The centered data of m's x (y_side = false) or y in the moments' units ([n, p]): x_centered, or
+// x_source re-centered at x_mean; undefined when the moments carry no data (streamed ones).
+at::Tensor centered_data(const PairMoments& m, bool y_side);
 
 // Columns of x whose values are not all equal (exact test, independent of scale). x: [n, p].
 at::Tensor non_constant_columns(const at::Tensor& x);

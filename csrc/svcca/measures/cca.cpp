@@ -88,13 +88,14 @@ CcaCore cca_core_from_data(const at::Tensor& zx, const at::Tensor& zy, bool with
 }
 
 CcaCore cca_core_of_pair(PairFactors& pf, const PairMoments& m, bool with_vectors) {
-  const bool data = m.x_centered.defined() && m.y_centered.defined();
+  const bool data = (m.x_centered.defined() || m.x_source.defined()) &&
+                    (m.y_centered.defined() || m.y_source.defined());
   const bool refine_x = data && ill_conditioned(pf.x);
   const bool refine_y = data && ill_conditioned(pf.y);
   if (!refine_x && !refine_y) return cca_core(pf.x, pf.y, m.sxy, with_vectors);
   // The cross term from the data too: through Sxy its rounding would be amplified again.
-  at::Tensor zx = whitened_data(pf.x, m.x_centered, refine_x);
-  at::Tensor zy = whitened_data(pf.y, m.y_centered, refine_y);
+  at::Tensor zx = whitened_data(pf.x, centered_data(m, /*y_side=*/false), refine_x);
+  at::Tensor zy = whitened_data(pf.y, centered_data(m, /*y_side=*/true), refine_y);
   return cca_core_from_data(zx, zy, with_vectors);
 }
 

@@ -89,17 +89,19 @@ at::Tensor squared_distances(const at::Tensor& xc) {
 at::Tensor linear_cka_from_moments(const char* fn, const PairMoments& m, bool debiased) {
   check_not_constant(fn, "x", m.x_non_constant.defined() ? m.x_non_constant : m.sxx.diagonal() > 0);
   check_not_constant(fn, "y", m.y_non_constant.defined() ? m.y_non_constant : m.syy.diagonal() > 0);
-  at::Tensor sxy_sq = m.sxy.square().sum();
-  at::Tensor sxx_sq = m.sxx.square().sum();
-  at::Tensor syy_sq = m.syy.square().sum();
+  at::Tensor sxy_sq = sum_squares(m.sxy);
+  at::Tensor sxx_sq = sum_squares(m.sxx);
+  at::Tensor syy_sq = sum_squares(m.syy);
   if (!debiased) return (sxy_sq / (sxx_sq * syy_sq).sqrt()).to(m.result_dtype);
 
-  TORCH_INTERNAL_ASSERT(m.x_centered.defined() && m.y_centered.defined(), fn,
+  const at::Tensor xc = centered_data(m, /*y_side=*/false);
+  const at::Tensor yc = centered_data(m, /*y_side=*/true);
+  TORCH_INTERNAL_ASSERT(xc.defined() && yc.defined(), fn,
                         ": debiased linear CKA needs the centered data");
   // Back from covariances to the products of the data: X^T Y = (n - 1) Sxy.
   const double s = static_cast<double>(m.n - 1) * static_cast<double>(m.n - 1);
-  at::Tensor dx = m.x_centered.square().sum(1);
-  at::Tensor dy = m.y_centered.square().sum(1);
+  at::Tensor dx = xc.square().sum(1);
+  at::Tensor dy = yc.square().sum(1);
   DebiasedSums sums;
   sums.xty_sq = sxy_sq * s;
   sums.xtx_sq = sxx_sq * s;

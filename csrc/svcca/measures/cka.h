@@ -126,9 +126,9 @@ at::Tensor rbf_kernel(const char* fn, const char* name, const at::Tensor& d, dou
                       std::optional<double> sigma);
 
 // Linear CKA (biased, feature space) from a pair's moments: ||sxy||_F^2 / (||sxx||_F ||syy||_F),
-// the (n - 1) normalization cancelling. The debiased estimate also needs m.x_centered and
-// m.y_centered. The caller has validated the inputs the moments came from; a constant layer
-// throws, naming fn.
+// the (n - 1) normalization cancelling. The debiased estimate also needs the centered data
+// (centered_data(m, ...)). The caller has validated the inputs the moments came from; a constant
+// layer throws, naming fn.
 at::Tensor linear_cka_from_moments(const char* fn, const PairMoments& m, bool debiased);
 
 // What debiased linear CKA needs of centered X [n, p1], Y [n, p2] (0-d tensors), with

@@ -8,20 +8,20 @@
 namespace svcca {
 namespace {
 
-// google/svcca's weights for the side with factors f, n examples, centered data xc ([n, p], may
-// be undefined; only its kept columns are used), feature means mean ([p]) and singular vectors
-// big_u ([k, r]) of the
-// symmetrically whitened cross-covariance, in kept-feature coordinates.
+// google/svcca's weights for the side (y_side) of m with factors f, feature means mean ([p]) and
+// singular vectors big_u ([k, r]) of the symmetrically whitened cross-covariance, in kept-feature
+// coordinates. The centered data (centered_data(m, y_side), undefined for streamed moments; only
+// its kept columns are used) is formed only for the QR fallback.
 // In the reference layout the directions are D^T = X_c U + 1 mu_r^T, with U = big_u and mu_r
 // the first r kept means; the weights are
 // |Q^T X| summed over features for D^T = Q R. Since X_c^T 1 = 0:
 //   G = D D^T = (n-1) U^T C U + n mu_r mu_r^T,   D X = (n-1) U^T C + n mu_r mu^T,
 // and Q^T X = R^{-T} D X, with R^T R = G a Cholesky factorization. Falls back to the explicit QR
 // when G is numerically singular (directions linearly dependent) and the data is at hand.
-at::Tensor reference_weights(const char* fn, const detail::LayerFactors& f, int64_t n_examples,
-                             const at::Tensor& xc, const at::Tensor& mean,
+at::Tensor reference_weights(const char* fn, const detail::LayerFactors& f,
+                             const detail::PairMoments& m, bool y_side, const at::Tensor& mean,
                              const at::Tensor& big_u) {
-  const double n = static_cast<double>(n_examples);
+  const double n = static_cast<double>(m.n);
   at::Tensor mu = f.all_kept ? mean : mean.index_select(0, f.kept_index);
   const int64_t r = big_u.size(1);
   at::Tensor mu_r = mu.narrow(0, 0, r);
@@ -33,6 +33,7 @@ at::Tensor reference_weights(const char* fn, const detail::LayerFactors& f, int6
   if (std::get<1>(chol).item<int64_t>() == 0) {
     proj = at::linalg_solve_triangular(std::get<0>(chol), dx, /*upper=*/false);
   } else {
+    const at::Tensor xc = detail::centered_data(m, y_side);
     TORCH_CHECK_VALUE(xc.defined(), fn,
                       ": the reference weighting needs linearly independent directions, but the "
                       "Gram matrix of the directions is singular (from moments alone there is no "
@@ -79,9 +80,9 @@ PwccaResult pwcca_from_factors(const char* fn, const LayerFactors& fx, const Lay
     auto svd = at::linalg_svd(arr, /*full_matrices=*/false);
     correlations = std::get<1>(svd).narrow(0, 0, k).clamp(0.0, 1.0);
     r.weights_from_y = pf.y.rank < pf.x.rank;
-    weights = r.weights_from_y ? reference_weights(fn, pf.y, m.n, m.y_centered, m.y_mean,
+    weights = r.weights_from_y ? reference_weights(fn, pf.y, m, /*y_side=*/true, m.y_mean,
                                                    mh(std::get<2>(svd)).narrow(1, 0, k))
-                               : reference_weights(fn, pf.x, m.n, m.x_centered, m.x_mean,
+                               : reference_weights(fn, pf.x, m, /*y_side=*/false, m.x_mean,
                                                    std::get<0>(svd).narrow(1, 0, k));
   } else {
     auto core = cca_core(pf.x, pf.y, m.sxy);
