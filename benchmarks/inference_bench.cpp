@@ -4,9 +4,10 @@
 // Not Google Benchmark: each side is timed once (minutes), so the baseline may run fewer calls and
 // be scaled to R (the per-call time of a one-shot measure does not depend on the resample).
 //   svcca_inference_bench [--resamples R] [--baseline-calls C] [--n N] [--p P] [--grid-resamples G]
-//                         [--skip-grid] [--measures cka,svcca | none]
+//                         [--skip-grid] [--measures cka,svcca | none] [--workers W]
 // Prints, per measure, seconds per resample on both sides and the ratio (goal: cka >= 20x,
-// svcca >= 2x), then the grid's time.
+// svcca >= 2x), then the grid's time. --workers: BootstrapOptions::workers (0, the default: as many
+// threads as the BLAS's; 1: serial), to compare the two in one build.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -18,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "svcca/blas.h"
 #include "svcca/inference/bootstrap.h"
 #include "svcca/inference/grid_inference.h"
 #include "svcca/inference/resampling.h"
@@ -40,7 +42,7 @@ at::Tensor rows_of(const at::Tensor& w) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t resamples = 1000, baseline = 1000, n = 5000, p = 512, grid_resamples = 200;
+  int64_t resamples = 1000, baseline = 1000, n = 5000, p = 512, grid_resamples = 200, workers = 0;
   bool grid = true;
   std::string measures = "cka,svcca";
   for (int i = 1; i < argc; ++i) {
@@ -53,6 +55,8 @@ int main(int argc, char** argv) {
       n = next();
     else if (!std::strcmp(argv[i], "--p"))
       p = next();
+    else if (!std::strcmp(argv[i], "--workers"))
+      workers = next();
     else if (!std::strcmp(argv[i], "--grid-resamples"))
       grid_resamples = next();
     else if (!std::strcmp(argv[i], "--skip-grid"))
@@ -65,11 +69,11 @@ int main(int argc, char** argv) {
     }
   }
   std::printf(
-      "threads %d, n %lld, p %lld, %lld resamples (baseline: %lld one-shot calls, "
-      "scaled to %lld)\n",
-      at::get_num_threads(), static_cast<long long>(n), static_cast<long long>(p),
-      static_cast<long long>(resamples), static_cast<long long>(baseline),
-      static_cast<long long>(resamples));
+      "threads %d (BLAS %d, workers option %lld), n %lld, p %lld, %lld resamples (baseline: "
+      "%lld one-shot calls, scaled to %lld)\n",
+      at::get_num_threads(), svcca::detail::blas_threads(), static_cast<long long>(workers),
+      static_cast<long long>(n), static_cast<long long>(p), static_cast<long long>(resamples),
+      static_cast<long long>(baseline), static_cast<long long>(resamples));
   at::manual_seed(0);
   at::Tensor z = at::randn({n, 32});
   at::Tensor x = at::relu(at::mm(z, at::randn({32, p})) + 0.5 * at::randn({n, p}));
@@ -80,6 +84,7 @@ int main(int argc, char** argv) {
   while (measures != "none" && std::getline(list, m, ',')) {
     svcca::BootstrapOptions o;
     o.resamples = resamples;
+    o.workers = workers;
     auto t0 = Clock::now();
     svcca::BootstrapResult r = svcca::bootstrap(x, y, m, o);
     const double boot = seconds_since(t0);
@@ -118,6 +123,7 @@ int main(int argc, char** argv) {
     }
     svcca::GridInferenceOptions io;
     io.resamples = grid_resamples;
+    io.workers = workers;
     for (const char* gm : {"cka"}) {
       svcca::GridOptions go;
       go.measure = svcca::parse_grid_measure("bench", "measure", gm);

@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 #include <c10/util/complex.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <climits>
 #include <complex>
@@ -149,6 +151,43 @@ bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alp
   if (flip && complex) c.conj_physical_();
   return true;
 #endif
+}
+
+namespace {
+
+// OpenBLAS's thread control, looked up in the process (absent from other BLAS and from builds that
+// link a BLAS statically into libtorch).
+struct OpenBlasThreads {
+  int (*get)() = nullptr;
+  void (*set)(int) = nullptr;
+  OpenBlasThreads() {
+    get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (!get || !set) get = nullptr, set = nullptr;
+  }
+};
+
+const OpenBlasThreads& openblas_threads() {
+  static const OpenBlasThreads t;
+  return t;
+}
+
+}  // namespace
+
+int blas_threads() {
+  const OpenBlasThreads& t = openblas_threads();
+  return t.get ? std::max(1, t.get()) : 0;
+}
+
+SingleThreadedBlas::SingleThreadedBlas() {
+  const OpenBlasThreads& t = openblas_threads();
+  if (!t.get) return;
+  saved_ = t.get();
+  if (saved_ > 1) t.set(1);
+}
+
+SingleThreadedBlas::~SingleThreadedBlas() {
+  if (saved_ > 1) openblas_threads().set(saved_);
 }
 
 }  // namespace detail

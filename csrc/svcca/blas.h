@@ -22,5 +22,26 @@ bool hermitian_rank_k(at::Tensor& c, const at::Tensor& a, bool outer, double alp
 // Whether this build calls BLAS directly (for the benchmarks' headers).
 bool have_blas();
 
+// The threads the process's BLAS runs a call on: OpenBLAS's openblas_get_num_threads() where the
+// loaded BLAS is OpenBLAS (found at run time, so any BLAS links), else 0 (unknown: the caller
+// keeps to one thread of its own).
+int blas_threads();
+
+// While alive, the BLAS runs each call on its calling thread (openblas_set_num_threads(1)), so
+// that several threads of the caller can each run their own calls without the BLAS's own threads
+// contending for the same cores; the count is restored on destruction. A no-op where
+// blas_threads() is 0. The setting is process-wide: BLAS calls of other threads also run
+// single-threaded meanwhile.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas();
+  ~SingleThreadedBlas();
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int saved_ = 0;
+};
+
 }  // namespace detail
 }  // namespace svcca

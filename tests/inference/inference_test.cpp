@@ -117,6 +117,80 @@ TEST_F(InferenceTest, ResampleEqualsOneShotOnDrawnRows) {
   }
 }
 
+// Resamples on several threads (each with a single-threaded BLAS) give the serial values, BCa's
+// jackknife included, for every measure that runs them concurrently; an error on a worker
+// reaches the caller.
+TEST_F(InferenceTest, WorkersGiveTheSerialValues) {
+  auto [x, y] = related(60, 6, 5, 3);
+  for (const std::string m : {"cca", "svcca", "pwcca", "procrustes"}) {
+    SCOPED_TRACE(m);
+    BootstrapOptions o;
+    o.resamples = 9;
+    o.seed = 4;
+    o.method = IntervalMethod::kBca;
+    o.workers = 1;
+    const BootstrapResult serial = bootstrap(x, y, m, o);
+    for (int64_t w : {2, 3, 0}) {
+      SCOPED_TRACE(w);
+      o.workers = w;
+      const BootstrapResult r = bootstrap(x, y, m, o);
+      EXPECT_ALLCLOSE(r.resamples, serial.resamples, tol::kDecomp64);
+      EXPECT_NEAR(r.low, serial.low, tol::kDecomp64.atol + 1e-10);
+      EXPECT_NEAR(r.high, serial.high, tol::kDecomp64.atol + 1e-10);
+    }
+  }
+  auto r = detail::make_resampler("t", "cca", GridOptions{});
+  auto lx = r->layer("t", "x", x);
+  auto ly = r->layer("t", "y", y);
+  EXPECT_EQ(detail::resample_workers(*r, {lx.get(), ly.get()}, at::kCPU, 0, 3), 3);
+  EXPECT_EQ(detail::resample_workers(*r, {lx.get(), ly.get()}, at::kCPU, 0, 1), 1);
+  // A budget with room for one batch's draws only: serial.
+  EXPECT_EQ(
+      detail::resample_workers(*r, {lx.get(), ly.get()}, at::kCPU, lx->bytes() + ly->bytes(), 3),
+      1);
+  auto cka = detail::make_resampler("t", "cka", GridOptions{});
+  auto kx = cka->layer("t", "x", x);
+  EXPECT_EQ(detail::resample_workers(*cka, {kx.get()}, at::kCPU, 0, 3), 1);
+
+  // A resampler that throws on one batch: the error is rethrown after the workers stop.
+  struct Throwing : detail::Resampler {
+    const detail::Resampler& inner;
+    explicit Throwing(const detail::Resampler& r) : inner(r) {}
+    std::shared_ptr<const detail::ResampleLayer> layer(const char* fn, const std::string& name,
+                                                       const at::Tensor& mat) const override {
+      return inner.layer(fn, name, mat);
+    }
+    int64_t batch() const override { return inner.batch(); }
+    std::shared_ptr<const detail::ResampleDraw> draw(const detail::ResampleLayer& l,
+                                                     const at::Tensor& w) const override {
+      TORCH_CHECK_VALUE(w[0][0].item<double>() != 7.0, "batch with weight 7");
+      return inner.draw(l, w);
+    }
+    at::Tensor values(const detail::ResampleLayer& a, const detail::ResampleDraw& da,
+                      const detail::ResampleLayer& b, const detail::ResampleDraw& db,
+                      const at::Tensor& w) const override {
+      return inner.values(a, da, b, db, w);
+    }
+    at::Tensor permuted(const detail::ResampleLayer& a, const detail::ResampleLayer& b,
+                        const at::Tensor& p) const override {
+      return inner.permuted(a, b, p);
+    }
+    bool symmetric() const override { return true; }
+    bool concurrent() const override { return true; }
+  };
+  Throwing t(*r);
+  at::Tensor w = at::ones({60, 12}, at::kDouble);
+  w[0][5] = 7.0;
+  w[1][5] = 0.0;
+  EXPECT_THROWS_WITH(detail::resampled_cells(t, {lx.get(), ly.get()}, {{0, 1}}, w, at::kCPU, 3),
+                     "batch with weight 7");
+  w[0][5] = 1.0;
+  w[1][5] = 1.0;
+  EXPECT_ALLCLOSE(detail::resampled_cells(t, {lx.get(), ly.get()}, {{0, 1}}, w, at::kCPU, 3),
+                  detail::resampled_cells(*r, {lx.get(), ly.get()}, {{0, 1}}, w, at::kCPU, 1),
+                  tol::kDecomp64);
+}
+
 // The leave-one-out weights of BCa give the measure without that example (N = n - 1 in the
 // weighted formulas, debiased CKA included).
 TEST_F(InferenceTest, JackknifeEqualsOneShotWithoutTheExample) {
@@ -336,6 +410,15 @@ TEST_F(InferenceTest, RejectsBadArguments) {
                             "bootstrap: level must lie in (0, 1)");
   }
   o.level = 0.9;
+  o.workers = -1;
+  EXPECT_THROWS_WITH_TYPE(bootstrap(x, y, "cca", o), c10::ValueError,
+                          "bootstrap: workers must be >= 0 (0: as many as the BLAS's threads), "
+                          "but got -1");
+  GridInferenceOptions bad_workers{10};
+  bad_workers.workers = -2;
+  EXPECT_THROWS_WITH(InferenceGridBuilder({"a"}, {}, GridOptions{}, bad_workers),
+                     "grid inference: workers must be >= 0");
+  o.workers = 0;
   EXPECT_THROWS_WITH(bootstrap(x, y, "minibatch-cka", o), "bootstrap: measure must be one of");
   EXPECT_THROWS_WITH(bootstrap(x, y.narrow(0, 0, 10), "cka", o), "same number of examples");
   EXPECT_THROWS_WITH(bootstrap(x.narrow(0, 0, 1), y.narrow(0, 0, 1), "cka", o), "bootstrap:");

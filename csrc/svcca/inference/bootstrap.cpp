@@ -70,6 +70,13 @@ void check_bootstrap_options(const char* fn, int64_t resamples, double level) {
                     ": level must lie in (0, 1), but got ", level);
 }
 
+void check_workers(const char* fn, int64_t workers) {
+  TORCH_CHECK_VALUE(workers >= 0, fn,
+                    ": workers must be >= 0 (0: as many as the BLAS's threads), "
+                    "but got ",
+                    workers);
+}
+
 bool interval_of(double estimate, const at::Tensor& values, const at::Tensor& jackknife,
                  double level, IntervalMethod method, Interval* out, std::string* why) {
   const at::Tensor v = values.to(at::kDouble).contiguous();
@@ -150,15 +157,25 @@ CellSamples sample_cells(const Resampler& r, const std::vector<const ResampleLay
   CellSamples s;
   s.estimate =
       resampled_cells(r, layers, cells, at::ones({n, 1}, at::kDouble), device).select(1, 0);
+  int64_t spare = 0;
+  if (o.measure_options.memory_bytes > 0) {
+    spare = o.measure_options.memory_bytes;
+    for (const ResampleLayer* l : layers) spare -= l->bytes();
+    spare = std::max<int64_t>(spare, 1);
+  }
+  const int64_t workers = resample_workers(r, layers, device, spare, o.workers);
   Draws draws(o.seed);
-  s.resamples = resampled_cells(r, layers, cells, draws.bootstrap_weights(n, o.resamples), device);
+  s.resamples =
+      resampled_cells(r, layers, cells, draws.bootstrap_weights(n, o.resamples), device, workers);
   if (o.method == IntervalMethod::kBca) {
     std::vector<at::Tensor> parts;
-    const int64_t step = std::max<int64_t>(r.batch(), 1);
+    // Jackknife weights in slices of at least 64 columns (n x 64 float64 each), so that the
+    // workers have batches to share.
+    const int64_t step = std::max<int64_t>(r.batch(), 64);
     for (int64_t start = 0; start < n; start += step) {
       const int64_t count = std::min(step, n - start);
       parts.push_back(
-          resampled_cells(r, layers, cells, jackknife_weights(n, start, count), device));
+          resampled_cells(r, layers, cells, jackknife_weights(n, start, count), device, workers));
     }
     s.jackknife = at::cat(parts, 1);
   }
@@ -205,6 +222,7 @@ BootstrapResult bootstrap(const at::Tensor& x, const at::Tensor& y, const std::s
   constexpr const char* fn = detail::kBootstrapFn;
   detail::check_pair(fn, x, y);
   detail::check_bootstrap_options(fn, options.resamples, options.level);
+  detail::check_workers(fn, options.workers);
   auto r = detail::make_resampler(fn, measure, options.measure_options, false);
   auto lx = r->layer(fn, "x", x);
   auto ly = r->layer(fn, "y", y);
@@ -219,6 +237,7 @@ BootstrapResult bootstrap_difference(const at::Tensor& a, const at::Tensor& b, c
   detail::check_pair(fn, a, c);
   detail::check_pair(fn, b, c);
   detail::check_bootstrap_options(fn, options.resamples, options.level);
+  detail::check_workers(fn, options.workers);
   auto r = detail::make_resampler(fn, measure, options.measure_options, false);
   auto la = r->layer(fn, "a", a);
   auto lb = r->layer(fn, "b", b);

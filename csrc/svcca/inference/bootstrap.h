@@ -35,6 +35,10 @@ struct BootstrapOptions {
   double level = 0.95;       // confidence level of the interval, in (0, 1)
   uint64_t seed = 0;         // the resamples' seed: the same seed gives the same numbers
   IntervalMethod method = IntervalMethod::kPercentile;
+  // Threads the CCA family's resamples run on (resample_workers() in resampling.h): 0 picks the
+  // BLAS's thread count (within measure_options.memory_bytes where that is set), 1 is serial; the
+  // values do not depend on it beyond rounding.
+  int64_t workers = 0;
   // The measure's own options (cca, svcca, pwcca, rbf; precision for cka and procrustes);
   // measure_options.measure and .conv are not read (the measure is the name given).
   GridOptions measure_options = {};
@@ -86,6 +90,8 @@ bool interval_of(double estimate, const at::Tensor& values, const at::Tensor& ja
 double normal_quantile(double p);
 
 void check_bootstrap_options(const char* fn, int64_t resamples, double level);
+// workers >= 0 (BootstrapOptions::workers, GridInferenceOptions::workers).
+void check_workers(const char* fn, int64_t workers);
 
 }  // namespace detail
 }  // namespace svcca

@@ -68,6 +68,7 @@ InferenceGridBuilder::InferenceGridBuilder(std::vector<std::string> rows,
   TORCH_CHECK_VALUE(options.resamples > 0 || options.permutations > 0, kFn,
                     ": resamples or permutations must be >= 1, but both are 0");
   if (options.resamples > 0) detail::check_bootstrap_options(kFn, options.resamples, options.level);
+  detail::check_workers(kFn, options.workers);
   const std::string measure = to_string(grid_options.measure);
   TORCH_CHECK_VALUE(grid_options.measure != GridMeasure::kMinibatchCka, kFn,
                     ": measure must be one of the one-shot measures for intervals and p-values, "
@@ -195,16 +196,21 @@ void InferenceGridBuilder::apply(Grid& grid) const {
       const detail::Resampler& r = *m.resampler;
       at::Tensor est =
           detail::resampled_cells(r, layers, cells, at::ones({m.n, 1}, at::kDouble), device);
+      const int64_t budget = m.grid_options.memory_bytes;
+      const int64_t workers = detail::resample_workers(
+          r, layers, device, budget > 0 ? std::max<int64_t>(budget - m.bytes, 1) : 0,
+          m.options.workers);
       at::Tensor res = detail::resampled_cells(
           r, layers, cells, detail::Draws(m.options.seed).bootstrap_weights(m.n, out.resamples),
-          device);
+          device, workers);
       at::Tensor jack;
       if (m.options.method == IntervalMethod::kBca) {
         std::vector<at::Tensor> parts;
-        for (int64_t s = 0; s < m.n; s += r.batch()) {
-          const int64_t count = std::min(r.batch(), m.n - s);
+        const int64_t step = std::max<int64_t>(r.batch(), 64);  // as bootstrap(): slices to share
+        for (int64_t s = 0; s < m.n; s += step) {
+          const int64_t count = std::min(step, m.n - s);
           parts.push_back(detail::resampled_cells(
-              r, layers, cells, detail::jackknife_weights(m.n, s, count), device));
+              r, layers, cells, detail::jackknife_weights(m.n, s, count), device, workers));
         }
         jack = at::cat(parts, 1);
       }

@@ -21,6 +21,10 @@ struct GridInferenceOptions {
   IntervalMethod method = IntervalMethod::kPercentile;
   int64_t permutations = 0;  // permutations per cell; 0: no p-values
   uint64_t seed = 0;
+  // Threads the CCA family's resamples run on (resample_workers() in resampling.h): 0 picks the
+  // BLAS's thread count within the memory budget, 1 is serial; the values do not depend on it
+  // beyond rounding.
+  int64_t workers = 0;
 };
 
 // Adds layers one at a time, as GridBuilder does (the CLI adds them pass by pass), and fills

@@ -3,11 +3,18 @@
 #include "svcca/inference/resampling.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
 #include <limits>
+#include <mutex>
+#include <thread>
 
+#include "svcca/blas.h"
 #include "svcca/checks.h"
 #include "svcca/factors.h"
 #include "svcca/measures/cca.h"
@@ -435,6 +442,7 @@ class MomentResampler : public Resampler {
   }
 
   bool symmetric() const override { return true; }
+  bool concurrent() const override { return true; }
 
  private:
   MomentKind kind_;
@@ -497,6 +505,7 @@ class PwccaResampler : public Resampler {
     return at::tensor(out, at::kDouble);
   }
   bool symmetric() const override { return false; }
+  bool concurrent() const override { return true; }
 
  private:
   PwccaOptions o_;
@@ -567,15 +576,31 @@ at::Tensor Draws::permutations(int64_t n, int64_t count) {
   return out;
 }
 
+int64_t resample_workers(const Resampler& r, const std::vector<const ResampleLayer*>& layers,
+                         at::Device device, int64_t spare_bytes, int64_t requested) {
+  if (!r.concurrent() || !device.is_cpu() || requested == 1) return 1;
+  int64_t w = requested > 0 ? requested : blas_threads() / std::max(1, at::get_num_threads());
+  if (w <= 1) return 1;
+  if (spare_bytes > 0) {
+    int64_t draw = 0;  // one batch's draws hold at most each layer's own bytes
+    for (const ResampleLayer* l : layers) draw += l->bytes();
+    if (draw > 0) w = std::min(w, std::max<int64_t>(1, spare_bytes / draw));
+  }
+  return std::max<int64_t>(w, 1);
+}
+
 at::Tensor resampled_cells(const Resampler& r, const std::vector<const ResampleLayer*>& layers,
                            const std::vector<std::pair<int64_t, int64_t>>& cells,
-                           const at::Tensor& weights, at::Device device) {
+                           const at::Tensor& weights, at::Device device, int64_t workers) {
   const int64_t total = weights.size(1);
   at::Tensor out = at::full({static_cast<int64_t>(cells.size()), total}, kNaN, at::kDouble);
   std::vector<bool> used(layers.size(), false);
   for (const auto& [i, j] : cells) used[i] = used[j] = true;
-  for (int64_t start = 0; start < total; start += r.batch()) {
-    const int64_t count = std::min(r.batch(), total - start);
+  const int64_t step = std::max<int64_t>(r.batch(), 1);
+  const int64_t batches = (total + step - 1) / step;
+  auto run = [&](int64_t k) {
+    const int64_t start = k * step;
+    const int64_t count = std::min(step, total - start);
     const at::Tensor w = weights.narrow(1, start, count).to(device);
     std::vector<std::shared_ptr<const ResampleDraw>> draws(layers.size());
     for (size_t l = 0; l < layers.size(); ++l) {
@@ -587,7 +612,39 @@ at::Tensor resampled_cells(const Resampler& r, const std::vector<const ResampleL
           .narrow(0, start, count)
           .copy_(r.values(*layers[i], *draws[i], *layers[j], *draws[j], w));
     }
+  };
+  workers = std::min(workers, batches);
+  if (workers <= 1) {
+    for (int64_t k = 0; k < batches; ++k) run(k);
+    return out;
   }
+  // Batches are independent and write disjoint columns of `out`; each thread takes the next one.
+  // The BLAS runs each call on the thread that makes it, so the threads share the cores the BLAS
+  // would have split one call over; ATen's thread-local state (grad mode and the like) is the
+  // caller's on every thread.
+  SingleThreadedBlas single;
+  const at::ThreadLocalState state;
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto work = [&] {
+    at::ThreadLocalStateGuard guard(state);
+    for (int64_t k = next++; k < batches && !failed; k = next++) {
+      try {
+        run(k);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        failed = true;
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int64_t t = 1; t < workers; ++t) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
   return out;
 }
 

@@ -78,6 +78,10 @@ class Resampler {
                               const at::Tensor& perms) const = 0;
   // Whether measure(x, y) = measure(y, x).
   virtual bool symmetric() const = 0;
+  // Whether batches gain from running on threads of their own (resample_workers()): true where a
+  // resample is many small decompositions that the BLAS's own threads barely speed up (the CCA
+  // family); false where it is a few large GEMMs that they already split (the CKA family).
+  virtual bool concurrent() const { return false; }
 };
 
 // The resampler of `measure` (inference_measure_names()) with the options in `options` (cca,
@@ -103,12 +107,23 @@ class Draws {
   uint64_t below(uint64_t n);
 };
 
+// The threads resampled_cells may run batches on, where r.concurrent() on the CPU (else 1):
+// `requested` (> 0; 1: serial), or for 0 the cores the BLAS would use on one call (blas_threads())
+// divided by ATen's intra-op threads (1 where the BLAS is not OpenBLAS); either way no more than
+// the draws of that many batches (each bounded by the layers' own bytes) fit in spare_bytes
+// (> 0: the memory budget left; 0: no budget).
+int64_t resample_workers(const Resampler& r, const std::vector<const ResampleLayer*>& layers,
+                         at::Device device, int64_t spare_bytes, int64_t requested = 0);
+
 // The measure of each cell (a pair of indices into `layers`) on every column of `weights` ([n, B]
 // float64, CPU): [cells, B] float64 CPU. Evaluated r.batch() columns at a time on `device`; each
-// layer's draw is computed once per batch and shared by its cells.
+// layer's draw is computed once per batch and shared by its cells. workers > 1 (from
+// resample_workers()) runs batches on that many threads, each with a single-threaded BLAS
+// (SingleThreadedBlas): the same values, each resample computed on one thread; an error thrown on
+// one is rethrown here after all have stopped.
 at::Tensor resampled_cells(const Resampler& r, const std::vector<const ResampleLayer*>& layers,
                            const std::vector<std::pair<int64_t, int64_t>>& cells,
-                           const at::Tensor& weights, at::Device device);
+                           const at::Tensor& weights, at::Device device, int64_t workers = 1);
 
 // Leave-one-out weights for examples [start, start + count): [n, count] float64, column j all
 // ones but a zero at start + j (the jackknife of BCa intervals).
