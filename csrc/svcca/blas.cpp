@@ -161,8 +161,17 @@ struct OpenBlasThreads {
   int (*get)() = nullptr;
   void (*set)(int) = nullptr;
   OpenBlasThreads() {
-    get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-    set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    find(RTLD_DEFAULT);
+    // Loaded with RTLD_LOCAL (as Python loads libtorch and torch.ops.load_library the op
+    // library), OpenBLAS is not in the global scope: ask for it by name, without loading it.
+    for (const char* lib : {"libopenblas.so.0", "libopenblas.so"}) {
+      if (get) break;
+      if (void* h = dlopen(lib, RTLD_NOW | RTLD_NOLOAD)) find(h);  // kept open: the process's
+    }
+  }
+  void find(void* handle) {
+    get = reinterpret_cast<int (*)()>(dlsym(handle, "openblas_get_num_threads"));
+    set = reinterpret_cast<void (*)(int)>(dlsym(handle, "openblas_set_num_threads"));
     if (!get || !set) get = nullptr, set = nullptr;
   }
 };

@@ -363,13 +363,14 @@ class MomentResampler : public Resampler {
       const int64_t distinct = sel.numel();
       if (kind_ == MomentKind::kCca && distinct < p + 2) continue;  // CCA is degenerate there
       const at::Tensor ws = w.index_select(0, sel);
-      const at::Tensor xs = l.xc.index_select(0, sel);
+      at::Tensor xs = l.xc.index_select(0, sel);  // a copy of its own: scaled in place below
       o.n = ws.sum().item<double>();
       if (o.n < 2) continue;
       o.m = at::mv(xs.t(), ws) / o.n;
-      o.a = xs * ws.sqrt().unsqueeze(1);
-      const at::Tensor nc = xs.amax(0) != xs.amin(0);
+      const auto range = at::aminmax(xs, 0);
+      const at::Tensor nc = std::get<1>(range) != std::get<0>(range);
       if (!nc.any().item<bool>()) continue;
+      o.a = xs.mul_(ws.sqrt().unsqueeze(1));
       // covariance(): the symmetric product on and above the diagonal blocks only.
       at::Tensor cov =
           (covariance(o.a).mul_(static_cast<double>(distinct - 1)) - at::outer(o.m, o.m) * o.n) /
