@@ -5,6 +5,7 @@
 // be scaled to R (the per-call time of a one-shot measure does not depend on the resample).
 //   svcca_inference_bench [--resamples R] [--baseline-calls C] [--n N] [--p P] [--grid-resamples G]
 //                         [--skip-grid] [--measures cka,svcca | none] [--workers W]
+//                         [--grid-measures cka,svcca]
 // Prints, per measure, seconds per resample on both sides and the ratio (goal: cka >= 20x,
 // svcca >= 2x), then the grid's time. --workers: BootstrapOptions::workers (0, the default: as many
 // threads as the BLAS's; 1: serial), to compare the two in one build.
@@ -44,7 +45,7 @@ at::Tensor rows_of(const at::Tensor& w) {
 int main(int argc, char** argv) {
   int64_t resamples = 1000, baseline = 1000, n = 5000, p = 512, grid_resamples = 200, workers = 0;
   bool grid = true;
-  std::string measures = "cka,svcca";
+  std::string measures = "cka,svcca", grid_measures = "cka";
   for (int i = 1; i < argc; ++i) {
     auto next = [&] { return i + 1 < argc ? std::atoll(argv[++i]) : 0; };
     if (!std::strcmp(argv[i], "--resamples"))
@@ -55,6 +56,8 @@ int main(int argc, char** argv) {
       n = next();
     else if (!std::strcmp(argv[i], "--p"))
       p = next();
+    else if (!std::strcmp(argv[i], "--grid-measures") && i + 1 < argc)
+      grid_measures = argv[++i];
     else if (!std::strcmp(argv[i], "--workers"))
       workers = next();
     else if (!std::strcmp(argv[i], "--grid-resamples"))
@@ -124,13 +127,15 @@ int main(int argc, char** argv) {
     svcca::GridInferenceOptions io;
     io.resamples = grid_resamples;
     io.workers = workers;
-    for (const char* gm : {"cka"}) {
+    std::stringstream glist(grid_measures);
+    std::string gm;
+    while (std::getline(glist, gm, ',')) {
       svcca::GridOptions go;
       go.measure = svcca::parse_grid_measure("bench", "measure", gm);
       svcca::Grid g = svcca::similarity_grid(layers, go);
       auto t0 = Clock::now();
       svcca::add_grid_inference(g, layers, {}, go, io);
-      std::printf("grid   %s, 12 layers (78 cells), %lld resamples per cell: %.2f s\n", gm,
+      std::printf("grid   %s, 12 layers (78 cells), %lld resamples per cell: %.2f s\n", gm.c_str(),
                   static_cast<long long>(grid_resamples), seconds_since(t0));
       std::fflush(stdout);
     }
