@@ -24,6 +24,9 @@
 //     pair with a layer wider than n runs the one-shot measure on the drawn rows (Gram side).
 //   * pwcca: the one-shot measure on the resampled (permuted) rows (its weights sum over raw
 //     features of the resampled data), O(n p^2 + p^3) per resample.
+// The CCA family's and pwcca's resamples run side by side on the BLAS's threads
+// (resample_workers(), resampled_cells()): their decompositions barely gain from a multi-threaded
+// BLAS, two resamples on two cores do.
 // A resample on which the measure is undefined (a layer constant on the drawn examples, fewer
 // distinct examples than cca / pwcca need) is NaN; callers count and report such resamples.
 #pragma once
