@@ -85,8 +85,10 @@ TEST_F(InferenceTest, ResampleEqualsOneShotOnDrawnRows) {
   }
   // Linear CKA's three paths: narrow x narrow (feature side, above), wide x narrow and wide x
   // wide (Gram side: p^2 > n).
+  // (mid: p <= n / 4, so K w is taken from its centered columns.)
   auto [wide, other] = related(40, 12, 9, 9);
-  for (const at::Tensor& second : {y, other}) {
+  const at::Tensor mid = related(40, 10, 3, 11).first + 0.1 * wide.narrow(1, 0, 10);
+  for (const at::Tensor& second : {y, other, mid}) {
     BootstrapOptions o;
     o.resamples = b;
     o.seed = 7;

@@ -98,8 +98,10 @@ struct KernelLayer : ResampleLayer {
   mutable at::Tensor c;       // the estimator's centering of it (g, or its U-centering)
   mutable at::Tensor c_self;  // 0-d <c, c>
   mutable at::Tensor diag;    // [n] diag(g)
+  at::Tensor f;  // linear kernels with p <= n / 4: [n, p] with g = f f^T (K w = f (f^T w))
   int64_t bytes() const override {
     int64_t b = xc.defined() ? xc.numel() * xc.element_size() : 0;
+    if (f.defined()) b += f.numel() * f.element_size();
     if (g.defined()) b += g.numel() * g.element_size();
     if (c.defined() && !c.is_same(g)) b += c.numel() * c.element_size();
     return b;
@@ -177,6 +179,14 @@ class KernelResampler : public Resampler {
       l->g = center_gram(k, false);
     } else {
       l->g = k;  // the Gram of the centered data is centered already
+      // A layer narrower than n / 4 keeps its centered columns too: K w = F (F^T w) is 2 n p
+      // multiply-adds per resample instead of n^2 (the quadratic forms stay on the Gram).
+      const int64_t kept = gs.kept.sum().item<int64_t>();
+      if (4 * kept <= n) {
+        const at::Tensor cols = gs.kept.nonzero().squeeze(1);
+        l->f =
+            mat.index_select(1, cols).to(dtype).div_(gs.scale).sub_(gs.mean.index_select(0, cols));
+      }
     }
     l->c = debiased_ ? center_gram(k, true) : l->g;
     l->c_self = sum_squares(l->c);
@@ -201,7 +211,7 @@ class KernelResampler : public Resampler {
       self = centered_norm2(prod, d->m, d->m, w.sum(0));
     } else {
       const at::Tensor w = weights.to(l.g.scalar_type());
-      d->kw = at::mm(l.g, w);
+      d->kw = l.f.defined() ? at::mm(l.f, at::mm(l.f.t(), w)) : at::mm(l.g, w);
       quad = hadamard_quadratic_forms(l.g, at::Tensor(), w);
       self = hsic(quad, d->kw, d->kw, l.diag, l.diag, w);
     }
