@@ -5,7 +5,8 @@
 //   * cka, debiased-cka, rbf-cka: each layer is reduced once to its n x n Gram (kernel) matrix K.
 //     A bootstrap resample with multiplicities w (sum n) needs w^T (K o L) w, K w, L w and the
 //     diagonals: three n x n matrix-vector products per pair, batched over resamples as GEMMs
-//     ([n, n] x [n, B]), O(n^2) per resample and no product over features. The resampled Gram
+//     ([n, n] x [n, B]), O(n^2) per resample and no product over features (a linear kernel with
+//     p <= n / 4 keeps its centered columns F too: K w = F (F^T w), O(n p)). The resampled Gram
 //     K[idx][:, idx] is re-centered exactly (double centering and U-centering are invariant to
 //     adding row and column constants, so the centered Gram of the full sample serves). rbf-cka
 //     keeps the full sample's bandwidth. A permutation is an O(n^2) gather of one centered Gram.
