@@ -38,8 +38,7 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // 3 d eps of that bound (d rows summed), far below screen's 64 d eps (and at least 1e-8); a
 // varying column that low is checked exactly too, so the screen only decides what is compared.
 double constant_screen(int64_t rows, at::ScalarType dtype) {
-  const double eps = dtype == at::kFloat ? 6e-8 : 1.2e-16;
-  return std::max(1e-8, 64.0 * static_cast<double>(rows) * eps);
+  return std::max(1e-8, 64.0 * static_cast<double>(rows) * machine_eps(dtype));
 }
 
 // CCA and PWCCA need rows >= p + 2 (as the grid's rule; centered data has rank <= rows - 1).
