@@ -5,7 +5,8 @@
 // be scaled to R (the per-call time of a one-shot measure does not depend on the resample).
 //   svcca_inference_bench [--resamples R] [--baseline-calls C] [--n N] [--p P] [--grid-resamples G]
 //                         [--skip-grid] [--measures cka,svcca | none] [--workers W]
-//                         [--grid-measures cka,svcca]
+//                         [--grid-measures cka,svcca] [--permutations P]
+// --permutations P > 0 also times permutation_test with P permutations per measure.
 // Prints, per measure, seconds per resample on both sides and the ratio (goal: cka >= 20x,
 // svcca >= 2x), then the grid's time. --workers: BootstrapOptions::workers (0, the default: as many
 // threads as the BLAS's; 1: serial), to compare the two in one build.
@@ -23,6 +24,7 @@
 #include "svcca/blas.h"
 #include "svcca/inference/bootstrap.h"
 #include "svcca/inference/grid_inference.h"
+#include "svcca/inference/permutation.h"
 #include "svcca/inference/resampling.h"
 #include "svcca/measures/cka.h"
 #include "svcca/measures/svcca.h"
@@ -43,7 +45,8 @@ at::Tensor rows_of(const at::Tensor& w) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t resamples = 1000, baseline = 1000, n = 5000, p = 512, grid_resamples = 200, workers = 0;
+  int64_t resamples = 1000, baseline = 1000, n = 5000, p = 512, grid_resamples = 200, workers = 0,
+          permutations = 0;
   bool grid = true;
   std::string measures = "cka,svcca", grid_measures = "cka";
   for (int i = 1; i < argc; ++i) {
@@ -58,6 +61,8 @@ int main(int argc, char** argv) {
       p = next();
     else if (!std::strcmp(argv[i], "--grid-measures") && i + 1 < argc)
       grid_measures = argv[++i];
+    else if (!std::strcmp(argv[i], "--permutations"))
+      permutations = next();
     else if (!std::strcmp(argv[i], "--workers"))
       workers = next();
     else if (!std::strcmp(argv[i], "--grid-resamples"))
@@ -110,6 +115,17 @@ int main(int argc, char** argv) {
         m.c_str(), boot, per, r.low, r.high, one, one * static_cast<double>(resamples),
         static_cast<long long>(resamples), one / per, r.resamples[0].item<double>(), check);
     std::fflush(stdout);
+    if (permutations > 0) {
+      svcca::PermutationOptions po;
+      po.permutations = permutations;
+      po.workers = workers;
+      t0 = Clock::now();
+      const svcca::PermutationResult pr = svcca::permutation_test(x, y, m, po);
+      const double secs = seconds_since(t0);
+      std::printf("%-6s permutations %5.2f s (%.4f s/permutation; p-value %.4f)\n", m.c_str(), secs,
+                  secs / static_cast<double>(permutations), pr.p_value);
+      std::fflush(stdout);
+    }
   }
 
   if (grid) {

@@ -141,6 +141,17 @@ TEST_F(InferenceTest, WorkersGiveTheSerialValues) {
       EXPECT_NEAR(r.low, serial.low, tol::kDecomp64.atol + 1e-10);
       EXPECT_NEAR(r.high, serial.high, tol::kDecomp64.atol + 1e-10);
     }
+    // Permutations too, in chunks on the workers.
+    PermutationOptions po;
+    po.permutations = 23;
+    po.seed = 2;
+    po.workers = 1;
+    const PermutationResult one = permutation_test(x, y, m, po);
+    po.workers = 3;
+    const PermutationResult three = permutation_test(x, y, m, po);
+    EXPECT_ALLCLOSE(three.null, one.null, tol::kDecomp64);
+    EXPECT_EQ(three.null.numel(), 23);
+    EXPECT_EQ(three.exceed, one.exceed);
   }
   auto r = detail::make_resampler("t", "cca", GridOptions{});
   auto lx = r->layer("t", "x", x);
@@ -479,6 +490,8 @@ TEST_F(InferenceTest, RejectsBadArguments) {
   EXPECT_THROWS_WITH_TYPE(bootstrap(x, y, "cca", o), c10::ValueError,
                           "bootstrap: workers must be >= 0 (0: as many as the BLAS's threads), "
                           "but got -1");
+  EXPECT_THROWS_WITH(permutation_test(x, y, "cca", {10, 0, {}, -1}),
+                     "permutation_test: workers must be >= 0");
   GridInferenceOptions bad_workers{10};
   bad_workers.workers = -2;
   EXPECT_THROWS_WITH(InferenceGridBuilder({"a"}, {}, GridOptions{}, bad_workers),

@@ -233,12 +233,17 @@ void InferenceGridBuilder::apply(Grid& grid) const {
     if (out.permutations > 0) {
       const at::Tensor perms = detail::Draws(m.options.seed).permutations(m.n, out.permutations);
       const at::Tensor identity = at::arange(m.n, at::kLong).unsqueeze(0);
+      const int64_t budget = m.grid_options.memory_bytes;
+      const int64_t workers = detail::resample_workers(
+          *m.resampler, layers, device, budget > 0 ? std::max<int64_t>(budget - m.bytes, 1) : 0,
+          m.options.workers);
       for (size_t c = 0; c < cells.size(); ++c) {
         const auto [li, lj] = cells[c];
         const auto [i, j] = at[c];
         const double e =
             m.resampler->permuted(*layers[li], *layers[lj], identity)[0].item<double>();
-        const at::Tensor null = m.resampler->permuted(*layers[li], *layers[lj], perms);
+        const at::Tensor null =
+            detail::permuted_values(*m.resampler, *layers[li], *layers[lj], perms, workers);
         if (!std::isfinite(e) || !at::isfinite(null).all().item<bool>()) {
           add_reason(out.undefined, "no p-value: the measure is undefined on a permutation", i, j);
           continue;

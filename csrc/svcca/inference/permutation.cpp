@@ -3,9 +3,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "svcca/checks.h"
+#include "svcca/inference/bootstrap.h"
 #include "svcca/inference/resampling.h"
 
 namespace svcca {
@@ -32,14 +34,21 @@ PermutationResult permutation_test(const at::Tensor& x, const at::Tensor& y,
   constexpr const char* fn = "permutation_test";
   detail::check_pair(fn, x, y);
   detail::check_permutation_options(fn, options.permutations);
+  detail::check_workers(fn, options.workers);
   auto r = detail::make_resampler(fn, measure, options.measure_options);
   auto lx = r->layer(fn, "x", x);
   auto ly = r->layer(fn, "y", y);
   const int64_t n = x.size(0);
+  int64_t spare = 0;
+  if (options.measure_options.memory_bytes > 0) {
+    spare = std::max<int64_t>(options.measure_options.memory_bytes - lx->bytes() - ly->bytes(), 1);
+  }
+  const int64_t workers =
+      detail::resample_workers(*r, {lx.get(), ly.get()}, x.device(), spare, options.workers);
   PermutationResult out;
   out.estimate = r->permuted(*lx, *ly, at::arange(n, at::kLong).unsqueeze(0))[0].item<double>();
-  out.null =
-      r->permuted(*lx, *ly, detail::Draws(options.seed).permutations(n, options.permutations));
+  out.null = detail::permuted_values(
+      *r, *lx, *ly, detail::Draws(options.seed).permutations(n, options.permutations), workers);
   TORCH_CHECK_VALUE(std::isfinite(out.estimate) && at::isfinite(out.null).all().item<bool>(), fn,
                     ": the measure must be defined on every permutation, but got a non-finite "
                     "value (estimate ",

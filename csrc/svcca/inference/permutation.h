@@ -19,6 +19,7 @@ struct PermutationOptions {
   int64_t permutations = 1000;       // random permutations of y's examples, >= 1
   uint64_t seed = 0;                 // the permutations' seed: the same seed gives the same numbers
   GridOptions measure_options = {};  // as BootstrapOptions::measure_options
+  int64_t workers = 0;               // as BootstrapOptions::workers
 };
 
 // A null value ties the estimate when within this relative distance of it (rounding of the same

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cmath>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <mutex>
 #include <thread>
@@ -608,6 +609,46 @@ at::Tensor Draws::permutations(int64_t n, int64_t count) {
   return out;
 }
 
+namespace {
+
+// Runs task(k) for k in [0, tasks) on `workers` threads (the caller's among them), each taking
+// the next k; workers <= 1: in order on the caller's thread. The BLAS runs each call on the thread
+// that makes it, so the threads share the cores the BLAS would have split one call over; ATen's
+// thread-local state (grad mode and the like) is the caller's on every thread. The first error is
+// rethrown once all threads have stopped.
+void run_tasks(int64_t tasks, int64_t workers, const std::function<void(int64_t)>& task) {
+  workers = std::min(workers, tasks);
+  if (workers <= 1) {
+    for (int64_t k = 0; k < tasks; ++k) task(k);
+    return;
+  }
+  SingleThreadedBlas single;
+  const at::ThreadLocalState state;
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto work = [&] {
+    at::ThreadLocalStateGuard guard(state);
+    for (int64_t k = next++; k < tasks && !failed; k = next++) {
+      try {
+        task(k);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        failed = true;
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int64_t t = 1; t < workers; ++t) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace
+
 int64_t resample_workers(const Resampler& r, const std::vector<const ResampleLayer*>& layers,
                          at::Device device, int64_t spare_bytes, int64_t requested) {
   if (!r.concurrent() || !device.is_cpu() || requested == 1) return 1;
@@ -645,39 +686,21 @@ at::Tensor resampled_cells(const Resampler& r, const std::vector<const ResampleL
           .copy_(r.values(*layers[i], *draws[i], *layers[j], *draws[j], w));
     }
   };
-  workers = std::min(workers, batches);
-  if (workers <= 1) {
-    for (int64_t k = 0; k < batches; ++k) run(k);
-    return out;
-  }
-  // Batches are independent and write disjoint columns of `out`; each thread takes the next one.
-  // The BLAS runs each call on the thread that makes it, so the threads share the cores the BLAS
-  // would have split one call over; ATen's thread-local state (grad mode and the like) is the
-  // caller's on every thread.
-  SingleThreadedBlas single;
-  const at::ThreadLocalState state;
-  std::atomic<int64_t> next{0};
-  std::atomic<bool> failed{false};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  auto work = [&] {
-    at::ThreadLocalStateGuard guard(state);
-    for (int64_t k = next++; k < batches && !failed; k = next++) {
-      try {
-        run(k);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-        failed = true;
-      }
-    }
-  };
-  std::vector<std::thread> threads;
-  for (int64_t t = 1; t < workers; ++t) threads.emplace_back(work);
-  work();
-  for (auto& t : threads) t.join();
-  if (error) std::rethrow_exception(error);
+  run_tasks(batches, workers, run);
   return out;
+}
+
+at::Tensor permuted_values(const Resampler& r, const ResampleLayer& x, const ResampleLayer& y,
+                           const at::Tensor& perms, int64_t workers) {
+  const int64_t total = perms.size(0);
+  const int64_t chunks = std::min<int64_t>(total, std::max<int64_t>(workers, 1) * 4);
+  if (chunks <= 1) return r.permuted(x, y, perms);
+  const int64_t step = (total + chunks - 1) / chunks;
+  std::vector<at::Tensor> parts((total + step - 1) / step);
+  run_tasks(static_cast<int64_t>(parts.size()), workers, [&](int64_t k) {
+    parts[k] = r.permuted(x, y, perms.narrow(0, k * step, std::min(step, total - k * step)));
+  });
+  return at::cat(parts);
 }
 
 at::Tensor jackknife_weights(int64_t n, int64_t start, int64_t count) {

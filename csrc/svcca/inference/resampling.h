@@ -129,6 +129,11 @@ at::Tensor resampled_cells(const Resampler& r, const std::vector<const ResampleL
                            const std::vector<std::pair<int64_t, int64_t>>& cells,
                            const at::Tensor& weights, at::Device device, int64_t workers = 1);
 
+// r.permuted(x, y, perms) with the rows of perms split into chunks that run on `workers`
+// threads (resample_workers()), as resampled_cells runs batches: the same values.
+at::Tensor permuted_values(const Resampler& r, const ResampleLayer& x, const ResampleLayer& y,
+                           const at::Tensor& perms, int64_t workers = 1);
+
 // Leave-one-out weights for examples [start, start + count): [n, count] float64, column j all
 // ones but a zero at start + j (the jackknife of BCa intervals).
 at::Tensor jackknife_weights(int64_t n, int64_t start, int64_t count);
