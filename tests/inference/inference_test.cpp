@@ -158,10 +158,10 @@ TEST_F(InferenceTest, WorkersGiveTheSerialValues) {
   auto ly = r->layer("t", "y", y);
   EXPECT_EQ(detail::resample_workers(*r, {lx.get(), ly.get()}, at::kCPU, 0, 3), 3);
   EXPECT_EQ(detail::resample_workers(*r, {lx.get(), ly.get()}, at::kCPU, 0, 1), 1);
-  // A budget with room for one batch's draws only: serial.
-  EXPECT_EQ(
-      detail::resample_workers(*r, {lx.get(), ly.get()}, at::kCPU, lx->bytes() + ly->bytes(), 3),
-      1);
+  // A budget with room for the layers and one batch's draws only: serial; for three: 3.
+  const int64_t held = lx->bytes() + ly->bytes();
+  EXPECT_EQ(detail::resample_workers(*r, {lx.get(), ly.get()}, at::kCPU, 2 * held, 3), 1);
+  EXPECT_EQ(detail::resample_workers(*r, {lx.get(), ly.get()}, at::kCPU, 4 * held, 3), 3);
   auto cka = detail::make_resampler("t", "cka", GridOptions{});
   auto kx = cka->layer("t", "x", x);
   EXPECT_EQ(detail::resample_workers(*cka, {kx.get()}, at::kCPU, 0, 3), 1);

@@ -157,13 +157,8 @@ CellSamples sample_cells(const Resampler& r, const std::vector<const ResampleLay
   CellSamples s;
   s.estimate =
       resampled_cells(r, layers, cells, at::ones({n, 1}, at::kDouble), device).select(1, 0);
-  int64_t spare = 0;
-  if (o.measure_options.memory_bytes > 0) {
-    spare = o.measure_options.memory_bytes;
-    for (const ResampleLayer* l : layers) spare -= l->bytes();
-    spare = std::max<int64_t>(spare, 1);
-  }
-  const int64_t workers = resample_workers(r, layers, device, spare, o.workers);
+  const int64_t workers =
+      resample_workers(r, layers, device, o.measure_options.memory_bytes, o.workers);
   Draws draws(o.seed);
   s.resamples =
       resampled_cells(r, layers, cells, draws.bootstrap_weights(n, o.resamples), device, workers);

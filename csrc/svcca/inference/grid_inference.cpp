@@ -192,14 +192,12 @@ void InferenceGridBuilder::apply(Grid& grid) const {
   };
   if (!cells.empty() && m.n >= 1) {
     const at::Device device = *m.device;
+    const int64_t workers = detail::resample_workers(
+        *m.resampler, layers, device, m.grid_options.memory_bytes, m.options.workers);
     if (out.resamples > 0) {
       const detail::Resampler& r = *m.resampler;
       at::Tensor est =
           detail::resampled_cells(r, layers, cells, at::ones({m.n, 1}, at::kDouble), device);
-      const int64_t budget = m.grid_options.memory_bytes;
-      const int64_t workers = detail::resample_workers(
-          r, layers, device, budget > 0 ? std::max<int64_t>(budget - m.bytes, 1) : 0,
-          m.options.workers);
       at::Tensor res = detail::resampled_cells(
           r, layers, cells, detail::Draws(m.options.seed).bootstrap_weights(m.n, out.resamples),
           device, workers);
@@ -233,10 +231,6 @@ void InferenceGridBuilder::apply(Grid& grid) const {
     if (out.permutations > 0) {
       const at::Tensor perms = detail::Draws(m.options.seed).permutations(m.n, out.permutations);
       const at::Tensor identity = at::arange(m.n, at::kLong).unsqueeze(0);
-      const int64_t budget = m.grid_options.memory_bytes;
-      const int64_t workers = detail::resample_workers(
-          *m.resampler, layers, device, budget > 0 ? std::max<int64_t>(budget - m.bytes, 1) : 0,
-          m.options.workers);
       for (size_t c = 0; c < cells.size(); ++c) {
         const auto [li, lj] = cells[c];
         const auto [i, j] = at[c];

@@ -3,7 +3,6 @@
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
 #include <cmath>
 
 #include "svcca/checks.h"
@@ -39,12 +38,8 @@ PermutationResult permutation_test(const at::Tensor& x, const at::Tensor& y,
   auto lx = r->layer(fn, "x", x);
   auto ly = r->layer(fn, "y", y);
   const int64_t n = x.size(0);
-  int64_t spare = 0;
-  if (options.measure_options.memory_bytes > 0) {
-    spare = std::max<int64_t>(options.measure_options.memory_bytes - lx->bytes() - ly->bytes(), 1);
-  }
-  const int64_t workers =
-      detail::resample_workers(*r, {lx.get(), ly.get()}, x.device(), spare, options.workers);
+  const int64_t workers = detail::resample_workers(
+      *r, {lx.get(), ly.get()}, x.device(), options.measure_options.memory_bytes, options.workers);
   PermutationResult out;
   out.estimate = r->permuted(*lx, *ly, at::arange(n, at::kLong).unsqueeze(0))[0].item<double>();
   out.null = detail::permuted_values(

@@ -650,16 +650,17 @@ void run_tasks(int64_t tasks, int64_t workers, const std::function<void(int64_t)
 }  // namespace
 
 int64_t resample_workers(const Resampler& r, const std::vector<const ResampleLayer*>& layers,
-                         at::Device device, int64_t spare_bytes, int64_t requested) {
+                         at::Device device, int64_t budget_bytes, int64_t requested) {
   if (!r.concurrent() || !device.is_cpu() || requested == 1) return 1;
   int64_t w = requested > 0 ? requested : blas_threads() / std::max(1, at::get_num_threads());
   if (w <= 1) return 1;
-  if (spare_bytes > 0) {
-    int64_t draw = 0;  // one batch's draws hold at most each layer's own bytes
-    for (const ResampleLayer* l : layers) draw += l->bytes();
-    if (draw > 0) w = std::min(w, std::max<int64_t>(1, spare_bytes / draw));
+  if (budget_bytes > 0) {
+    // The layers' state is held already; one batch's draws hold at most as much again.
+    int64_t held = 0;
+    for (const ResampleLayer* l : layers) held += l->bytes();
+    if (held > 0) w = std::min(w, std::max<int64_t>(1, (budget_bytes - held) / held));
   }
-  return std::max<int64_t>(w, 1);
+  return w;
 }
 
 at::Tensor resampled_cells(const Resampler& r, const std::vector<const ResampleLayer*>& layers,

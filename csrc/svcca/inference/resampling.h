@@ -113,11 +113,11 @@ class Draws {
 
 // The threads resampled_cells may run batches on, where r.concurrent() on the CPU (else 1):
 // `requested` (> 0; 1: serial), or for 0 the cores the BLAS would use on one call (blas_threads())
-// divided by ATen's intra-op threads (1 where the BLAS is not OpenBLAS); either way no more than
-// the draws of that many batches (each bounded by the layers' own bytes) fit in spare_bytes
-// (> 0: the memory budget left; 0: no budget).
+// divided by ATen's intra-op threads (1 where the BLAS is not OpenBLAS); either way, where
+// budget_bytes > 0 (a memory budget; 0: none), no more than the draws of that many batches (each
+// bounded by the layers' own bytes) fit in it beside the layers' state.
 int64_t resample_workers(const Resampler& r, const std::vector<const ResampleLayer*>& layers,
-                         at::Device device, int64_t spare_bytes, int64_t requested = 0);
+                         at::Device device, int64_t budget_bytes, int64_t requested = 0);
 
 // The measure of each cell (a pair of indices into `layers`) on every column of `weights` ([n, B]
 // float64, CPU): [cells, B] float64 CPU. Evaluated r.batch() columns at a time on `device`; each
