@@ -87,6 +87,53 @@ TEST_F(LinalgTest, BlockedPairMomentsEqualTheCenteredProducts) {
   EXPECT_TRUE(g.grad().defined());
 }
 
+// Nearly centered float64 layers (every column's mean^2 <= 3 variance) take the layers' own
+// products, X^T X - n mu mu^T, without a centered copy; a layer far from centered, float32 or
+// strided rows take the centered blocks. Either way the moments are those of the centered data,
+// in data units to float64 accuracy (an offset of 1e4 standard deviations through the raw
+// products would lose 8 digits), and constant columns are exactly zero.
+TEST_F(LinalgTest, RawProductsOnlyWhereCancellationIsHarmless) {
+  const auto in_data_units = [](const PairMoments& m) {
+    return std::vector<at::Tensor>{m.sxx * (m.x_scale * m.x_scale), m.syy * (m.y_scale * m.y_scale),
+                                   m.sxy * (m.x_scale * m.y_scale)};
+  };
+  struct Case {
+    double x_offset;  // in standard deviations
+    at::ScalarType dtype;
+    bool strided;
+    bool raw;
+  };
+  for (const Case& c : {Case{0.0, at::kDouble, false, true}, Case{1.7, at::kDouble, false, true},
+                        Case{-1.7, at::kDouble, false, true}, Case{1e4, at::kDouble, false, false},
+                        Case{2.0, at::kDouble, false, false}, Case{0.0, at::kFloat, false, false},
+                        Case{0.0, at::kDouble, true, false}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "offset " << c.x_offset << " " << c.dtype << (c.strided ? " strided" : ""));
+    // Unit-variance columns (exactly: standardized), one constant column.
+    at::Tensor z = at::randn({400, 7}, at::kDouble);
+    z = (z - z.mean(0)) / z.std(0);
+    at::Tensor x = (z * 3.0 + 3.0 * c.x_offset).to(c.dtype);
+    x.select(1, 5).fill_(250.0);
+    if (c.strided) x = at::cat({x, x}, 1).narrow(1, 0, 7);
+    at::Tensor y = (at::randn({400, 3}, at::kDouble) * 1e-3 + 1e-3).to(c.dtype);
+    PairMoments m = pair_moments(x, y, Precision::kFloat64);
+    if (have_blas()) {
+      EXPECT_EQ(m.raw_products, c.raw);
+    }
+    const auto got = in_data_units(m);
+    at::Tensor xd = x.to(at::kDouble), yd = y.to(at::kDouble);
+    at::Tensor xc = xd - xd.mean(0), yc = yd - yd.mean(0);
+    EXPECT_ALLCLOSE(got[0], at::mm(xc.t(), xc) / 399.0, testing::tol::kClosedForm64);
+    EXPECT_ALLCLOSE(got[1], at::mm(yc.t(), yc) / 399.0, testing::tol::kClosedForm64);
+    EXPECT_ALLCLOSE(got[2], at::mm(xc.t(), yc) / 399.0, testing::tol::kClosedForm64);
+    EXPECT_ALLCLOSE(m.x_mean * m.x_scale, xd.mean(0), testing::tol::kClosedForm64);
+    EXPECT_EQ(at::count_nonzero(m.sxx.select(0, 5)).item<int64_t>(), 0);
+    EXPECT_EQ(at::count_nonzero(m.sxy.select(0, 5)).item<int64_t>(), 0);
+    EXPECT_ALLCLOSE(centered_data(m, false).to(at::kDouble) * m.x_scale, xc,
+                    testing::tol::kClosedForm64);
+  }
+}
+
 // The symmetric products (BLAS syrk/herk where the build has it) equal the general product, for
 // every dtype BLAS covers, both sides, both memory orders, lazy conjugates and accumulation.
 TEST_F(LinalgTest, SymmetricProductsEqualTheGeneralProduct) {

@@ -9,7 +9,10 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <exception>
 #include <limits>
+#include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace svcca {
@@ -152,6 +155,8 @@ namespace {
 
 constexpr int64_t kMomentBlockBytes = int64_t{32} << 20;
 constexpr int64_t kMomentMinRows = 256;
+// Layers of at least this many values in all have their statistics taken on two threads.
+constexpr int64_t kParallelStatisticsValues = int64_t{1} << 22;
 
 bool blocked_moments_apply(const at::Tensor& t, at::ScalarType dtype) {
   const auto st = t.scalar_type();
@@ -170,7 +175,17 @@ struct RowStream {
   std::vector<double> mean_hat;  // column means of x * factor (the first pass's)
   std::vector<double> residual;  // column sums of the centered values (the second pass's)
   at::Tensor non_constant;       // [p] bool
+  // float64 layers only: whether the raw products X^T X - n mu mu^T lose at most two bits to
+  // cancellation against the centered ones (every non-constant column has mu^2 <= kRawShift
+  // sigma^2 and the largest |x| is within 2^+-kRawExponent), so the centering copy can be skipped.
+  bool raw = false;
 };
+
+// The raw products' rounding error relative to the centered ones' is at most
+// sqrt((1 + mu_i^2 / sigma_i^2) (1 + mu_j^2 / sigma_j^2)) for entry (i, j): 4 (two bits) at
+// mu^2 = 3 sigma^2. ReLU outputs of a normal pre-activation have mu^2 / sigma^2 = 1.75.
+constexpr double kRawShift = 3.0;
+constexpr int kRawExponent = 100;
 
 // Column min, max and sum of a row-major [n, p] layer (leading dimension ld), one pass; the sums
 // are formed per block of rows and then added (an error of (kRows + n / kRows) eps, not n eps).
@@ -178,22 +193,28 @@ template <typename S>
 void column_statistics(RowStream& r) {
   const S* x = r.t->data_ptr<S>();
   const int64_t n = r.n, p = r.p, ld = r.ld;
+  constexpr bool kSquares = std::is_same_v<S, double>;  // for the raw-products test
   std::vector<S> lo(x, x + p), hi(x, x + p);
-  std::vector<double> sum(p, 0.0), part(p);
+  std::vector<double> sum(p, 0.0), part(p), sq(kSquares ? p : 0, 0.0), part_sq(sq.size());
   constexpr int64_t kRows = 256;
   for (int64_t r0 = 0; r0 < n; r0 += kRows) {
     std::fill(part.begin(), part.end(), 0.0);
+    if constexpr (kSquares) std::fill(part_sq.begin(), part_sq.end(), 0.0);
     const int64_t r1 = std::min(n, r0 + kRows);
     for (int64_t i = r0; i < r1; ++i) {
       const S* row = x + i * ld;
       for (int64_t j = 0; j < p; ++j) {
         const S v = row[j];
         part[j] += static_cast<double>(v);
+        if constexpr (kSquares) part_sq[j] += v * v;
         lo[j] = v < lo[j] ? v : lo[j];
         hi[j] = v > hi[j] ? v : hi[j];
       }
     }
     for (int64_t j = 0; j < p; ++j) sum[j] += part[j];
+    if constexpr (kSquares) {
+      for (int64_t j = 0; j < p; ++j) sq[j] += part_sq[j];
+    }
   }
   double amax = 0.0;
   r.non_constant = at::empty({p}, at::kBool);
@@ -213,6 +234,20 @@ void column_statistics(RowStream& r) {
   r.mean_hat.resize(p);
   for (int64_t j = 0; j < p; ++j) r.mean_hat[j] = sum[j] * r.factor / static_cast<double>(n);
   r.residual.assign(p, 0.0);
+  r.raw = false;
+  if constexpr (kSquares) {
+    int e = 0;
+    std::frexp(amax, &e);
+    r.raw = ld == p && amax > 0.0 && std::isfinite(amax) && std::abs(e) <= kRawExponent;
+    const double dn = static_cast<double>(n);
+    for (int64_t j = 0; j < p && r.raw; ++j) {
+      if (!nc[j]) continue;
+      const double mu = sum[j] / dn;
+      // A rough variance (its own cancellation is harmless where the test passes).
+      const double var = sq[j] / dn - mu * mu;
+      r.raw = var > 0.0 && mu * mu <= kRawShift * var;
+    }
+  }
 }
 
 // Rows [r0, r0 + rows) of x, rescaled and centered at mean_hat, into out ([rows, p], compute
@@ -255,7 +290,29 @@ PairMoments blocked_pair_moments(const at::Tensor& x, const at::Tensor& y, at::S
     s->n = t->size(0);
     s->p = t->size(1);
     s->ld = t->size(1) == 1 ? 1 : t->stride(0);
-    statistics(*s);
+  }
+  // The first pass is a scan bound by memory bandwidth: y's on a second thread while x's runs here
+  // (each layer's statistics are its own, so the result does not depend on it).
+  if (sx.n * (sx.p + sy.p) >= kParallelStatisticsValues) {
+    std::exception_ptr failure;
+    std::thread other([&] {
+      try {
+        statistics(sy);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    });
+    try {
+      statistics(sx);
+    } catch (...) {
+      other.join();
+      throw;
+    }
+    other.join();
+    if (failure) std::rethrow_exception(failure);
+  } else {
+    statistics(sx);
+    statistics(sy);
   }
   const int64_t n = sx.n, p1 = sx.p, p2 = sy.p;
   const auto opts = at::TensorOptions().dtype(dtype);
@@ -263,6 +320,44 @@ PairMoments blocked_pair_moments(const at::Tensor& x, const at::Tensor& y, at::S
     return at::tensor(v, at::TensorOptions().dtype(at::kDouble)).to(dtype);
   };
   const at::Tensor mx = as_tensor(sx.mean_hat), my = as_tensor(sy.mean_hat);
+  PairMoments m;
+  m.n = n;
+  m.x_scale = 1.0 / sx.factor;
+  m.y_scale = 1.0 / sy.factor;
+  m.x_non_constant = sx.non_constant;
+  m.y_non_constant = sy.non_constant;
+  m.x_source = x;
+  m.y_source = y;
+  const double dn = static_cast<double>(n);
+  if constexpr (std::is_same_v<T, double>) {
+    if (sx.raw && sy.raw && x.scalar_type() == at::kDouble && y.scalar_type() == at::kDouble) {
+      // Nearly centered float64 layers: the products of the layers themselves, no centered copy.
+      // S = (X^T X f^2 - n m m^T) / (n - 1) with m = mu f the mean in the moments' units (f a
+      // power of two within 2^+-kRawExponent: exact).
+      at::Tensor sxx = at::empty({p1, p1}, opts), syy = at::empty({p2, p2}, opts);
+      const bool done = hermitian_rank_k(sxx, x, false, sx.factor * sx.factor, 0.0);
+      TORCH_INTERNAL_ASSERT(done && hermitian_rank_k(syy, y, false, sy.factor * sy.factor, 0.0),
+                            "pair_moments: syrk refused a layer it was checked for");
+      at::Tensor sxy = at::mm(x.t(), y).mul_(sx.factor * sy.factor);
+      // Constant columns are exactly zero once centered.
+      const at::Tensor cx = mx * sx.non_constant, cy = my * sy.non_constant;
+      const at::Tensor zx = sx.non_constant.to(at::kDouble), zy = sy.non_constant.to(at::kDouble);
+      const auto corrected = [&](at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
+                                 const at::Tensor& za, const at::Tensor& zb) {
+        s.sub_(at::outer(a, b), dn).mul_(at::outer(za, zb)).div_(dn - 1.0);
+      };
+      corrected(sxx, cx, cx, zx, zx);
+      corrected(syy, cy, cy, zy, zy);
+      corrected(sxy, cx, cy, zx, zy);
+      m.sxx = sxx;
+      m.syy = syy;
+      m.sxy = sxy;
+      m.x_mean = mx;
+      m.y_mean = my;
+      m.raw_products = true;
+      return m;
+    }
+  }
   const int64_t row_bytes = (p1 + p2) * static_cast<int64_t>(sizeof(T));
   if (block_bytes <= 0) block_bytes = std::max(kMomentBlockBytes, kMomentMinRows * row_bytes);
   const int64_t block = std::max<int64_t>(1, std::min(n, block_bytes / row_bytes));
@@ -285,24 +380,15 @@ PairMoments blocked_pair_moments(const at::Tensor& x, const at::Tensor& y, at::S
     }
   }
   // The first pass's means are rounded: S = B^T B - n r r^T with r the mean of the centered rows.
-  const double dn = static_cast<double>(n);
   std::vector<double> rxv(p1), ryv(p2);
   for (int64_t j = 0; j < p1; ++j) rxv[j] = sx.residual[j] / dn;
   for (int64_t j = 0; j < p2; ++j) ryv[j] = sy.residual[j] / dn;
   const at::Tensor rx = as_tensor(rxv), ry = as_tensor(ryv);
-  PairMoments m;
-  m.n = n;
   m.sxx = sxx.sub_(at::outer(rx, rx), dn).div_(dn - 1.0);
   m.syy = syy.sub_(at::outer(ry, ry), dn).div_(dn - 1.0);
   m.sxy = sxy.sub_(at::outer(rx, ry), dn).div_(dn - 1.0);
   m.x_mean = mx + rx;
   m.y_mean = my + ry;
-  m.x_scale = 1.0 / sx.factor;
-  m.y_scale = 1.0 / sy.factor;
-  m.x_non_constant = sx.non_constant;
-  m.y_non_constant = sy.non_constant;
-  m.x_source = x;
-  m.y_source = y;
   return m;
 }
 

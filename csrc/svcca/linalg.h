@@ -92,6 +92,9 @@ struct PairMoments {
   // see input_noise_floor). Undefined: unknown, no rounding floor.
   at::ScalarType x_input_dtype = at::ScalarType::Undefined;
   at::ScalarType y_input_dtype = at::ScalarType::Undefined;
+  // pair_moments took the layers' own products, X^T X - n mu mu^T (nearly centered float64
+  // layers), rather than products of centered blocks.
+  bool raw_products = false;
 };
 
 // Moments of x: [n, p1] and y: [n, p2] in the compute dtype of `precision` (inputs not checked),
@@ -100,7 +103,11 @@ struct PairMoments {
 // column min, max and sum (the constant columns, the unit scale, a mean), then blocks of
 // block_bytes (0: 32 MiB, at least 256 rows) cast, rescaled and centered into one buffer and
 // accumulated by syrk (Sxx, Syy) and a product (Sxy), corrected for the rounding of the mean
-// (S = B^T B - n r r^T, r the mean of the centered block rows B). Elsewhere through center() and
+// (S = B^T B - n r r^T, r the mean of the centered block rows B). Two contiguous float64 layers
+// that are nearly centered (each non-constant column's mean^2 <= 3 variance, the column sums of
+// squares taken in the first pass, and max |x| within 2^+-100) skip the centered blocks: syrk and
+// a product of the layers themselves, S = X^T X - n mu mu^T, whose rounding error is at most 4x
+// the centered one's for those columns (raw_products). Elsewhere through center() and
 // covariance(), keeping the centered data.
 PairMoments pair_moments(const at::Tensor& x, const at::Tensor& y, Precision precision,
                          int64_t block_bytes = 0);
