@@ -49,8 +49,9 @@ BootstrapTuple to_tuple(const BootstrapResult& r) {
 BootstrapOptions bootstrap_options(const char* fn, int64_t resamples, double level, int64_t seed,
                                    c10::string_view method, double fraction,
                                    c10::optional<int64_t> dims, double epsilon,
-                                   c10::optional<double> sigma) {
+                                   c10::optional<double> sigma, int64_t workers) {
   BootstrapOptions o;
+  o.workers = workers;
   o.resamples = resamples;
   o.level = level;
   o.seed = checked_seed(fn, seed);
@@ -62,10 +63,10 @@ BootstrapOptions bootstrap_options(const char* fn, int64_t resamples, double lev
 BootstrapTuple bootstrap_op(const at::Tensor& x, const at::Tensor& y, c10::string_view measure,
                             int64_t resamples, double level, int64_t seed, c10::string_view method,
                             double fraction, c10::optional<int64_t> dims, double epsilon,
-                            c10::optional<double> sigma) {
+                            c10::optional<double> sigma, int64_t workers) {
   return to_tuple(bootstrap(x, y, std::string(measure),
                             bootstrap_options("bootstrap", resamples, level, seed, method, fraction,
-                                              dims, epsilon, sigma)));
+                                              dims, epsilon, sigma, workers)));
 }
 
 BootstrapTuple bootstrap_difference_op(const at::Tensor& a, const at::Tensor& b,
@@ -73,19 +74,20 @@ BootstrapTuple bootstrap_difference_op(const at::Tensor& a, const at::Tensor& b,
                                        int64_t resamples, double level, int64_t seed,
                                        c10::string_view method, double fraction,
                                        c10::optional<int64_t> dims, double epsilon,
-                                       c10::optional<double> sigma) {
+                                       c10::optional<double> sigma, int64_t workers) {
   return to_tuple(
       bootstrap_difference(a, b, c, std::string(measure),
                            bootstrap_options("bootstrap_difference", resamples, level, seed, method,
-                                             fraction, dims, epsilon, sigma)));
+                                             fraction, dims, epsilon, sigma, workers)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t> permutation_test_op(
     const at::Tensor& x, const at::Tensor& y, c10::string_view measure, int64_t permutations,
     int64_t seed, double fraction, c10::optional<int64_t> dims, double epsilon,
-    c10::optional<double> sigma) {
+    c10::optional<double> sigma, int64_t workers) {
   PermutationOptions o;
   o.permutations = permutations;
+  o.workers = workers;
   o.seed = checked_seed("permutation_test", seed);
   o.measure_options = measure_options(fraction, dims, epsilon, sigma);
   PermutationResult r = permutation_test(x, y, std::string(measure), o);
@@ -103,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 grid_inference_op(at::TensorList x, c10::optional<at::TensorList> y, c10::string_view measure,
                   c10::string_view conv, int64_t resamples, double level, c10::string_view method,
                   int64_t permutations, int64_t seed, double fraction, c10::optional<int64_t> dims,
-                  double epsilon, c10::optional<double> sigma) {
+                  double epsilon, c10::optional<double> sigma, int64_t workers) {
   constexpr const char* fn = "grid_inference";
   GridOptions o = measure_options(fraction, dims, epsilon, sigma);
   o.measure = parse_grid_measure(fn, "measure", std::string(measure));
@@ -114,6 +116,7 @@ grid_inference_op(at::TensorList x, c10::optional<at::TensorList> y, c10::string
   io.method = parse_interval_method(fn, "method", std::string(method));
   io.permutations = permutations;
   io.seed = checked_seed(fn, seed);
+  io.workers = workers;
   NamedActivations a, b;
   for (size_t i = 0; i < x.size(); ++i) a.push_back({std::to_string(i), x[i]});
   if (y) {

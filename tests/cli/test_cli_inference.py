@@ -87,6 +87,18 @@ def test_same_seed_same_numbers_other_seed_others(run, acts):
     assert "p_value" not in one  # only what was asked for
 
 
+def test_workers_do_not_change_the_numbers(run, acts):
+    _, _, pa, pb = acts
+    args = ("compare", pa, pb, "--measure", "svcca", "--bootstrap", 20, "--permutations", 9,
+            "--seed", 4)
+    serial = ok_json(run, *args, "--workers", 1)["grid"]["inference"]
+    for workers in (0, 3):
+        got = ok_json(run, *args, "--workers", workers)["grid"]["inference"]
+        # Equal to rounding (a worker's BLAS calls run single-threaded).
+        for key in ("low", "high", "p_value"):
+            np.testing.assert_allclose(arr(got[key]), arr(serial[key]), rtol=1e-10, atol=1e-12)
+
+
 def test_grid_on_a_model_every_cell_has_an_interval(run, tmp_path):
     j = ok_json(run, "grid", FINAL, "--input", PROBE, "--bootstrap", 40, "--ci-method", "bca",
                 "--permutations", 19, "--out", tmp_path / "g")
@@ -112,6 +124,7 @@ def test_grid_on_a_model_every_cell_has_an_interval(run, tmp_path):
     (["--bootstrap", 10, "--ci-method", "normal"], "--ci-method"),
     (["--bootstrap", 10, "--measure", "minibatch-cka"], "minibatch-cka"),
     (["--bootstrap", 10, "--conv", "fold"], "conv must be \"flatten\", \"pool\" or \"cls\""),
+    (["--bootstrap", 10, "--workers", -1], "--workers must be >= 0 (0: auto, 1: one at a time)"),
 ])
 def test_bad_values_are_usage_errors(run, acts, args, fragment):
     _, _, pa, pb = acts

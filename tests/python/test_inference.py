@@ -77,6 +77,30 @@ def test_grid_inference_cells_equal_pair_calls():
     assert only_p.low is None and only_p.p_value.shape == (2, 2)
 
 
+@pytest.mark.parametrize("measure", ["cca", "svcca", "pwcca", "procrustes"])
+def test_workers_give_the_serial_numbers(measure):
+    # Equal to rounding: a worker runs its BLAS calls single-threaded, which sums in another order.
+    close = dict(rtol=1e-10, atol=1e-12)
+    x, y = related(n=60)
+    serial = svcca.bootstrap(x, y, measure, resamples=24, seed=8, method="bca", workers=1)
+    for workers in (0, 2, 3):
+        r = svcca.bootstrap(x, y, measure, resamples=24, seed=8, method="bca", workers=workers)
+        torch.testing.assert_close(r.resamples, serial.resamples, **close)
+        assert r.low == pytest.approx(serial.low, rel=1e-10)
+        assert r.high == pytest.approx(serial.high, rel=1e-10)
+    t1 = svcca.permutation_test(x, y, measure, permutations=20, seed=9, workers=1)
+    t3 = svcca.permutation_test(x, y, measure, permutations=20, seed=9, workers=3)
+    torch.testing.assert_close(t3.null, t1.null, **close)
+    assert t1.exceed == t3.exceed
+    if measure != "procrustes":  # not a grid measure
+        g1 = svcca.grid_inference([x, y], measure=measure, resamples=12, permutations=5, seed=10,
+                                  workers=1)
+        g2 = svcca.grid_inference([x, y], measure=measure, resamples=12, permutations=5, seed=10,
+                                  workers=2)
+        torch.testing.assert_close(g2.low, g1.low, **close)
+        torch.testing.assert_close(g2.p_value, g1.p_value, **close)
+
+
 def test_torchscript_round_trip():
     @torch.jit.script
     def f(x, y):
@@ -97,6 +121,9 @@ def test_torchscript_round_trip():
     (lambda x, y: svcca.permutation_test(x, y, permutations=0), "permutations must be >= 1"),
     (lambda x, y: svcca.bootstrap(x[:4], y[:4], "cca"), "at least p + 2"),
     (lambda x, y: svcca.grid_inference([x, y]), "resamples or permutations must be >= 1"),
+    (lambda x, y: svcca.bootstrap(x, y, "svcca", workers=-1), "workers must be >= 0"),
+    (lambda x, y: svcca.permutation_test(x, y, "cca", workers=-2), "workers must be >= 0"),
+    (lambda x, y: svcca.grid_inference([x, y], resamples=5, workers=-1), "workers must be >= 0"),
 ])
 def test_errors(call, fragment):
     x, y = related()

@@ -44,7 +44,8 @@ reasons in the JSON and on stderr; --strict makes them an error (exit 1).
 cell an interval at --ci (percentile, or --ci-method bca); --permutations M: a p-value
 (b + 1) / (M + 1) of 'no relation' per cell and the null's mean. Seeded by --seed (the same seed,
 the same numbers); in the JSON's grid.inference and <command>_cells.csv (one row per cell). Cost
-per resample: O(n^2) per cell for the CKA family, the weighted moments for cca / svcca.
+per resample: O(n^2) per cell for the CKA family, the weighted moments for cca / svcca;
+--workers K runs K resamples of the CCA family at once (0, the default: one per BLAS thread).
 
 Exit codes:
   0  success
@@ -171,6 +172,10 @@ void add_inference_options(CLI::App* sub, InferenceSpec& spec) {
   sub->add_option("--permutations", spec.permutations,
                   "permutations of the examples per cell: a p-value of 'no relation' for every "
                   "cell (0: off)")
+      ->capture_default_str();
+  sub->add_option("--workers", spec.workers,
+                  "resamples / permutations of the CCA family run at once (0: as many as the BLAS "
+                  "has threads, within --memory; 1: one at a time); the same numbers to rounding")
       ->capture_default_str();
 }
 

@@ -673,6 +673,10 @@ GridInferenceOptions inference_options(const char* fn, const InferenceSpec& spec
     throw UsageError(std::string(fn) + ": --permutations must be >= 1 (0: off), but got " +
                      std::to_string(spec.permutations));
   }
+  if (spec.workers < 0) {
+    throw UsageError(std::string(fn) + ": --workers must be >= 0 (0: auto, 1: one at a time), " +
+                     "but got " + std::to_string(spec.workers));
+  }
   if (!(spec.ci > 0.0 && spec.ci < 1.0)) {
     throw UsageError(std::string(fn) + ": --ci must lie in (0, 1), e.g. 0.95, but got " +
                      num_text(spec.ci));
@@ -680,6 +684,7 @@ GridInferenceOptions inference_options(const char* fn, const InferenceSpec& spec
   GridInferenceOptions o;
   o.resamples = spec.bootstrap;
   o.permutations = spec.permutations;
+  o.workers = spec.workers;
   o.level = spec.ci;
   o.seed = spec.seed;
   try {

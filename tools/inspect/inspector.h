@@ -77,6 +77,7 @@ struct InferenceSpec {
   double ci = 0.95;                      // confidence level, in (0, 1)
   std::string ci_method = "percentile";  // "percentile" | "bca"
   int64_t permutations = 0;              // permutations per cell
+  int64_t workers = 0;                   // resamples at once (0: auto, 1: serial)
   uint64_t seed = 0;
   bool on() const { return bootstrap != 0 || permutations != 0; }
 };
