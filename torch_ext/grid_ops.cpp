@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "svcca/grid/grid.h"
+#include "svcca/measures/cca.h"
 #include "svcca/report/report.h"
 
 namespace svcca {
@@ -54,7 +55,8 @@ Precision parse_precision(const char* fn, const std::string& precision) {
 // measure that has them (the grid only reads the ones of its measure).
 GridOptions grid_options(const char* fn, const std::string& measure, const std::string& conv,
                          double fraction, c10::optional<int64_t> dims, double epsilon,
-                         const std::string& precision, const std::string& side) {
+                         const std::string& precision, const std::string& side,
+                         c10::optional<double> rank_rtol, bool allow_forced_correlations) {
   GridOptions o;
   o.measure = parse_grid_measure(fn, "measure", measure);
   o.conv = parse_grid_conv(fn, "conv", conv);
@@ -65,7 +67,10 @@ GridOptions grid_options(const char* fn, const std::string& measure, const std::
   for (CcaOptions* c : {&o.cca, &o.svcca.cca, &o.pwcca.cca}) {
     c->precision = p;
     c->epsilon = epsilon;
+    if (rank_rtol) c->rank_rtol = *rank_rtol;
+    c->allow_forced_correlations = allow_forced_correlations;
   }
+  if (rank_rtol) detail::check_cca_options(fn, o.cca);  // rank_rtol in [0, 1]
   o.svcca.fraction = fraction;
   if (dims) o.svcca.dims = *dims;
   return o;
@@ -112,10 +117,12 @@ GridTuple similarity_grid_full_op(at::TensorList x, std::vector<std::string> x_n
                                   c10::optional<std::vector<std::string>> y_names,
                                   c10::string_view measure, c10::string_view conv, double fraction,
                                   c10::optional<int64_t> dims, double epsilon,
-                                  c10::string_view precision, c10::string_view side) {
+                                  c10::string_view precision, c10::string_view side,
+                                  c10::optional<double> rank_rtol, bool allow_forced_correlations) {
   constexpr const char* fn = "similarity_grid";
-  GridOptions o = grid_options(fn, std::string(measure), std::string(conv), fraction, dims, epsilon,
-                               std::string(precision), std::string(side));
+  GridOptions o =
+      grid_options(fn, std::string(measure), std::string(conv), fraction, dims, epsilon,
+                   std::string(precision), std::string(side), rank_rtol, allow_forced_correlations);
   NamedActivations a = named(fn, "x", x, x_names);
   if (!y) return unpack(similarity_grid(a, o));
   TORCH_CHECK_VALUE(y_names.has_value(), fn, ": y_names must be given with y");
@@ -175,16 +182,18 @@ using Gb = c10::intrusive_ptr<GridBuilderHolder>;
 
 // torch.classes.svcca.GridBuilder(rows: List[str], cols: List[str] (empty: one-model grid),
 // measure: str, conv: str, fraction: float, dims: Optional[int], epsilon: float, precision: str,
-// side: str): svcca::GridBuilder. Methods: add(name, acts, col), add_undefined(name, reason, col),
-// set_fold_size(h, w), factor_bytes(), result() -> the grid tuple of _similarity_grid.
+// side: str, rank_rtol: Optional[float], allow_forced_correlations: bool): svcca::GridBuilder.
+// Methods: add(name, acts, col), add_undefined(name, reason, col), set_fold_size(h, w),
+// factor_bytes(), result() -> the grid tuple of _similarity_grid.
 void register_grid_builder_class(torch::Library& m) {
   m.class_<GridBuilderHolder>("GridBuilder")
       .def(torch::init([](std::vector<std::string> rows, std::vector<std::string> cols,
                           std::string measure, std::string conv, double fraction,
                           c10::optional<int64_t> dims, double epsilon, std::string precision,
-                          std::string side) {
-        GridOptions o =
-            grid_options("GridBuilder", measure, conv, fraction, dims, epsilon, precision, side);
+                          std::string side, c10::optional<double> rank_rtol,
+                          bool allow_forced_correlations) {
+        GridOptions o = grid_options("GridBuilder", measure, conv, fraction, dims, epsilon,
+                                     precision, side, rank_rtol, allow_forced_correlations);
         return c10::make_intrusive<GridBuilderHolder>(
             GridBuilder(std::move(rows), std::move(cols), std::move(o)));
       }))

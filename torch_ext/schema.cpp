@@ -107,7 +107,8 @@ TORCH_LIBRARY(svcca, m) {
   m.def(
       "_similarity_grid(Tensor[] x, str[] x_names, Tensor[]? y=None, str[]? y_names=None, "
       "str measure=\"cka\", str conv=\"auto\", float fraction=0.99, int? dims=None, "
-      "float epsilon=0., str precision=\"float64\", str side=\"auto\") -> (Tensor values, "
+      "float epsilon=0., str precision=\"float64\", str side=\"auto\", float? rank_rtol=None, "
+      "bool allow_forced_correlations=False) -> (Tensor values, "
       "str[] rows, str[] cols, str measure, int examples, Dict(str, str) options, "
       "str[] undefined_reasons, Tensor[] undefined_cells, str row_label, str col_label)");
   // svcca::write_grid_files of a grid given by its fields: <dir>/<stem>.json, .csv, .svg, .png.

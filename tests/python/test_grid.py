@@ -202,7 +202,7 @@ def test_grid_builder_class_equals_similarity_grid():
     import svcca
     xs = layers([3, 5, 7], 40, seed=16)
     b = torch.classes.svcca.GridBuilder(["l0", "l1", "l2"], [], "svcca", "auto", 0.99, None, 0.0,
-                                        "float64", "auto")
+                                        "float64", "auto", None, False)
     for i, x in enumerate(xs):
         b.add("l%d" % i, x, False)
         assert b.factor_bytes() > 0
@@ -211,7 +211,7 @@ def test_grid_builder_class_equals_similarity_grid():
     assert g.rows == ["l0", "l1", "l2"]
     assert_close(g.values, expected.values, tol(torch.float64, "closed_form"))
     b = torch.classes.svcca.GridBuilder(["a", "b"], ["c"], "cka", "auto", 0.99, None, 0.0,
-                                        "float64", "auto")
+                                        "float64", "auto", None, False)
     b.add("a", xs[0], False)
     b.add_undefined("b", "b: its output is not one row per example", False)
     assert_error(ValueError, ["every layer must be added first", "\"c\""], b.result)
@@ -220,6 +220,36 @@ def test_grid_builder_class_equals_similarity_grid():
     assert g.undefined == [("b: its output is not one row per example", [[1, 0]])]
     assert_close(g.values[0, 0], float(torch.ops.svcca.linear_cka(xs[0], xs[1])),
                  tol(torch.float64, "closed_form"))
+
+
+def test_rank_rtol_and_forced_correlations_reach_the_grid():
+    import svcca
+    # n = 20 examples; layers of 12 and 11 features keep 23 > n - 1 = 19 directions together.
+    a, b = layers([12, 11], 20, seed=17)
+    g = svcca.similarity_grid([a, b], measure="cca")
+    assert torch.isnan(g.values[0, 1]) and torch.isnan(g.values[1, 0])
+    assert any("allow_forced_correlations" in reason for reason, _ in g.undefined)
+    forced = svcca.similarity_grid([a, b], measure="cca", allow_forced_correlations=True)
+    want = svcca.cca(a, b, allow_forced_correlations=True)[0].mean()
+    assert_close(forced.values[0, 1], float(want), tol(torch.float64, "svd"))
+    assert forced.options["allow_forced_correlations"] == "true"
+    # rank_rtol: a layer with a direction of relative variance 1e-9 keeps it at 1e-12, drops it
+    # at 1e-6, as cca() does.
+    x, y = layers([4, 3], 200, seed=18)
+    x = x.clone()
+    x[:, 3] = x[:, 0] + 3e-5 * y[:, 0]
+    cells = []
+    for rtol in (1e-12, 1e-6):
+        g = svcca.similarity_grid([x, y], measure="cca", rank_rtol=rtol)
+        want = svcca.cca(x, y, rank_rtol=rtol)[0].mean()
+        assert_close(g.values[0, 1], float(want), tol(torch.float64, "svd"))
+        assert float(g.options["rank_rtol"]) == rtol
+        cells.append(float(g.values[0, 1]))
+    assert abs(cells[0] - cells[1]) > 1e-3  # the tolerance reached the cell
+    assert_error(ValueError, ["rank_rtol"], lambda: svcca.similarity_grid([x, y], measure="cca",
+                                                                          rank_rtol=2.0))
+    assert_error(TypeError, ["allow_forced_correlations must be a bool"],
+                 lambda: svcca.similarity_grid([x, y], allow_forced_correlations="yes"))
 
 
 def test_default_memory_budget():

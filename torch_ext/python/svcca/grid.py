@@ -20,7 +20,7 @@ from .capture import _GATE, _edit_distance
 __all__ = ["Grid", "similarity_grid", "module_grid", "default_memory_budget"]
 
 _OPTION_DEFAULTS = {"fraction": 0.99, "dims": None, "epsilon": 0.0, "precision": "float64",
-                    "side": "auto"}
+                    "side": "auto", "rank_rtol": None, "allow_forced_correlations": False}
 
 
 def default_memory_budget():
@@ -167,8 +167,13 @@ def _options(fn, options):
                         % (fn, ", ".join(unknown), ", ".join(_OPTION_DEFAULTS)))
     o = dict(_OPTION_DEFAULTS)
     o.update(options)
+    if not isinstance(o["allow_forced_correlations"], bool):
+        raise TypeError("%s: allow_forced_correlations must be a bool, but got %r"
+                        % (fn, o["allow_forced_correlations"]))
     return (float(o["fraction"]), None if o["dims"] is None else int(o["dims"]),
-            float(o["epsilon"]), str(o["precision"]), str(o["side"]))
+            float(o["epsilon"]), str(o["precision"]), str(o["side"]),
+            None if o["rank_rtol"] is None else float(o["rank_rtol"]),
+            o["allow_forced_correlations"])
 
 
 def similarity_grid(x, y=None, measure="cka", conv="auto", **options):
@@ -183,7 +188,10 @@ def similarity_grid(x, y=None, measure="cka", conv="auto", **options):
     the CKA family, pool for the CCA family), ``"flatten"``, ``"pool"``, ``"cls"``, ``"fold"``,
     ``"fourier"`` (cca only). ``options``: ``fraction`` and ``dims`` (svcca), ``epsilon`` (the
     CCA family's ridge), ``precision`` (``"float64"`` or ``"input"``), ``side`` (``"auto"``,
-    ``"features"``, ``"gram"``). A cell whose measure is undefined for its layers (a constant
+    ``"features"``, ``"gram"``), ``rank_rtol`` (the CCA family's rank tolerance, None: automatic)
+    and ``allow_forced_correlations`` (compute CCA-family cells whose layers keep more directions
+    than n - 1, where some correlations are 1 for any data; default False: such cells are
+    undefined, with that reason). A cell whose measure is undefined for its layers (a constant
     layer, cca with fewer than p + 2 examples, ...) is NaN and listed in ``Grid.undefined``; call
     ``grid.raise_if_undefined()`` to make that an error. ``torch.ops.svcca.similarity_grid`` is
     the TorchScript-callable op that returns the values only.
@@ -192,13 +200,14 @@ def similarity_grid(x, y=None, measure="cka", conv="auto", **options):
         g.values            # [2, 2] float64
         g.write("out")      # out/grid.json, .csv, .svg, .png
     """
-    fraction, dims, epsilon, precision, side = _options("similarity_grid", options)
+    fraction, dims, epsilon, precision, side, rank_rtol, forced = _options("similarity_grid",
+                                                                           options)
     a = _named_layers("similarity_grid", "x", x)
     b = None if y is None else _named_layers("similarity_grid", "y", y)
     t = torch.ops.svcca._similarity_grid(
         [v for _, v in a], [k for k, _ in a], None if b is None else [v for _, v in b],
         None if b is None else [k for k, _ in b], measure, conv, fraction, dims, epsilon,
-        precision, side)
+        precision, side, rank_rtol, forced)
     return Grid._from_tuple(t)
 
 
@@ -412,7 +421,7 @@ def module_grid(model, inputs, other=None, layers=None, exclude=None, measure="c
     examples is only known after the first pass, which keeps the layers that still fit as it goes.
 
     ``measure``, ``conv`` and ``options`` (``fraction``, ``dims``, ``epsilon``, ``precision``,
-    ``side``) as in :func:`similarity_grid`; ``conv="fourier"`` needs every layer at once and is
+    ``side``, ``rank_rtol``, ``allow_forced_correlations``) as in :func:`similarity_grid`; ``conv="fourier"`` needs every layer at once and is
     not supported here (capture the layers and use :func:`similarity_grid`). Returns a
     :class:`Grid` whose options also record ``passes``, ``memory_budget``, ``layers`` (the
     selection), ``exclude`` and ``batch_size``. ``progress``: one line per pass on stderr.
@@ -425,7 +434,7 @@ def module_grid(model, inputs, other=None, layers=None, exclude=None, measure="c
     non-positive ``batch_size`` or ``memory``.
     """
     fn = "module_grid"
-    fraction, dims, epsilon, precision, side = _options(fn, options)
+    opts = _options(fn, options)
     models = [model] if other is None else [model, other]
     for arg, m in zip(("model", "other"), models):
         if isinstance(m, torch.jit.ScriptModule):
@@ -446,8 +455,7 @@ def module_grid(model, inputs, other=None, layers=None, exclude=None, measure="c
                          "module_grid does not hold; capture the layers and call "
                          "svcca.similarity_grid(..., measure=\"cca\", conv=\"fourier\")")
     # Bad measure / conv / options fail here, before the model runs.
-    torch.classes.svcca.GridBuilder(["x"], [], measure, conv, fraction, dims, epsilon, precision,
-                                    side)
+    torch.classes.svcca.GridBuilder(["x"], [], measure, conv, *opts)
     pool = conv if conv in ("pool", "cls") else (
         "pool" if conv == "auto" and measure not in _CKA_FAMILY else None)
     if torch.is_tensor(inputs):
@@ -478,7 +486,7 @@ def module_grid(model, inputs, other=None, layers=None, exclude=None, measure="c
         with _GATE.eval_mode(models), torch.no_grad():
             return _module_grid(fn, models, recorders, selected, inputs, n_known, one_shot,
                                 batch_size, budget, device, measure, conv,
-                                (fraction, dims, epsilon, precision, side), layers, exclude, say)
+                                opts, layers, exclude, say)
     finally:
         for r in recorders:
             r.detach()
@@ -524,9 +532,7 @@ def _module_grid(fn, models, recorders, selected, inputs, n_known, one_shot, bat
         which = "model" if not rows else "other"
         raise ValueError("module_grid: layers must select modules whose output is a floating "
                          "tensor, but no selected module of %s gives one" % which)
-    fraction, dims, epsilon, precision, side_opt = opts
-    builder = torch.classes.svcca.GridBuilder(rows, cols, measure, conv, fraction, dims, epsilon,
-                                              precision, side_opt)
+    builder = torch.classes.svcca.GridBuilder(rows, cols, measure, conv, *opts)
     for u in units:
         if u["reason"] is not None:
             builder.add_undefined(u["name"], u["reason"], u["side"] == 1)
