@@ -269,6 +269,39 @@ TEST_F(InferenceTest, ColumnsConstantOnAResampleAreDroppedExactly) {
 
 // The leave-one-out weights of BCa give the measure without that example (N = n - 1 in the
 // weighted formulas, debiased CKA included).
+// A resample of n rows holds about 0.63 n distinct ones: layers whose kept directions add up to
+// more than that minus 1 have their spans intersect on every such resample, which forces
+// correlations to 1 (the one-shot rule counts n - 1, duplicates included, and would pass it).
+// Those resamples are undefined unless allow_forced_correlations, and then they are inflated.
+TEST_F(InferenceTest, ResamplesThatForceCorrelationsAreUndefined) {
+  const auto independent = [](int64_t n, uint64_t seed) {
+    auto g = at::detail::createCPUGenerator(seed);
+    return std::make_pair(at::randn({n, 20}, g, at::kDouble), at::randn({n, 20}, g, at::kDouble));
+  };
+  for (const std::string m : {"cca", "svcca", "pwcca"}) {
+    SCOPED_TRACE(m);
+    BootstrapOptions o;
+    o.resamples = 30;
+    o.seed = 4;
+    o.measure_options.svcca.dims = 20;
+    // n = 50: 40 directions fit in n - 1 = 49, not in the ~32 distinct rows of a resample.
+    auto [x, y] = independent(50, 12);
+    EXPECT_THROWS_WITH(bootstrap(x, y, m, o), "would force correlations to 1");
+    for (CcaOptions* c :
+         {&o.measure_options.cca, &o.measure_options.svcca.cca, &o.measure_options.pwcca.cca}) {
+      c->allow_forced_correlations = true;
+    }
+    const BootstrapResult forced = bootstrap(x, y, m, o);
+    EXPECT_EQ(forced.invalid, 0);
+    EXPECT_GT(forced.low, forced.estimate);  // every resample inflated above the estimate
+    // n = 200 (~126 distinct rows): every resample is defined without the option.
+    auto [x2, y2] = independent(200, 13);
+    o.measure_options = GridOptions{};
+    o.measure_options.svcca.dims = 20;
+    EXPECT_EQ(bootstrap(x2, y2, m, o).invalid, 0);
+  }
+}
+
 TEST_F(InferenceTest, JackknifeEqualsOneShotWithoutTheExample) {
   auto [x, y] = related(30, 4, 3, 2);
   for (const std::string m : {"cka", "debiased-cka", "cca", "procrustes"}) {

@@ -90,7 +90,10 @@ bool interval_of(double estimate, const at::Tensor& values, const at::Tensor& ja
     std::ostringstream s;
     s << "only " << sorted.size() << " of " << v.numel()
       << " resamples have a defined value (the measure is undefined on the others, e.g. a "
-         "layer constant on the examples drawn, or fewer distinct examples than it needs)";
+         "layer constant on the examples drawn, fewer distinct examples than it needs, or, for "
+         "cca / svcca / pwcca, layers keeping rx + ry directions above the distinct examples "
+         "drawn - 1 (about 0.63 n), which would force correlations to 1: use more examples, "
+         "fewer directions, or allow_forced_correlations)";
     *why = s.str();
     return false;
   }

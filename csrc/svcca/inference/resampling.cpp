@@ -319,9 +319,10 @@ struct MomentLayer : ResampleLayer {
 // One resample's moments of a layer.
 struct MomentOne {
   bool ok = false;
-  at::Tensor a;  // [d, p] drawn distinct rows times sqrt(multiplicity)
-  at::Tensor m;  // [p] weighted mean of the (full-mean-centered) rows
-  double n = 0;  // resample size
+  at::Tensor a;          // [d, p] drawn distinct rows times sqrt(multiplicity)
+  at::Tensor m;          // [p] weighted mean of the (full-mean-centered) rows
+  double n = 0;          // resample size
+  int64_t distinct = 0;  // distinct examples drawn
   LayerFactors factors;
   double trace = 0;  // procrustes: trace of the resampled covariance
 };
@@ -333,12 +334,13 @@ struct MomentDraw : ResampleDraw {
 class MomentResampler : public Resampler {
  public:
   MomentResampler(MomentKind kind, FactorOptions fopt, Precision precision, SvccaOptions svcca,
-                  bool permutations)
+                  bool permutations, bool allow_forced)
       : kind_(kind),
         fopt_(std::move(fopt)),
         precision_(precision),
         svcca_(std::move(svcca)),
-        permutations_(permutations) {}
+        permutations_(permutations),
+        allow_forced_(allow_forced) {}
 
   std::shared_ptr<const ResampleLayer> layer(const char* fn, const std::string& name,
                                              const at::Tensor& mat) const override {
@@ -383,6 +385,7 @@ class MomentResampler : public Resampler {
       const at::Tensor w = weights.select(1, b).to(l.xc.scalar_type());
       const at::Tensor sel = at::nonzero(w).squeeze(1);
       const int64_t distinct = sel.numel();
+      o.distinct = distinct;
       if (kind_ == MomentKind::kCca && distinct < p + 2) continue;  // CCA is degenerate there
       const at::Tensor ws = w.index_select(0, sel);
       at::Tensor xs = l.xc.index_select(0, sel);  // a copy of its own: scaled in place below
@@ -434,10 +437,14 @@ class MomentResampler : public Resampler {
     std::vector<double> out(count, kNaN);
     for (int64_t k = 0; k < count; ++k) {
       if (a.wide || b.wide) {
-        const at::Tensor rows = drawn_rows(weights.select(1, k).to(a.raw.device()));
+        const at::Tensor w = weights.select(1, k);
+        const at::Tensor rows = drawn_rows(w.to(a.raw.device()));
         try {
-          out[k] = svcca::svcca(a.raw.index_select(0, rows), b.raw.index_select(0, rows), svcca_)
-                       .score.item<double>();
+          const SvccaResult r =
+              svcca::svcca(a.raw.index_select(0, rows), b.raw.index_select(0, rows), svcca_);
+          if (!forced(r.x_dims, r.y_dims, at::count_nonzero(w).item<int64_t>())) {
+            out[k] = r.score.item<double>();
+          }
         } catch (const c10::Error&) {
         }
         continue;
@@ -445,6 +452,10 @@ class MomentResampler : public Resampler {
       const MomentOne& ox = da.one[k];
       const MomentOne& oy = db.one[k];
       if (!ox.ok || !oy.ok) continue;
+      if (kind_ != MomentKind::kProcrustes &&
+          forced(ox.factors.rank, oy.factors.rank, ox.distinct)) {
+        continue;
+      }
       at::Tensor sxy = (at::mm(ox.a.t(), oy.a) - at::outer(ox.m, oy.m) * ox.n) / (ox.n - 1.0);
       if (kind_ == MomentKind::kProcrustes) {
         out[k] = std::min(
@@ -478,11 +489,19 @@ class MomentResampler : public Resampler {
   bool concurrent() const override { return true; }
 
  private:
+  // The duplicated rows of a resample add no dimension: its kept directions span at most
+  // distinct - 1, so rx + ry above that forces correlations to 1 as in the one-shot rule
+  // (check_forced_correlations), which the resample's n (duplicates counted) would not catch.
+  bool forced(int64_t rx, int64_t ry, int64_t distinct) const {
+    return !allow_forced_ && rx + ry > distinct - 1;
+  }
+
   MomentKind kind_;
   FactorOptions fopt_;
   Precision precision_;
   SvccaOptions svcca_;
   bool permutations_;
+  bool allow_forced_;
 };
 
 // ---- pwcca: the one-shot measure on the resampled rows -----------------------------------------
@@ -521,7 +540,12 @@ class PwccaResampler : public Resampler {
       if (at::count_nonzero(w).item<int64_t>() < need) continue;  // degenerate, as check_rows
       const at::Tensor rows = drawn_rows(w.to(a.device()));
       try {
-        out[k] = pwcca(a.index_select(0, rows), b.index_select(0, rows), o_).score.item<double>();
+        const PwccaResult r = pwcca(a.index_select(0, rows), b.index_select(0, rows), o_);
+        // As MomentResampler::forced: duplicated rows add no dimension.
+        if (o_.cca.allow_forced_correlations ||
+            r.x_rank + r.y_rank <= at::count_nonzero(w).item<int64_t>() - 1) {
+          out[k] = r.score.item<double>();
+        }
       } catch (const c10::Error&) {
       }
     }
@@ -558,16 +582,18 @@ std::unique_ptr<Resampler> make_resampler(const char* fn, const std::string& mea
   if (measure == "cca") {
     check_cca_options(fn, o.cca);
     return std::make_unique<MomentResampler>(MomentKind::kCca, factor_options(o.cca),
-                                             o.cca.precision, o.svcca, permutations);
+                                             o.cca.precision, o.svcca, permutations,
+                                             o.cca.allow_forced_correlations);
   }
   if (measure == "svcca") {
     check_svcca_options(fn, o.svcca);
     return std::make_unique<MomentResampler>(MomentKind::kSvcca, svcca_factor_options(o.svcca),
-                                             o.svcca.cca.precision, o.svcca, permutations);
+                                             o.svcca.cca.precision, o.svcca, permutations,
+                                             o.svcca.cca.allow_forced_correlations);
   }
   if (measure == "procrustes") {
     return std::make_unique<MomentResampler>(MomentKind::kProcrustes, FactorOptions{}, o.precision,
-                                             o.svcca, permutations);
+                                             o.svcca, permutations, true);
   }
   if (measure == "pwcca") {
     check_cca_options(fn, o.pwcca.cca);

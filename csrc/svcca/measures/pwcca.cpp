@@ -68,6 +68,8 @@ PwccaResult pwcca_from_factors(const char* fn, const LayerFactors& fx, const Lay
                             false);
 
   PwccaResult r;
+  r.x_rank = pf.x.rank;
+  r.y_rank = pf.y.rank;
   at::Tensor weights, correlations;
   if (options.weighting == PwccaWeighting::kReference) {
     // The reference's directions add each neuron's mean to a singular vector, so its number

@@ -31,6 +31,8 @@ struct PwccaResult {
   at::Tensor weights;           // [k], non-negative, sum to 1
   at::Tensor correlations;      // [k] descending
   bool weights_from_y = false;  // true when y supplied the weights (kReference, y has fewer)
+  int64_t x_rank = 0;           // directions of x that entered the CCA
+  int64_t y_rank = 0;
 };
 
 // Projection-weighted CCA of x: [n, p1] and y: [n, p2]. Not symmetric: pwcca(x, y) and
