@@ -26,12 +26,15 @@ uint64_t checked_seed(const char* fn, int64_t seed) {
   return static_cast<uint64_t>(seed);
 }
 
-// The measure options the ops take: svcca's fraction / dims, the CCA family's epsilon, rbf-cka's
-// absolute sigma (None: the median rule).
+// The measure options the ops take: svcca's fraction / dims, the CCA family's epsilon and
+// allow_forced_correlations, rbf-cka's absolute sigma (None: the median rule).
 GridOptions measure_options(double fraction, c10::optional<int64_t> dims, double epsilon,
-                            c10::optional<double> sigma) {
+                            c10::optional<double> sigma, bool allow_forced_correlations) {
   GridOptions o;
-  for (CcaOptions* c : {&o.cca, &o.svcca.cca, &o.pwcca.cca}) c->epsilon = epsilon;
+  for (CcaOptions* c : {&o.cca, &o.svcca.cca, &o.pwcca.cca}) {
+    c->epsilon = epsilon;
+    c->allow_forced_correlations = allow_forced_correlations;
+  }
   o.svcca.fraction = fraction;
   if (dims) o.svcca.dims = *dims;
   if (sigma) o.rbf.sigma = *sigma;
@@ -49,24 +52,24 @@ BootstrapTuple to_tuple(const BootstrapResult& r) {
 BootstrapOptions bootstrap_options(const char* fn, int64_t resamples, double level, int64_t seed,
                                    c10::string_view method, double fraction,
                                    c10::optional<int64_t> dims, double epsilon,
-                                   c10::optional<double> sigma, int64_t workers) {
+                                   c10::optional<double> sigma, int64_t workers, bool allow) {
   BootstrapOptions o;
   o.workers = workers;
   o.resamples = resamples;
   o.level = level;
   o.seed = checked_seed(fn, seed);
   o.method = parse_interval_method(fn, "method", std::string(method));
-  o.measure_options = measure_options(fraction, dims, epsilon, sigma);
+  o.measure_options = measure_options(fraction, dims, epsilon, sigma, allow);
   return o;
 }
 
 BootstrapTuple bootstrap_op(const at::Tensor& x, const at::Tensor& y, c10::string_view measure,
                             int64_t resamples, double level, int64_t seed, c10::string_view method,
                             double fraction, c10::optional<int64_t> dims, double epsilon,
-                            c10::optional<double> sigma, int64_t workers) {
+                            c10::optional<double> sigma, int64_t workers, bool allow) {
   return to_tuple(bootstrap(x, y, std::string(measure),
                             bootstrap_options("bootstrap", resamples, level, seed, method, fraction,
-                                              dims, epsilon, sigma, workers)));
+                                              dims, epsilon, sigma, workers, allow)));
 }
 
 BootstrapTuple bootstrap_difference_op(const at::Tensor& a, const at::Tensor& b,
@@ -74,22 +77,22 @@ BootstrapTuple bootstrap_difference_op(const at::Tensor& a, const at::Tensor& b,
                                        int64_t resamples, double level, int64_t seed,
                                        c10::string_view method, double fraction,
                                        c10::optional<int64_t> dims, double epsilon,
-                                       c10::optional<double> sigma, int64_t workers) {
+                                       c10::optional<double> sigma, int64_t workers, bool allow) {
   return to_tuple(
       bootstrap_difference(a, b, c, std::string(measure),
                            bootstrap_options("bootstrap_difference", resamples, level, seed, method,
-                                             fraction, dims, epsilon, sigma, workers)));
+                                             fraction, dims, epsilon, sigma, workers, allow)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t> permutation_test_op(
     const at::Tensor& x, const at::Tensor& y, c10::string_view measure, int64_t permutations,
     int64_t seed, double fraction, c10::optional<int64_t> dims, double epsilon,
-    c10::optional<double> sigma, int64_t workers) {
+    c10::optional<double> sigma, int64_t workers, bool allow) {
   PermutationOptions o;
   o.permutations = permutations;
   o.workers = workers;
   o.seed = checked_seed("permutation_test", seed);
-  o.measure_options = measure_options(fraction, dims, epsilon, sigma);
+  o.measure_options = measure_options(fraction, dims, epsilon, sigma, allow);
   PermutationResult r = permutation_test(x, y, std::string(measure), o);
   return {scalar(r.estimate), scalar(r.p_value), scalar(r.null_mean), r.null, r.exceed};
 }
@@ -105,9 +108,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 grid_inference_op(at::TensorList x, c10::optional<at::TensorList> y, c10::string_view measure,
                   c10::string_view conv, int64_t resamples, double level, c10::string_view method,
                   int64_t permutations, int64_t seed, double fraction, c10::optional<int64_t> dims,
-                  double epsilon, c10::optional<double> sigma, int64_t workers) {
+                  double epsilon, c10::optional<double> sigma, int64_t workers, bool allow) {
   constexpr const char* fn = "grid_inference";
-  GridOptions o = measure_options(fraction, dims, epsilon, sigma);
+  GridOptions o = measure_options(fraction, dims, epsilon, sigma, allow);
   o.measure = parse_grid_measure(fn, "measure", std::string(measure));
   o.conv = parse_grid_conv(fn, "conv", std::string(conv));
   GridInferenceOptions io;

@@ -70,33 +70,36 @@ TORCH_LIBRARY(svcca, m) {
 
   // Inference (torch_ext/inference_ops.cpp): bootstrap intervals over examples, the paired
   // difference measure(a, c) - measure(b, c), permutation tests; values as float64 0-d tensors.
-  // workers: resamples / permutations run at once (0: as many as the BLAS has threads, within the
+  // allow_forced_correlations: as the measures' (resamples whose directions exceed the distinct
+  // examples drawn - 1 count too). workers: resamples / permutations run at once (0: as many as the BLAS has threads, within the
   // memory budget; 1: one at a time; the same numbers to rounding: a worker runs its BLAS calls
   // single-threaded).
   m.def(
       "bootstrap(Tensor x, Tensor y, str measure=\"cka\", int resamples=1000, float level=0.95, "
       "int seed=0, str method=\"percentile\", float fraction=0.99, int? dims=None, "
-      "float epsilon=0., float? sigma=None, int workers=0) -> (Tensor estimate, Tensor low, "
-      "Tensor high, Tensor standard_error, Tensor resamples, int invalid)");
+      "float epsilon=0., float? sigma=None, int workers=0, bool allow_forced_correlations=False) "
+      "-> (Tensor estimate, Tensor low, Tensor high, Tensor standard_error, Tensor resamples, "
+      "int invalid)");
   m.def(
       "bootstrap_difference(Tensor a, Tensor b, Tensor c, str measure=\"cka\", "
       "int resamples=1000, float level=0.95, int seed=0, str method=\"percentile\", "
       "float fraction=0.99, int? dims=None, float epsilon=0., float? sigma=None, "
-      "int workers=0) -> (Tensor estimate, Tensor low, Tensor high, Tensor standard_error, "
-      "Tensor resamples, int invalid)");
+      "int workers=0, bool allow_forced_correlations=False) -> (Tensor estimate, Tensor low, "
+      "Tensor high, Tensor standard_error, Tensor resamples, int invalid)");
   m.def(
       "permutation_test(Tensor x, Tensor y, str measure=\"cka\", int permutations=1000, "
       "int seed=0, float fraction=0.99, int? dims=None, float epsilon=0., float? sigma=None, "
-      "int workers=0) -> (Tensor estimate, Tensor p_value, Tensor null_mean, Tensor null, "
-      "int exceed)");
+      "int workers=0, bool allow_forced_correlations=False) -> (Tensor estimate, "
+      "Tensor p_value, Tensor null_mean, Tensor null, int exceed)");
   // A grid with every cell's interval and p-value ([0, 0] tensors for what was not asked for);
   // reasons / cells: cells without one ([k, 2] int64 (row, col) per reason).
   m.def(
       "_grid_inference(Tensor[] x, Tensor[]? y=None, str measure=\"cka\", str conv=\"auto\", "
       "int resamples=0, float level=0.95, str method=\"percentile\", int permutations=0, "
       "int seed=0, float fraction=0.99, int? dims=None, float epsilon=0., float? sigma=None, "
-      "int workers=0) -> (Tensor values, Tensor low, Tensor high, Tensor standard_error, "
-      "Tensor p_value, Tensor null_mean, str[] reasons, Tensor[] cells)");
+      "int workers=0, bool allow_forced_correlations=False) -> (Tensor values, Tensor low, "
+      "Tensor high, Tensor standard_error, Tensor p_value, Tensor null_mean, str[] reasons, "
+      "Tensor[] cells)");
 
   // Layer x layer grids (torch_ext/grid_ops.cpp): values [len(x), len(y or x)], float64 on the CPU.
   m.def(

@@ -656,10 +656,12 @@ TEST_F(InferenceTest, OpsThroughTheDispatcherEqualDirectCalls) {
   };
   using BootSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t>(
       const at::Tensor&, const at::Tensor&, c10::string_view, int64_t, double, int64_t,
-      c10::string_view, double, c10::optional<int64_t>, double, c10::optional<double>, int64_t);
-  auto b = find("svcca::bootstrap")
-               .typed<BootSig>()
-               .call(x, y, "svcca", 25, 0.9, 3, "bca", 0.99, c10::nullopt, 0.0, c10::nullopt, 2);
+      c10::string_view, double, c10::optional<int64_t>, double, c10::optional<double>, int64_t,
+      bool);
+  auto b =
+      find("svcca::bootstrap")
+          .typed<BootSig>()
+          .call(x, y, "svcca", 25, 0.9, 3, "bca", 0.99, c10::nullopt, 0.0, c10::nullopt, 2, false);
   BootstrapOptions o;
   o.resamples = 25;
   o.level = 0.9;
@@ -673,10 +675,10 @@ TEST_F(InferenceTest, OpsThroughTheDispatcherEqualDirectCalls) {
   EXPECT_ALLCLOSE(std::get<4>(b), d.resamples, tol::kDecomp64);
   using PermSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t>(
       const at::Tensor&, const at::Tensor&, c10::string_view, int64_t, int64_t, double,
-      c10::optional<int64_t>, double, c10::optional<double>, int64_t);
+      c10::optional<int64_t>, double, c10::optional<double>, int64_t, bool);
   auto p = find("svcca::permutation_test")
                .typed<PermSig>()
-               .call(x, y, "cca", 30, 2, 0.99, c10::nullopt, 0.0, c10::nullopt, 3);
+               .call(x, y, "cca", 30, 2, 0.99, c10::nullopt, 0.0, c10::nullopt, 3, false);
   PermutationResult pd = permutation_test(x, y, "cca", {30, 2});
   EXPECT_EQ(std::get<1>(p).item<double>(), pd.p_value);
   EXPECT_ALLCLOSE(std::get<3>(p), pd.null, tol::kDecomp64);

@@ -101,6 +101,25 @@ def test_workers_give_the_serial_numbers(measure):
         torch.testing.assert_close(g2.p_value, g1.p_value, **close)
 
 
+@pytest.mark.parametrize("measure", ["cca", "svcca", "pwcca"])
+def test_resamples_forcing_correlations_need_the_option(measure):
+    # n = 50 and 20 + 20 features: the one-shot rule holds (40 <= 49), a resample's ~32 distinct
+    # rows cannot hold 40 directions.
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(50, 20, generator=g, dtype=torch.float64)
+    y = torch.randn(50, 20, generator=g, dtype=torch.float64)
+    with pytest.raises(ValueError) as e:
+        svcca.bootstrap(x, y, measure, resamples=20, dims=20)
+    assert "would force correlations to 1" in str(e.value)
+    r = svcca.bootstrap(x, y, measure, resamples=20, dims=20, allow_forced_correlations=True)
+    assert r.invalid == 0 and r.low > r.estimate
+    grid = svcca.grid_inference([x, y], measure=measure, resamples=20, dims=20)
+    assert any("would force correlations to 1" in reason for reason, _ in grid.undefined)
+    grid = svcca.grid_inference([x, y], measure=measure, resamples=20, dims=20,
+                                allow_forced_correlations=True)
+    assert torch.isfinite(grid.low).all()
+
+
 def test_torchscript_round_trip():
     @torch.jit.script
     def f(x, y):
