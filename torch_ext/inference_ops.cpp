@@ -104,7 +104,7 @@ at::Tensor or_empty(const at::Tensor& t) {
 // The grid's values with every cell's interval and p-value (empty [0, 0] tensors for what was
 // not asked for), and the reasons of cells without one.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           std::vector<std::string>, std::vector<at::Tensor>>
+           std::vector<std::string>, std::vector<at::Tensor>, at::Tensor>
 grid_inference_op(at::TensorList x, c10::optional<at::TensorList> y, c10::string_view measure,
                   c10::string_view conv, int64_t resamples, double level, c10::string_view method,
                   int64_t permutations, int64_t seed, double fraction, c10::optional<int64_t> dims,
@@ -147,7 +147,8 @@ grid_inference_op(at::TensorList x, c10::optional<at::TensorList> y, c10::string
           or_empty(inf.p_value),
           or_empty(inf.null_mean),
           reasons,
-          cells};
+          cells,
+          or_empty(inf.invalid)};
 }
 
 }  // namespace

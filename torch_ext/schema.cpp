@@ -99,7 +99,7 @@ TORCH_LIBRARY(svcca, m) {
       "int seed=0, float fraction=0.99, int? dims=None, float epsilon=0., float? sigma=None, "
       "int workers=0, bool allow_forced_correlations=False) -> (Tensor values, Tensor low, "
       "Tensor high, Tensor standard_error, Tensor p_value, Tensor null_mean, str[] reasons, "
-      "Tensor[] cells)");
+      "Tensor[] cells, Tensor invalid)");
 
   // Layer x layer grids (torch_ext/grid_ops.cpp): values [len(x), len(y or x)], float64 on the CPU.
   m.def(

@@ -69,12 +69,14 @@ def test_compare_intervals_and_p_values_equal_the_python_api(run, acts, tmp_path
     # The long CSV: one record per cell, the same numbers.
     with open(tmp_path / "o" / "compare_cells.csv", newline="") as f:
         recs = list(csv.reader(f))
-    assert recs[0][2:] == ["value", "low", "high", "standard_error", "p_value", "null_mean"]
+    assert recs[0][2:] == ["value", "low", "high", "standard_error", "invalid", "p_value",
+                          "null_mean"]
     assert len(recs) == 1 + len(rows) * len(cols)
     for rec in recs[1:]:
         i, k = rows.index(rec[0]), cols.index(rec[1])
         np.testing.assert_allclose(float(rec[3]), inf["low"][i][k], rtol=1e-15)
-        np.testing.assert_allclose(float(rec[6]), inf["p_value"][i][k], rtol=1e-15)
+        assert float(rec[6]) == inf["invalid"][i][k] == 0  # every resample defined
+        np.testing.assert_allclose(float(rec[7]), inf["p_value"][i][k], rtol=1e-15)
 
 
 def test_same_seed_same_numbers_other_seed_others(run, acts):

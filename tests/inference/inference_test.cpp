@@ -300,6 +300,37 @@ TEST_F(InferenceTest, ResamplesThatForceCorrelationsAreUndefined) {
     o.measure_options.svcca.dims = 20;
     EXPECT_EQ(bootstrap(x2, y2, m, o).invalid, 0);
   }
+  // In a grid the pair's cells have no interval, every resample counted as invalid; a layer
+  // against itself (the diagonal) is exempt, as in the grid's own rule.
+  auto [x, y] = independent(50, 12);
+  const NamedActivations layers{{"x", x}, {"y", y}};
+  for (GridMeasure gm : {GridMeasure::kCca, GridMeasure::kSvcca, GridMeasure::kPwcca}) {
+    GridOptions go;
+    go.measure = gm;
+    go.svcca.dims = 20;
+    Grid g = similarity_grid(layers, go);
+    GridInferenceOptions io;
+    io.resamples = 30;
+    add_grid_inference(g, layers, {}, go, io);
+    SCOPED_TRACE(to_string(gm));
+    EXPECT_EQ(g.inference.invalid[0][1].item<double>(), 30.0);
+    EXPECT_TRUE(std::isnan(g.inference.low[0][1].item<double>()));
+    EXPECT_EQ(g.inference.invalid[0][0].item<double>(), 0.0);
+    EXPECT_FALSE(std::isnan(g.inference.low[1][1].item<double>()));
+    EXPECT_EQ(grid_to_json(g)["inference"]["invalid"][1][0].get<double>(), 30.0);
+  }
+  // The diagonal of a wide layer (p > n: svcca's resamples run the one-shot measure) is exempt
+  // too: each resample of it is 1.
+  GridOptions go;
+  go.measure = GridMeasure::kSvcca;
+  go.svcca.dims = 26;  // 2 x 26 > n - 1: the one-shot rule would refuse the pair of copies
+  const NamedActivations wide{{"w", at::randn({50, 70}, at::kDouble)}};
+  Grid g = similarity_grid(wide, go);
+  GridInferenceOptions io;
+  io.resamples = 30;
+  add_grid_inference(g, wide, {}, go, io);
+  EXPECT_EQ(g.inference.invalid[0][0].item<double>(), 0.0);
+  EXPECT_NEAR(g.inference.low[0][0].item<double>(), 1.0, tol::kDecomp64.atol + 1e-10);
 }
 
 TEST_F(InferenceTest, JackknifeEqualsOneShotWithoutTheExample) {
@@ -624,7 +655,8 @@ TEST_F(InferenceTest, ReportsCarryIntervalsAndMarkUncertainCells) {
   EXPECT_DOUBLE_EQ(j["inference"]["p_value"][0][2].get<double>(),
                    g.inference.p_value[0][2].item<double>());
   const std::string csv = grid_cells_csv(g);
-  EXPECT_EQ(csv.rfind("layer,layer,value,low,high,standard_error,p_value,null_mean\r\n", 0), 0u)
+  EXPECT_EQ(csv.rfind("layer,layer,value,low,high,standard_error,invalid,p_value,null_mean\r\n", 0),
+            0u)
       << csv.substr(0, 80);
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 9);
   HeatmapOptions ho;

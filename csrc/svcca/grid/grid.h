@@ -118,7 +118,11 @@ struct GridInference {
   int64_t permutations = 0;  // permutations per cell (0: no p-values)
   uint64_t seed = 0;         // seed of the resamples and permutations (shared by every cell)
   at::Tensor low, high, standard_error;  // [rows, cols] float64 CPU (NaN: no interval)
-  at::Tensor p_value, null_mean;         // [rows, cols] float64 CPU (NaN: no test)
+  // [rows, cols] float64 CPU: resamples on which the cell's measure is undefined, left out of its
+  // interval (NaN: cells not resampled). A share well above 0 biases the interval towards the
+  // resamples that remain.
+  at::Tensor invalid;
+  at::Tensor p_value, null_mean;  // [rows, cols] float64 CPU (NaN: no test)
   // Defined cells without an interval or p-value, with the reason (e.g. too few valid resamples).
   std::vector<UndefinedCells> undefined;
 };

@@ -164,7 +164,9 @@ void InferenceGridBuilder::apply(Grid& grid) const {
   out.seed = m.options.seed;
   const double nan = std::numeric_limits<double>::quiet_NaN();
   auto full = [&] { return at::full({nr, nc}, nan, at::kDouble); };
-  if (out.resamples > 0) out.low = full(), out.high = full(), out.standard_error = full();
+  if (out.resamples > 0) {
+    out.low = full(), out.high = full(), out.standard_error = full(), out.invalid = full();
+  }
   if (out.permutations > 0) out.p_value = full(), out.null_mean = full();
 
   // The cells to evaluate, and the layers they need.
@@ -219,10 +221,12 @@ void InferenceGridBuilder::apply(Grid& grid) const {
         if (detail::interval_of(est[c][0].item<double>(), res[c],
                                 jack.defined() ? jack[c] : at::Tensor(), m.options.level,
                                 m.options.method, &iv, &why)) {
+          set(out.invalid, i, j, static_cast<double>(iv.invalid));
           set(out.low, i, j, iv.low);
           set(out.high, i, j, iv.high);
           set(out.standard_error, i, j, iv.standard_error);
         } else {
+          set(out.invalid, i, j, static_cast<double>(iv.invalid));
           add_reason(out.undefined, "no interval: " + why, i, j);
           if (mirror && i != j) add_reason(out.undefined, "no interval: " + why, j, i);
         }

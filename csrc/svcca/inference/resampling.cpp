@@ -340,7 +340,10 @@ class MomentResampler : public Resampler {
         precision_(precision),
         svcca_(std::move(svcca)),
         permutations_(permutations),
-        allow_forced_(allow_forced) {}
+        allow_forced_(allow_forced) {
+    self_svcca_ = svcca_;
+    self_svcca_.cca.allow_forced_correlations = true;  // a layer against itself is exempt
+  }
 
   std::shared_ptr<const ResampleLayer> layer(const char* fn, const std::string& name,
                                              const at::Tensor& mat) const override {
@@ -441,8 +444,9 @@ class MomentResampler : public Resampler {
         const at::Tensor rows = drawn_rows(w.to(a.raw.device()));
         try {
           const SvccaResult r =
-              svcca::svcca(a.raw.index_select(0, rows), b.raw.index_select(0, rows), svcca_);
-          if (!forced(r.x_dims, r.y_dims, at::count_nonzero(w).item<int64_t>())) {
+              svcca::svcca(a.raw.index_select(0, rows), b.raw.index_select(0, rows),
+                           &x == &y ? self_svcca_ : svcca_);
+          if (&x == &y || !forced(r.x_dims, r.y_dims, at::count_nonzero(w).item<int64_t>())) {
             out[k] = r.score.item<double>();
           }
         } catch (const c10::Error&) {
@@ -452,7 +456,7 @@ class MomentResampler : public Resampler {
       const MomentOne& ox = da.one[k];
       const MomentOne& oy = db.one[k];
       if (!ox.ok || !oy.ok) continue;
-      if (kind_ != MomentKind::kProcrustes &&
+      if (kind_ != MomentKind::kProcrustes && &x != &y &&
           forced(ox.factors.rank, oy.factors.rank, ox.distinct)) {
         continue;
       }
@@ -491,7 +495,8 @@ class MomentResampler : public Resampler {
  private:
   // The duplicated rows of a resample add no dimension: its kept directions span at most
   // distinct - 1, so rx + ry above that forces correlations to 1 as in the one-shot rule
-  // (check_forced_correlations), which the resample's n (duplicates counted) would not catch.
+  // (check_forced_correlations), which the resample's n (duplicates counted) would not catch. A
+  // layer against itself (a grid's diagonal) is exempt, as in the grid.
   bool forced(int64_t rx, int64_t ry, int64_t distinct) const {
     return !allow_forced_ && rx + ry > distinct - 1;
   }
@@ -500,6 +505,7 @@ class MomentResampler : public Resampler {
   FactorOptions fopt_;
   Precision precision_;
   SvccaOptions svcca_;
+  SvccaOptions self_svcca_;  // svcca_ with the forced-correlation rule off (the diagonal)
   bool permutations_;
   bool allow_forced_;
 };
@@ -540,9 +546,11 @@ class PwccaResampler : public Resampler {
       if (at::count_nonzero(w).item<int64_t>() < need) continue;  // degenerate, as check_rows
       const at::Tensor rows = drawn_rows(w.to(a.device()));
       try {
-        const PwccaResult r = pwcca(a.index_select(0, rows), b.index_select(0, rows), o_);
+        PwccaOptions o = o_;
+        o.cca.allow_forced_correlations = o.cca.allow_forced_correlations || &x == &y;
+        const PwccaResult r = pwcca(a.index_select(0, rows), b.index_select(0, rows), o);
         // As MomentResampler::forced: duplicated rows add no dimension.
-        if (o_.cca.allow_forced_correlations ||
+        if (o_.cca.allow_forced_correlations || &x == &y ||
             r.x_rank + r.y_rank <= at::count_nonzero(w).item<int64_t>() - 1) {
           out[k] = r.score.item<double>();
         }

@@ -610,6 +610,7 @@ nlohmann::json inference_to_json(const Grid& grid) {
     j["low"] = cell_matrix(fn, "low", grid, inf.low);
     j["high"] = cell_matrix(fn, "high", grid, inf.high);
     j["standard_error"] = cell_matrix(fn, "standard_error", grid, inf.standard_error);
+    if (inf.invalid.defined()) j["invalid"] = cell_matrix(fn, "invalid", grid, inf.invalid);
   }
   if (inf.permutations > 0) {
     j["p_value"] = cell_matrix(fn, "p_value", grid, inf.p_value);
@@ -634,6 +635,7 @@ std::string grid_cells_csv(const Grid& grid) {
   if (inf.resamples > 0) {
     cols.insert(cols.end(),
                 {{"low", inf.low}, {"high", inf.high}, {"standard_error", inf.standard_error}});
+    if (inf.invalid.defined()) cols.emplace_back("invalid", inf.invalid);
   }
   if (inf.permutations > 0)
     cols.insert(cols.end(), {{"p_value", inf.p_value}, {"null_mean", inf.null_mean}});

@@ -41,6 +41,7 @@ class GridInference(NamedTuple):
     p_value: Optional[torch.Tensor]    # (None without permutations)
     null_mean: Optional[torch.Tensor]
     undefined: List[Tuple[str, torch.Tensor]]  # (reason, [k, 2] (row, col)) without an interval
+    invalid: Optional[torch.Tensor] = None  # [rows, cols] resamples left out (measure undefined)
 
 
 def _ops():
@@ -110,4 +111,4 @@ def grid_inference(x, y=None, measure="cka", conv="auto", resamples=0, level=0.9
         return t if t.numel() > 0 else None
 
     return GridInference(out[0], part(out[1]), part(out[2]), part(out[3]), part(out[4]),
-                         part(out[5]), list(zip(out[6], out[7])))
+                         part(out[5]), list(zip(out[6], out[7])), part(out[8]))
