@@ -2,8 +2,6 @@
 of the ops): each resample equals the one-shot measure on the drawn rows (reproduced here from
 the bootstrap identity), TorchScript round trip, seeds, and errors as ValueError.
 """
-import math
-
 import pytest
 import torch
 
