@@ -71,9 +71,9 @@ TORCH_LIBRARY(svcca, m) {
   // Inference (torch_ext/inference_ops.cpp): bootstrap intervals over examples, the paired
   // difference measure(a, c) - measure(b, c), permutation tests; values as float64 0-d tensors.
   // allow_forced_correlations: as the measures' (resamples whose directions exceed the distinct
-  // examples drawn - 1 count too). workers: resamples / permutations run at once (0: as many as the BLAS has threads, within the
-  // memory budget; 1: one at a time; the same numbers to rounding: a worker runs its BLAS calls
-  // single-threaded).
+  // examples drawn - 1 count too). workers: resamples / permutations run at once (0: as many as
+  // the BLAS has threads, within the memory budget; 1: one at a time; the same numbers to
+  // rounding: a worker runs its BLAS calls single-threaded).
   m.def(
       "bootstrap(Tensor x, Tensor y, str measure=\"cka\", int resamples=1000, float level=0.95, "
       "int seed=0, str method=\"percentile\", float fraction=0.99, int? dims=None, "

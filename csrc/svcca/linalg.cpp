@@ -330,7 +330,7 @@ PairMoments blocked_pair_moments(const at::Tensor& x, const at::Tensor& y, at::S
   m.y_source = y;
   const double dn = static_cast<double>(n);
   if constexpr (std::is_same_v<T, double>) {
-    if (sx.raw && sy.raw && x.scalar_type() == at::kDouble && y.scalar_type() == at::kDouble) {
+    if (sx.raw && sy.raw) {  // raw is only ever set for float64 layers
       // Nearly centered float64 layers: the products of the layers themselves, no centered copy.
       // S = (X^T X f^2 - n m m^T) / (n - 1) with m = mu f the mean in the moments' units (f a
       // power of two within 2^+-kRawExponent: exact).

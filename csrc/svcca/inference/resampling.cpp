@@ -316,6 +316,14 @@ struct MomentLayer : ResampleLayer {
   }
 };
 
+// The duplicated rows of a resample add no dimension: its kept directions span at most
+// distinct - 1, so rx + ry above that forces correlations to 1 as in the one-shot rule
+// (check_forced_correlations), which the resample's n (duplicates counted) would not catch. The
+// callers allow it for a layer against itself (a grid's diagonal), as the grid does.
+bool forced_on_resample(bool allow, int64_t rx, int64_t ry, int64_t distinct) {
+  return !allow && rx + ry > distinct - 1;
+}
+
 // One resample's moments of a layer.
 struct MomentOne {
   bool ok = false;
@@ -446,7 +454,7 @@ class MomentResampler : public Resampler {
           const SvccaResult r =
               svcca::svcca(a.raw.index_select(0, rows), b.raw.index_select(0, rows),
                            &x == &y ? self_svcca_ : svcca_);
-          if (&x == &y || !forced(r.x_dims, r.y_dims, at::count_nonzero(w).item<int64_t>())) {
+          if (!forced(x, y, r.x_dims, r.y_dims, at::count_nonzero(w).item<int64_t>())) {
             out[k] = r.score.item<double>();
           }
         } catch (const c10::Error&) {
@@ -456,8 +464,8 @@ class MomentResampler : public Resampler {
       const MomentOne& ox = da.one[k];
       const MomentOne& oy = db.one[k];
       if (!ox.ok || !oy.ok) continue;
-      if (kind_ != MomentKind::kProcrustes && &x != &y &&
-          forced(ox.factors.rank, oy.factors.rank, ox.distinct)) {
+      if (kind_ != MomentKind::kProcrustes &&
+          forced(x, y, ox.factors.rank, oy.factors.rank, ox.distinct)) {
         continue;
       }
       at::Tensor sxy = (at::mm(ox.a.t(), oy.a) - at::outer(ox.m, oy.m) * ox.n) / (ox.n - 1.0);
@@ -493,12 +501,9 @@ class MomentResampler : public Resampler {
   bool concurrent() const override { return true; }
 
  private:
-  // The duplicated rows of a resample add no dimension: its kept directions span at most
-  // distinct - 1, so rx + ry above that forces correlations to 1 as in the one-shot rule
-  // (check_forced_correlations), which the resample's n (duplicates counted) would not catch. A
-  // layer against itself (a grid's diagonal) is exempt, as in the grid.
-  bool forced(int64_t rx, int64_t ry, int64_t distinct) const {
-    return !allow_forced_ && rx + ry > distinct - 1;
+  bool forced(const ResampleLayer& x, const ResampleLayer& y, int64_t rx, int64_t ry,
+              int64_t distinct) const {
+    return forced_on_resample(allow_forced_ || &x == &y, rx, ry, distinct);
   }
 
   MomentKind kind_;
@@ -549,9 +554,8 @@ class PwccaResampler : public Resampler {
         PwccaOptions o = o_;
         o.cca.allow_forced_correlations = o.cca.allow_forced_correlations || &x == &y;
         const PwccaResult r = pwcca(a.index_select(0, rows), b.index_select(0, rows), o);
-        // As MomentResampler::forced: duplicated rows add no dimension.
-        if (o_.cca.allow_forced_correlations || &x == &y ||
-            r.x_rank + r.y_rank <= at::count_nonzero(w).item<int64_t>() - 1) {
+        if (!forced_on_resample(o.cca.allow_forced_correlations, r.x_rank, r.y_rank,
+                                at::count_nonzero(w).item<int64_t>())) {
           out[k] = r.score.item<double>();
         }
       } catch (const c10::Error&) {
